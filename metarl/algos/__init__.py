@@ -1,0 +1,1 @@
+"""Meta-learning algorithms and the baselines they are compared with."""

@@ -1,0 +1,145 @@
+"""The meta-learner contract and the policy-gradient adaptation rule it is built from.
+
+One evaluator serves every algorithm through three calls (the idea taken from garage's
+meta-RL API): ``explore(params)`` acts to collect adaptation data, ``adapt(params, episodes)``
+returns adapted per-task parameters, ``act(params)`` acts after adaptation.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from metarl.policies import ActFn, CategoricalMLPPolicy, Params, act_fn, expand_params
+from metarl.returns import advantages
+from metarl.sampler import EpisodeBatch
+
+
+class MetaLearner(Protocol):
+    """What the meta-test evaluator needs from an algorithm or a baseline."""
+
+    def initial_params(self, num_tasks: int) -> Params:
+        """Per-task parameters before any adaptation (leading dim ``num_tasks``)."""
+        ...
+
+    def explore(self, params: Params) -> ActFn | None:
+        """The policy that collects adaptation data (``None``: uniform random)."""
+        ...
+
+    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
+        """Per-task parameters after one adaptation step on ``episodes``."""
+        ...
+
+    def act(self, params: Params) -> ActFn | None:
+        """The policy evaluated after adaptation."""
+        ...
+
+
+def policy_gradient_loss(
+    logits: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """REINFORCE with a baseline: ``-mean_t log pi(a_t|s_t) A_t`` over valid steps."""
+    logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    return -(logp * adv * mask).sum() / mask.sum().clamp(min=1)
+
+
+def clipped_surrogate_loss(
+    logits: torch.Tensor,
+    old_logp: torch.Tensor,
+    actions: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float,
+) -> torch.Tensor:
+    """PPO's clipped surrogate (Schulman et al. 2017), as ProMP's outer objective."""
+    logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    ratio = torch.exp(logp - old_logp)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    return -(surrogate * mask).sum() / mask.sum().clamp(min=1)
+
+
+def log_probs(policy: CategoricalMLPPolicy, params: Params, batch: EpisodeBatch) -> torch.Tensor:
+    """``log pi(a_t|s_t)`` of per-task ``params`` on ``batch``, ``[N, E, T]``."""
+    logits = act_fn(policy, params)(batch.obs)
+    return torch.log_softmax(logits, -1).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+
+
+def inner_step(
+    policy: CategoricalMLPPolicy,
+    params: Params,
+    batch: EpisodeBatch,
+    adv: torch.Tensor,
+    lr: float,
+    first_order: bool = True,
+) -> Params:
+    """One policy-gradient step per task: ``theta_i' = theta_i - lr * grad L_i(theta_i)``.
+
+    ``params`` carry a leading task dim. The per-task gradients come from
+    ``vmap(grad(loss))``; with ``first_order=False`` they stay differentiable, so a loss on the
+    result back-propagates through the step (second-order MAML).
+    """
+    def task_loss(p: Params, obs: torch.Tensor, act: torch.Tensor, a: torch.Tensor,
+                  m: torch.Tensor) -> torch.Tensor:
+        return policy_gradient_loss(functional_call(policy, p, (obs,)), act, a, m)
+
+    grads = vmap(grad(task_loss))(params, batch.obs, batch.actions, adv, batch.mask)
+    if first_order:
+        grads = {k: g.detach() for k, g in grads.items()}
+    return {k: params[k] - lr * grads[k] for k in params}
+
+
+class GradientAdaptedPolicy:
+    """A policy with parameters ``theta`` that adapts by policy-gradient steps.
+
+    MAML's meta-learned initialisation, the from-scratch baseline (random ``theta``) and the
+    pretrained-then-fine-tuned baseline are all this class with a different ``theta``.
+
+    Args:
+        policy: the network (its own parameters are not used; ``params`` are).
+        params: shared initial parameters (no task dim).
+        inner_lr: step size of each adaptation step.
+        discount: discount of the returns in the adaptation loss.
+    """
+
+    def __init__(self, policy: CategoricalMLPPolicy, params: Params, inner_lr: float,
+                 discount: float) -> None:
+        self.policy = policy
+        self.params = params
+        self.inner_lr = inner_lr
+        self.discount = discount
+
+    def initial_params(self, num_tasks: int) -> Params:
+        """``theta`` broadcast over tasks."""
+        return expand_params({k: v.detach() for k, v in self.params.items()}, num_tasks)
+
+    def explore(self, params: Params) -> ActFn:
+        """Sample from the current policy."""
+        return act_fn(self.policy, params)
+
+    act = explore
+
+    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
+        """One vanilla policy-gradient step per task."""
+        adv = advantages(episodes, self.discount)
+        new = inner_step(self.policy, params, episodes, adv, self.inner_lr, first_order=True)
+        return {k: v.detach() for k, v in new.items()}
+
+
+class RandomLearner:
+    """Uniform random actions; adaptation changes nothing (the normalisation's zero)."""
+
+    def initial_params(self, num_tasks: int) -> Params:
+        """No parameters."""
+        return {}
+
+    def explore(self, params: Params) -> None:
+        """Uniform random."""
+        return None
+
+    act = explore
+
+    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
+        """Nothing to adapt."""
+        return params

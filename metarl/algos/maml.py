@@ -1,0 +1,207 @@
+"""MAML for reinforcement learning, functional, with a clipped (ProMP-style) outer step.
+
+Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks", https://arxiv.org/abs/1703.03400; outer objective as in Rothfuss et al. (2018),
+"ProMP", https://arxiv.org/abs/1810.06784 (PPO's clipped surrogate on post-update episodes).
+
+Per meta-iteration: sample a meta-batch of training tasks; for each inner step roll out every
+task's current policy and take one policy-gradient step per task (``vmap(grad(...))``); roll
+out the adapted policies; then take ``num_outer_steps`` Adam steps on the clipped surrogate of
+the post-update episodes, differentiating through the inner steps (second order unless
+``first_order``). The inner loss is the usual likelihood-ratio surrogate on fixed pre-update
+episodes (as in the MAML paper's code): the dependence of the pre-update sampling distribution on
+``theta`` is not differentiated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metarl.algos.base import (
+    GradientAdaptedPolicy,
+    clipped_surrogate_loss,
+    inner_step,
+    log_probs,
+)
+from metarl.config import check
+from metarl.logging import MetricLogger, NullLogger
+from metarl.policies import CategoricalMLPPolicy, Params, act_fn, expand_params, task_logits
+from metarl.returns import advantages
+from metarl.sampler import EpisodeBatch, rollout
+from metarl.tasks import TaskFamily, TaskSet
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    """MAML hyperparameters (``algo.maml`` in params.yaml)."""
+
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    """Widths of the policy's hidden layers."""
+    inner_lr: float = 0.5
+    """Step size alpha of each inner policy-gradient step."""
+    num_inner_steps: int = 1
+    """Inner (adaptation) steps during meta-training."""
+    first_order: bool = False
+    """Drop second-order terms (FOMAML): cheaper, biased."""
+    outer_lr: float = 3e-3
+    """Adam step size of the meta-update."""
+    num_outer_steps: int = 5
+    """Clipped-surrogate Adam steps per meta-iteration (re-adapting each time)."""
+    clip_eps: float = 0.2
+    """PPO clip range of the outer objective."""
+    meta_batch_size: int = 20
+    """Tasks per meta-iteration."""
+    episodes_per_task: int = 20
+    """Episodes per task per rollout (inner and outer)."""
+    discount: float = 0.99
+    """Discount of returns."""
+    max_grad_norm: float = 1.0
+    """Clip of the meta-gradient's global norm."""
+
+    def __post_init__(self) -> None:
+        check(len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
+              "hidden_sizes", self.hidden_sizes, "need at least one layer of width >= 1")
+        check(self.inner_lr > 0, "inner_lr", self.inner_lr, "must be > 0")
+        check(self.outer_lr > 0, "outer_lr", self.outer_lr, "must be > 0")
+        check(self.num_inner_steps >= 1, "num_inner_steps", self.num_inner_steps, "must be >= 1")
+        check(self.num_outer_steps >= 1, "num_outer_steps", self.num_outer_steps, "must be >= 1")
+        check(0 < self.clip_eps < 1, "clip_eps", self.clip_eps, "must be in (0, 1)")
+        check(self.meta_batch_size >= 1, "meta_batch_size", self.meta_batch_size, "must be >= 1")
+        check(self.episodes_per_task >= 2, "episodes_per_task", self.episodes_per_task,
+              "must be >= 2 (the baseline needs several episodes)")
+        check(0 < self.discount <= 1, "discount", self.discount, "must be in (0, 1]")
+        check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "must be > 0")
+
+
+def make_policy(family: TaskFamily, hidden_sizes: tuple[int, ...]) -> CategoricalMLPPolicy:
+    """The policy network for ``family``'s observation and action sizes."""
+    env = family.make_env([family.sample(1, np.random.default_rng(0))[0]], num_envs=1)
+    return CategoricalMLPPolicy(env.obs_dim, env.num_actions, hidden_sizes)
+
+
+def adapted_params(
+    policy: CategoricalMLPPolicy,
+    theta: Params,
+    inner_batches: list[tuple[EpisodeBatch, torch.Tensor]],
+    lr: float,
+    first_order: bool,
+) -> Params:
+    """``theta`` after the inner steps on fixed ``(episodes, advantages)``, differentiably."""
+    params = expand_params(theta, inner_batches[0][0].obs.shape[0])
+    for batch, adv in inner_batches:
+        params = inner_step(policy, params, batch, adv, lr, first_order=first_order)
+    return params
+
+
+def maml_objective(
+    policy: CategoricalMLPPolicy,
+    theta: Params,
+    inner_batches: list[tuple[EpisodeBatch, torch.Tensor]],
+    post: EpisodeBatch,
+    post_adv: torch.Tensor,
+    old_logp: torch.Tensor,
+    config: MAMLConfig,
+) -> torch.Tensor:
+    """The meta-loss: clipped surrogate of the adapted policies on the post-update episodes."""
+    params = adapted_params(policy, theta, inner_batches, config.inner_lr, config.first_order)
+    logits = task_logits(policy, params, post.obs)
+    return clipped_surrogate_loss(logits, old_logp, post.actions, post_adv, post.mask,
+                                  config.clip_eps)
+
+
+class MAML:
+    """Meta-trains an initialisation ``theta`` (see the module docstring).
+
+    Args:
+        policy: the network whose parameters are meta-learned.
+        config: hyperparameters.
+        generator: the torch generator for initial parameters and rollouts.
+    """
+
+    def __init__(self, policy: CategoricalMLPPolicy, config: MAMLConfig,
+                 generator: torch.Generator) -> None:
+        self.policy = policy
+        self.config = config
+        self.generator = generator
+        self.theta = {k: v.requires_grad_() for k, v in policy.init_params(generator).items()}
+        self.optimizer = torch.optim.Adam(self.theta.values(), lr=config.outer_lr)
+
+    def learner(self) -> GradientAdaptedPolicy:
+        """The meta-learned policy as a :class:`~metarl.algos.base.MetaLearner`."""
+        return GradientAdaptedPolicy(self.policy, {k: v.detach().clone()
+                                                   for k, v in self.theta.items()},
+                                     self.config.inner_lr, self.config.discount)
+
+    def meta_train_step(self, family: TaskFamily, tasks: list[dict[str, float]],
+                        device: torch.device | str = "cpu") -> dict[str, float]:
+        """One meta-iteration on ``tasks``; returns namespaced metrics."""
+        cfg = self.config
+        env = family.make_env(tasks, cfg.episodes_per_task, device=device)
+        params = expand_params({k: v.detach() for k, v in self.theta.items()}, len(tasks))
+        inner_batches = []
+        for _ in range(cfg.num_inner_steps):
+            batch = rollout(act_fn(self.policy, params), env, self.generator)
+            adv = advantages(batch, cfg.discount)
+            inner_batches.append((batch, adv))
+            params = {k: v.detach() for k, v in
+                      inner_step(self.policy, params, batch, adv, cfg.inner_lr).items()}
+        post = rollout(act_fn(self.policy, params), env, self.generator)
+        post_adv = advantages(post, cfg.discount)
+        with torch.no_grad():
+            old_logp = log_probs(self.policy, params, post)
+        for _ in range(cfg.num_outer_steps):
+            loss = maml_objective(self.policy, self.theta, inner_batches, post, post_adv,
+                                  old_logp, cfg)
+            self.optimizer.zero_grad()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.theta.values(), cfg.max_grad_norm)
+            self.optimizer.step()
+        steps = sum(b.num_steps for b, _ in inner_batches) + post.num_steps
+        return {
+            "train/return_pre_adapt": float(inner_batches[0][0].episode_returns.mean()),
+            "train/return_post_adapt": float(post.episode_returns.mean()),
+            "train/outer_loss": float(loss.detach()),
+            "train/grad_norm": float(grad_norm),
+            "train/env_steps": float(steps),
+        }
+
+
+def task_batches(task_set: TaskSet, batch_size: int, rng: np.random.Generator
+                 ) -> Callable[[], list[dict[str, float]]]:
+    """A sampler of meta-batches: ``batch_size`` distinct tasks (with replacement if too few)."""
+    def draw() -> list[dict[str, float]]:
+        replace = batch_size > len(task_set)
+        idx = rng.choice(len(task_set), size=batch_size, replace=replace)
+        return [task_set.tasks[i] for i in idx]
+
+    return draw
+
+
+IterationHook = Callable[[int, GradientAdaptedPolicy], None]
+"""Called after each iteration with the current learner (may raise to stop, e.g. to prune)."""
+
+
+def train_maml(
+    family: TaskFamily,
+    train_set: TaskSet,
+    config: MAMLConfig,
+    num_iterations: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    logger: MetricLogger | None = None,
+    hook: IterationHook | None = None,
+) -> MAML:
+    """Meta-train for ``num_iterations``; same seed ⇒ identical parameters on CPU."""
+    logger = logger or NullLogger()
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    maml = MAML(make_policy(family, config.hidden_sizes), config, generator)
+    draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
+    for it in range(num_iterations):
+        logger.log_metrics(maml.meta_train_step(family, draw(), device), step=it)
+        if hook is not None:
+            hook(it, maml.learner())
+    return maml

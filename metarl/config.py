@@ -1,0 +1,132 @@
+"""Typed, validated configuration mirroring the sections of ``params.yaml``.
+
+Every config is a frozen dataclass. :func:`from_mapping` builds one from a plain mapping (for
+example a parsed YAML section) and rejects unknown keys and ill-typed values with a
+:class:`ConfigError` that names the dotted key, the offending value and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid.
+
+    Attributes:
+        key: dotted path of the offending key, e.g. ``task.cartpole.pole_mass``.
+        value: the offending value.
+    """
+
+    def __init__(self, key: str, value: object, message: str) -> None:
+        self.key = key
+        self.value = value
+        self.message = message
+        super().__init__(f"{key}={value!r}: {message}")
+
+    def with_prefix(self, prefix: str) -> ConfigError:
+        """Return the same error with ``prefix.`` prepended to its key."""
+        key = f"{prefix}.{self.key}" if prefix else self.key
+        return ConfigError(key, self.value, self.message)
+
+
+def check(condition: bool, key: str, value: object, message: str) -> None:
+    """Raise :class:`ConfigError` for ``key``/``value`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(key, value, message)
+
+
+def check_range(key: str, value: object, *, positive: bool = False) -> None:
+    """Validate a ``[min, max]`` pair (``min <= max``; both > 0 when ``positive``)."""
+    check(isinstance(value, tuple) and len(value) == 2, key, value, "expected [min, max]")
+    lo, hi = value  # type: ignore[misc]
+    check(lo <= hi, key, value, f"min {lo} is greater than max {hi}; swap them")
+    if positive:
+        check(lo > 0, key, value, "must be > 0 (a physical quantity); use a positive range")
+
+
+def _convert(annotation: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        check(isinstance(value, Mapping), key, value, "expected a mapping of keys")
+        return from_mapping(annotation, value, prefix=key)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0] if errors else ConfigError(key, value, "unexpected null")
+    if origin is typing.Literal:
+        check(value in args, key, value, f"must be one of {list(args)}")
+        return value
+    if origin is tuple:
+        check(isinstance(value, list | tuple), key, value, "expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        check(len(value) == len(args), key, value, f"expected a list of {len(args)} values")
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if annotation is bool:
+        check(isinstance(value, bool), key, value, "expected true or false")
+        return value
+    if annotation is int:
+        check(isinstance(value, int) and not isinstance(value, bool), key, value,
+              "expected an integer")
+        return value
+    if annotation is float:
+        check(isinstance(value, int | float) and not isinstance(value, bool), key, value,
+              "expected a number")
+        return float(value)
+    if annotation is str:
+        check(isinstance(value, str), key, value, "expected a string")
+        return value
+    return value
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, validating every key and value.
+
+    Missing keys take the dataclass defaults; unknown keys are errors.
+
+    Raises:
+        ConfigError: naming the dotted key and the offending value.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix or "<root>", data, "expected a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise ConfigError(key, value, f"unknown key; valid keys here: {sorted(fields)}")
+        kwargs[name] = _convert(hints[name], value, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise err.with_prefix(prefix) from None
+
+
+def to_dict(config: object) -> dict[str, Any]:
+    """Plain-JSON form of a config dataclass (tuples become lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))  # type: ignore[call-overload, no-any-return]

@@ -1,0 +1,181 @@
+"""CartPole with per-task physics: one torch implementation for batches and for gymnasium.
+
+The dynamics are those of gymnasium's ``CartPole-v1`` (Barto, Sutton & Anderson 1983, Euler
+integration, tau = 0.02 s); every physical constant is a per-task tensor so a whole
+``[tasks × envs]`` batch steps in one call. :class:`MetaCartPoleEnv` is the gymnasium view: the
+same :class:`BatchedCartPole` with a batch of one, in float64, which reproduces ``CartPole-v1``
+step for step at its default parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+TAU = 0.02
+X_THRESHOLD = 2.4
+THETA_THRESHOLD = 12 * 2 * math.pi / 360
+
+
+@dataclass(frozen=True)
+class CartPoleTask:
+    """Physical parameters of one CartPole task (gymnasium's defaults)."""
+
+    pole_length: float = 0.5
+    """Half the pole's length, m (gymnasium's ``length``)."""
+    pole_mass: float = 0.1
+    """Pole mass, kg."""
+    cart_mass: float = 1.0
+    """Cart mass, kg."""
+    gravity: float = 9.8
+    """Gravitational acceleration, m/s²."""
+    force_mag: float = 10.0
+    """Force applied by action 1, N; action 0 applies the opposite. Negative flips the controls."""
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON form."""
+        return asdict(self)
+
+
+class BatchedCartPole:
+    """``N`` CartPole tasks × ``E`` episodes each, stepped together.
+
+    Args:
+        tasks: the ``N`` task parameter sets.
+        num_envs: episodes per task, ``E``.
+        max_steps: horizon; reaching it truncates the episode (not a termination).
+        device: torch device of every tensor.
+        dtype: float dtype of the state (float32 for speed, float64 to match gymnasium exactly).
+    """
+
+    obs_dim = 4
+    num_actions = 2
+
+    def __init__(
+        self,
+        tasks: Sequence[CartPoleTask],
+        num_envs: int,
+        max_steps: int = 500,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not tasks:
+            raise ValueError("tasks: got an empty sequence; pass at least one CartPoleTask")
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be >= 1")
+        self.num_tasks = len(tasks)
+        self.num_envs = num_envs
+        self.max_steps = max_steps
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+        def column(name: str) -> torch.Tensor:
+            values = [getattr(t, name) for t in tasks]
+            return torch.tensor(values, dtype=dtype, device=self.device).unsqueeze(1)
+
+        self.gravity = column("gravity")
+        self.pole_mass = column("pole_mass")
+        self.length = column("pole_length")
+        self.force_mag = column("force_mag")
+        self.total_mass = self.pole_mass + column("cart_mass")
+        self.polemass_length = self.pole_mass * self.length
+        self.state = torch.zeros(self.num_tasks, num_envs, 4, dtype=dtype, device=self.device)
+        self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
+
+    def reset(self, generator: torch.Generator) -> torch.Tensor:
+        """Start states uniform in ``[-0.05, 0.05]^4``, as gymnasium draws them."""
+        u = torch.rand(self.state.shape, generator=generator, dtype=self.dtype,
+                       device=self.device)
+        return self.set_state(u * 0.1 - 0.05)
+
+    def set_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Put every slot in ``state`` (``[N, E, 4]``), mark it live, return the observations."""
+        self.state = state.to(device=self.device, dtype=self.dtype).clone()
+        self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
+                                device=self.device)
+        return self.state
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Euler step of every slot; slots already terminated are left as they are.
+
+        Returns:
+            ``(obs [N,E,4], reward [N,E], terminated [N,E])``. The reward is 1 for each step
+            taken by a live slot (including the terminating one, as in gymnasium) and 0 after.
+        """
+        x, x_dot, theta, theta_dot = self.state.unbind(-1)
+        force = torch.where(actions == 1, self.force_mag, -self.force_mag)
+        costheta, sintheta = torch.cos(theta), torch.sin(theta)
+        temp = (force + self.polemass_length * theta_dot.square() * sintheta) / self.total_mass
+        thetaacc = (self.gravity * sintheta - costheta * temp) / (
+            self.length * (4.0 / 3.0 - self.pole_mass * costheta.square() / self.total_mass)
+        )
+        xacc = temp - self.polemass_length * thetaacc * costheta / self.total_mass
+        new_state = torch.stack(
+            (x + TAU * x_dot, x_dot + TAU * xacc, theta + TAU * theta_dot,
+             theta_dot + TAU * thetaacc),
+            dim=-1,
+        )
+        live = ~self.done
+        self.state = torch.where(live.unsqueeze(-1), new_state, self.state)
+        x, theta = self.state[..., 0], self.state[..., 2]
+        terminated = (x.abs() > X_THRESHOLD) | (theta.abs() > THETA_THRESHOLD)
+        reward = live.to(self.dtype)
+        self.done = self.done | terminated
+        return self.state, reward, terminated & live
+
+
+class MetaCartPoleEnv(gym.Env[np.ndarray, int]):
+    """Gymnasium view of one CartPole task: :class:`BatchedCartPole` with a batch of one.
+
+    Args:
+        task: physical parameters; gymnasium's defaults when omitted.
+        max_episode_steps: not enforced here; wrap with ``TimeLimit`` (``gym.make`` does).
+        render_mode: unsupported (None only).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, task: CartPoleTask | None = None, render_mode: str | None = None) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: MetaCartPole does not render")
+        self.task = task or CartPoleTask()
+        self._env = BatchedCartPole([self.task], num_envs=1, dtype=torch.float64)
+        high = np.array(
+            [X_THRESHOLD * 2, np.finfo(np.float32).max, THETA_THRESHOLD * 2,
+             np.finfo(np.float32).max],
+            dtype=np.float32,
+        )
+        self.action_space = gym.spaces.Discrete(2)
+        self.observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
+        self._terminated = False
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start state uniform in ``[-0.05, 0.05]^4`` drawn from ``np_random``."""
+        super().reset(seed=seed)
+        start = self.np_random.uniform(low=-0.05, high=0.05, size=(4,))
+        self._env.set_state(torch.from_numpy(start).view(1, 1, 4))
+        self._terminated = False
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One step of the shared batched dynamics."""
+        if not self.action_space.contains(action):
+            raise ValueError(f"action={action!r}: expected 0 or 1")
+        # The physics keeps evolving after termination, as gymnasium's CartPole does.
+        self._env.done.zero_()
+        _, _, terminated = self._env.step(torch.tensor([[int(action)]]))
+        if self._terminated:
+            return self._obs(), 0.0, True, False, {}  # gymnasium gives 0 past termination
+        self._terminated = bool(terminated.item())
+        return self._obs(), 1.0, self._terminated, False, {}
+
+    def _obs(self) -> np.ndarray:
+        return self._env.state[0, 0].numpy().astype(np.float32)

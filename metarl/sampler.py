@@ -1,0 +1,82 @@
+"""Batched rollouts: every task and episode of a batched env in one loop over time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from metarl.envs.base import BatchedEnv
+from metarl.policies import ActFn
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """Episodes of ``N`` tasks × ``E`` slots, padded to ``T`` steps. Immutable.
+
+    Attributes:
+        obs: ``[N, E, T, obs_dim]`` observation before each step.
+        actions: ``[N, E, T]`` long.
+        rewards: ``[N, E, T]``; zero on padding.
+        mask: ``[N, E, T]`` 1.0 where a step was taken, 0.0 on padding after the episode ended.
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def episode_returns(self) -> torch.Tensor:
+        """Undiscounted return of each episode, ``[N, E]``."""
+        return self.rewards.sum(-1)
+
+    @property
+    def num_steps(self) -> int:
+        """Environment steps actually taken (sum of the mask)."""
+        return int(self.mask.sum().item())
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Categorical samples by the Gumbel-max trick, drawn from ``generator``."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device)
+    gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
+    return torch.argmax(logits + gumbel, dim=-1)
+
+
+@torch.no_grad()
+def rollout(
+    act: ActFn | None, env: BatchedEnv, generator: torch.Generator, greedy: bool = False
+) -> EpisodeBatch:
+    """Run one episode in every slot of ``env`` until all end or the horizon is reached.
+
+    Args:
+        act: maps observations ``[N, E, obs_dim]`` to logits; ``None`` acts uniformly at random.
+        env: the batched environment (it is reset here).
+        generator: source of start states and action noise.
+        greedy: take the most likely action instead of sampling.
+    """
+    obs = env.reset(generator)
+    n, e = env.num_tasks, env.num_envs
+    obs_buf, act_buf, rew_buf, mask_buf = [], [], [], []
+    alive = torch.ones(n, e, dtype=torch.bool, device=obs.device)
+    for _ in range(env.max_steps):
+        if act is None:
+            logits = torch.zeros(n, e, env.num_actions, device=obs.device)
+        else:
+            logits = act(obs.float())
+        actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)
+        obs_buf.append(obs.float())
+        act_buf.append(actions)
+        mask_buf.append(alive)
+        obs, reward, terminated = env.step(actions)
+        rew_buf.append(reward.float() * alive)
+        alive = alive & ~terminated
+        if not alive.any():
+            break
+    return EpisodeBatch(
+        obs=torch.stack(obs_buf, dim=2),
+        actions=torch.stack(act_buf, dim=2),
+        rewards=torch.stack(rew_buf, dim=2),
+        mask=torch.stack(mask_buf, dim=2).float(),
+    )

@@ -1,0 +1,190 @@
+"""Task families (distributions over task parameters) and task sets (seeded, hashed files).
+
+A family samples task parameters and builds batched environments for them. A task set is a
+fixed list of tasks for one split, stored as JSON with a schema version and a content hash;
+training and evaluation only ever read task sets, so nothing is sampled behind the user's back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from metarl.config import ConfigError, check, check_range
+from metarl.envs.base import BatchedEnv
+from metarl.envs.cartpole import BatchedCartPole, CartPoleTask
+
+SCHEMA_VERSION = 1
+
+
+class TaskFamily(Protocol):
+    """A named distribution over tasks that can build batched environments."""
+
+    name: str
+    max_steps: int
+    best_return: float
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """Draw ``num_tasks`` task parameter dicts."""
+        ...
+
+    def make_env(
+        self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"
+    ) -> BatchedEnv:
+        """A batched env over ``tasks`` with ``num_envs`` episodes each."""
+        ...
+
+
+@dataclass(frozen=True)
+class CartPoleFamilyConfig:
+    """Ranges of the CartPole task distribution (``task.cartpole`` in params.yaml)."""
+
+    pole_length: tuple[float, float] = (0.25, 1.0)
+    """Half-length of the pole, m, sampled uniformly in [min, max]."""
+    pole_mass: tuple[float, float] = (0.05, 0.5)
+    """Pole mass, kg."""
+    cart_mass: tuple[float, float] = (0.5, 2.0)
+    """Cart mass, kg."""
+    gravity: tuple[float, float] = (8.0, 12.0)
+    """Gravity, m/s²."""
+    force_mag: tuple[float, float] = (5.0, 15.0)
+    """Magnitude of the push, N."""
+    force_flip_prob: float = 0.5
+    """Probability that a task's controls are reversed (action 1 pushes left)."""
+    max_steps: int = 200
+    """Episode horizon, steps; the best possible return equals it."""
+
+    def __post_init__(self) -> None:
+        for name in ("pole_length", "pole_mass", "cart_mass", "gravity", "force_mag"):
+            check_range(name, getattr(self, name), positive=True)
+        check(0.0 <= self.force_flip_prob <= 1.0, "force_flip_prob", self.force_flip_prob,
+              "must be a probability in [0, 1]")
+        check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+
+
+class CartPoleFamily:
+    """CartPole tasks with varied physics and, with some probability, reversed controls."""
+
+    name: ClassVar[str] = "cartpole"
+
+    def __init__(self, config: CartPoleFamilyConfig) -> None:
+        self.config = config
+        self.max_steps = config.max_steps
+        self.best_return = float(config.max_steps)
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """Uniform in every range; the force's sign flips with ``force_flip_prob``."""
+        c = self.config
+        tasks = []
+        for _ in range(num_tasks):
+            values = {name: float(rng.uniform(*getattr(c, name)))
+                      for name in ("pole_length", "pole_mass", "cart_mass", "gravity",
+                                   "force_mag")}
+            if rng.random() < c.force_flip_prob:
+                values["force_mag"] = -values["force_mag"]
+            tasks.append(values)
+        return tasks
+
+    def make_env(
+        self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"
+    ) -> BatchedCartPole:
+        """Batched CartPole over ``tasks``."""
+        return BatchedCartPole([CartPoleTask(**t) for t in tasks], num_envs,
+                               max_steps=self.max_steps, device=device)
+
+
+FAMILY_CONFIGS: dict[str, type] = {"cartpole": CartPoleFamilyConfig}
+"""Family name → its config dataclass (the ``task.<name>`` section of params.yaml)."""
+
+
+def make_family(name: str, config: Any) -> TaskFamily:
+    """Instantiate the family ``name`` with its config dataclass."""
+    if name == "cartpole":
+        return CartPoleFamily(config)
+    raise ConfigError("task.family", name, f"unknown family; choose one of {sorted(FAMILY_CONFIGS)}")
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """A fixed list of tasks for one split of one family.
+
+    Attributes:
+        family: family name, e.g. ``cartpole``.
+        split: ``train``, ``val`` or ``test``.
+        seed: seed it was sampled with.
+        tasks: the task parameter dicts.
+    """
+
+    family: str
+    split: str
+    seed: int
+    tasks: tuple[dict[str, float], ...]
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON of family, split and tasks (first 16 hex digits)."""
+        payload = json.dumps({"family": self.family, "split": self.split,
+                              "tasks": list(self.tasks)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def to_json(self) -> str:
+        """The file form: schema version, hash and tasks."""
+        return json.dumps({"schema_version": SCHEMA_VERSION, "family": self.family,
+                           "split": self.split, "seed": self.seed,
+                           "content_hash": self.content_hash, "tasks": list(self.tasks)},
+                          indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<task set>") -> TaskSet:
+        """Parse and verify a task-set file.
+
+        Raises:
+            ValueError: the file is not valid JSON, has another schema version, is empty,
+                or its content does not match its recorded hash (it was edited or truncated).
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source}: not valid JSON ({err}); regenerate it with "
+                             "`metarl stage tasks`") from None
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            version = data.get("schema_version") if isinstance(data, dict) else None
+            raise ValueError(f"{source}: schema_version={version!r}, expected {SCHEMA_VERSION}; "
+                             "regenerate it with `metarl stage tasks`")
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise ValueError(f"{source}: tasks={tasks!r}: expected a non-empty list")
+        task_set = cls(family=str(data["family"]), split=str(data["split"]),
+                       seed=int(data["seed"]), tasks=tuple(tasks))
+        if task_set.content_hash != data.get("content_hash"):
+            raise ValueError(f"{source}: content_hash={data.get('content_hash')!r} does not match "
+                             f"the tasks ({task_set.content_hash}); the file was modified — "
+                             "regenerate it with `metarl stage tasks`")
+        for i, task in enumerate(tasks):
+            if not isinstance(task, dict) or not all(
+                isinstance(v, int | float) and math.isfinite(v) for v in task.values()
+            ):
+                raise ValueError(f"{source}: tasks[{i}]={task!r}: expected finite numbers")
+        return task_set
+
+
+def sample_task_sets(
+    family: TaskFamily, sizes: dict[str, int], seed: int
+) -> dict[str, TaskSet]:
+    """Sample disjoint, independently seeded splits (one child seed per split)."""
+    children = np.random.SeedSequence(seed).spawn(len(sizes))
+    out = {}
+    for (split, size), child in zip(sizes.items(), children):
+        check(size >= 1, f"num_{split}", size, "a split needs at least one task")
+        rng = np.random.default_rng(child)
+        out[split] = TaskSet(family.name, split, seed, tuple(family.sample(size, rng)))
+    return out
