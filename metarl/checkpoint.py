@@ -1,0 +1,64 @@
+"""Checkpoints: a ``state_dict`` file plus a JSON config; nothing is ever pickled.
+
+Loading uses ``torch.load(..., weights_only=True)`` so a checkpoint from a registry or a user
+cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metarl.algos.base import GradientAdaptedPolicy
+from metarl.policies import CategoricalMLPPolicy, Params
+
+FORMAT_VERSION = 1
+
+
+def policy_config(policy: CategoricalMLPPolicy, hidden_sizes: tuple[int, ...], inner_lr: float,
+                  discount: float, **extra: Any) -> dict[str, Any]:
+    """The JSON needed to rebuild a :class:`GradientAdaptedPolicy` (plus ``extra`` fields)."""
+    return {"format_version": FORMAT_VERSION, "obs_dim": policy.obs_dim,
+            "num_actions": policy.num_actions, "hidden_sizes": list(hidden_sizes),
+            "inner_lr": inner_lr, "discount": discount, **extra}
+
+
+def save_params(params: Params, path: Path) -> None:
+    """Save parameters as a plain tensor dict."""
+    torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, path)
+
+
+def load_params(path: Path) -> Params:
+    """Load a tensor dict saved by :func:`save_params` (weights only)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"{path}: not a metarl parameter file (expected a dict of tensors)")
+    return data
+
+
+def load_learner(weights_path: Path, config: dict[str, Any]) -> GradientAdaptedPolicy:
+    """Rebuild the adaptable policy from a weights file and its config JSON."""
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"format_version={config.get('format_version')!r}: expected "
+                         f"{FORMAT_VERSION}; re-train to produce a current checkpoint")
+    policy = CategoricalMLPPolicy(int(config["obs_dim"]), int(config["num_actions"]),
+                                  tuple(int(h) for h in config["hidden_sizes"]))
+    params = load_params(weights_path)
+    expected = dict(policy.named_parameters())
+    if set(params) != set(expected) or any(params[k].shape != v.shape
+                                           for k, v in expected.items()):
+        raise ValueError(f"{weights_path}: parameters do not match the architecture in its "
+                         "config (hidden_sizes, obs_dim, num_actions)")
+    return GradientAdaptedPolicy(policy, params, float(config["inner_lr"]),
+                                 float(config["discount"]))
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read a checkpoint's config JSON."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data

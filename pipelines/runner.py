@@ -1,0 +1,47 @@
+"""Run a stage by name: load and validate params, set up tracking, open the MLflow runs.
+
+The CLI (and so ``dvc repro``) and the Prefect flow both call :func:`run_stage`, so the stage
+logic has one code path whichever way it is started.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipelines import tracking
+from pipelines.paths import Paths
+from pipelines.settings import PipelineConfig, load_config
+from pipelines.stages import evaluate, register, train, tasks, tune
+
+STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
+    "tasks": tasks.run,
+    "tune": tune.run,
+    "train": train.run,
+    "evaluate": evaluate.run,
+    "register": register.run,
+}
+"""Stage name → stage function, in pipeline order."""
+
+
+def configure_torch() -> None:
+    """One intra-op thread by default (``METARL_NUM_THREADS``): the nets are tiny, and a
+    second busy process on 2 cores slows multi-threaded torch down many times."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("METARL_NUM_THREADS", "1")))
+
+
+def run_stage(name: str, root: Path | str = ".", params: Path | str | None = None) -> Any:
+    """Run stage ``name`` of the project at ``root`` inside its nested MLflow run."""
+    if name not in STAGES:
+        raise ValueError(f"stage={name!r}: unknown; choose one of {list(STAGES)}")
+    paths = Paths(Path(root).resolve())
+    params_path = Path(params) if params else paths.params
+    config = load_config(params_path)
+    tracking.setup(config.tracking, paths.root)
+    configure_torch()
+    with tracking.stage_run(name, params_path, paths.root):
+        return STAGES[name](config, paths)

@@ -1,0 +1,199 @@
+"""The pipeline's configuration: ``params.yaml`` parsed into validated, frozen dataclasses.
+
+One section per stage, mirroring params.yaml one to one. Loading fails with a
+:class:`~metarl.config.ConfigError` naming the dotted key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metarl.algos.maml import MAMLConfig
+from metarl.config import ConfigError, check, check_range, from_mapping
+from metarl.tasks import FAMILY_CONFIGS, CartPoleFamilyConfig
+
+ALGORITHMS = ("maml",)
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    """``task``: which family, its ranges, and the split sizes."""
+
+    family: str = "cartpole"
+    """Task family name (``cartpole``)."""
+    seed: int = 0
+    """Seed of the task sets; each split gets its own child seed."""
+    num_train: int = 100
+    """Training tasks."""
+    num_val: int = 20
+    """Validation tasks (tuning only)."""
+    num_test: int = 20
+    """Held-out test tasks (evaluation only)."""
+    cartpole: CartPoleFamilyConfig = field(default_factory=CartPoleFamilyConfig)
+    """Ranges of the cartpole family."""
+
+    def __post_init__(self) -> None:
+        check(self.family in FAMILY_CONFIGS, "family", self.family,
+              f"unknown family; choose one of {sorted(FAMILY_CONFIGS)}")
+        for split in ("train", "val", "test"):
+            n = getattr(self, f"num_{split}")
+            check(n >= 1, f"num_{split}", n, "a split needs at least one task")
+
+    def family_config(self) -> Any:
+        """The config dataclass of the chosen family."""
+        return getattr(self, self.family)
+
+
+@dataclass(frozen=True)
+class AlgoSection:
+    """``algo``: which meta-learner and its hyperparameters."""
+
+    name: str = "maml"
+    """Algorithm name (``maml``)."""
+    maml: MAMLConfig = field(default_factory=MAMLConfig)
+    """MAML hyperparameters."""
+
+    def __post_init__(self) -> None:
+        check(self.name in ALGORITHMS, "name", self.name,
+              f"unknown algorithm; choose one of {list(ALGORITHMS)}")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """``train``: meta-training budget."""
+
+    num_iterations: int = 40
+    """Meta-iterations."""
+    seed: int = 0
+    """Seed of parameters, task batches and rollouts."""
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when present)."""
+
+    def __post_init__(self) -> None:
+        check(self.num_iterations >= 1, "num_iterations", self.num_iterations, "must be >= 1")
+        check(self.device in ("cpu", "cuda", "auto"), "device", self.device,
+              "choose cpu, cuda or auto")
+
+
+@dataclass(frozen=True)
+class TuneSection:
+    """``tune``: Optuna search over the inner and outer step sizes (validation tasks only)."""
+
+    n_trials: int = 6
+    """Trials in total (a re-run resumes the study and runs only the missing ones; 0 skips)."""
+    num_iterations: int = 12
+    """Meta-iterations per trial."""
+    eval_every: int = 4
+    """Report the validation return to the pruner every this many iterations."""
+    episodes_per_task: int = 10
+    """Episodes per validation task when scoring a trial."""
+    seed: int = 0
+    """Seed of the TPE sampler and of every trial's training."""
+    storage: str = "tuning/study.journal"
+    """Journal file path (relative to the project) or a database URL (e.g. postgresql://...)."""
+    inner_lr: tuple[float, float] = (0.1, 1.0)
+    """Log-uniform search range of ``algo.maml.inner_lr``."""
+    outer_lr: tuple[float, float] = (1e-3, 1e-2)
+    """Log-uniform search range of ``algo.maml.outer_lr``."""
+
+    def __post_init__(self) -> None:
+        check(self.n_trials >= 0, "n_trials", self.n_trials, "must be >= 0")
+        check(self.num_iterations >= 1, "num_iterations", self.num_iterations, "must be >= 1")
+        check(self.eval_every >= 1, "eval_every", self.eval_every, "must be >= 1")
+        check(self.episodes_per_task >= 2, "episodes_per_task", self.episodes_per_task,
+              "must be >= 2")
+        check_range("inner_lr", self.inner_lr, positive=True)
+        check_range("outer_lr", self.outer_lr, positive=True)
+
+
+@dataclass(frozen=True)
+class EvaluateSection:
+    """``evaluate``: the meta-test protocol on held-out tasks."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Evaluation seeds (start states and action noise); every learner sees the same ones."""
+    num_adapt_steps: int = 3
+    """Adaptation steps K: the curve has returns after 0..K steps."""
+    episodes_per_task: int = 20
+    """Episodes per task per rollout."""
+
+    def __post_init__(self) -> None:
+        check(len(self.seeds) >= 1, "seeds", self.seeds, "give at least one seed")
+        check(self.num_adapt_steps >= 1, "num_adapt_steps", self.num_adapt_steps, "must be >= 1")
+        check(self.episodes_per_task >= 2, "episodes_per_task", self.episodes_per_task,
+              "must be >= 2")
+
+
+@dataclass(frozen=True)
+class RegisterSection:
+    """``register``: the MLflow registry and the promotion gate."""
+
+    model_name: str = "metarl-cartpole-maml"
+    """Registered model name."""
+    margin: float = 0.02
+    """Promote to @champion only if the new normalised post-adaptation score exceeds the
+    champion's (re-evaluated on the same test tasks and seeds) by more than this."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.model_name.strip()), "model_name", self.model_name, "must not be empty")
+        check(self.margin >= 0, "margin", self.margin, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrackingSection:
+    """``tracking``: where MLflow writes."""
+
+    uri: str = "sqlite:///mlflow.db"
+    """MLflow tracking URI (relative SQLite paths are relative to the project)."""
+    experiment: str = "metarl"
+    """Experiment name."""
+    artifact_location: str = "mlartifacts"
+    """Artifact root for a new experiment (relative paths are relative to the project)."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """All of params.yaml."""
+
+    task: TaskSection = field(default_factory=TaskSection)
+    algo: AlgoSection = field(default_factory=AlgoSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    tune: TuneSection = field(default_factory=TuneSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    register: RegisterSection = field(default_factory=RegisterSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+
+    def with_algo_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
+        """A copy with ``algo.<name>.<key>`` values replaced (e.g. tuned step sizes)."""
+        if not overrides:
+            return self
+        section = getattr(self.algo, self.algo.name)
+        merged = {**dataclasses.asdict(section), **overrides}
+        new_section = from_mapping(type(section), merged, prefix=f"algo.{self.algo.name}")
+        return dataclasses.replace(
+            self, algo=dataclasses.replace(self.algo, **{self.algo.name: new_section}))
+
+
+def load_config(path: Path | str) -> PipelineConfig:
+    """Read and validate ``params.yaml``.
+
+    Raises:
+        ConfigError: unreadable or malformed YAML, an unknown key, or a bad value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError("params", str(path), f"cannot read the file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("params", str(path), f"malformed YAML{where}; fix the syntax") from None
+    return from_mapping(PipelineConfig, data)

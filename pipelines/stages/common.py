@@ -1,0 +1,68 @@
+"""What several stages share: loading task sets and checkpoints, picking the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metarl.checkpoint import load_learner, read_config
+from metarl.tasks import TaskFamily, TaskSet, make_family
+from pipelines.paths import Paths
+from pipelines.settings import PipelineConfig
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: its message names the file or value and how to fix it."""
+
+
+def family(config: PipelineConfig) -> TaskFamily:
+    """The configured task family."""
+    return make_family(config.task.family, config.task.family_config())
+
+
+def device(config: PipelineConfig) -> str:
+    """``train.device`` resolved (``auto`` → CUDA when present)."""
+    if config.train.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if config.train.device == "cuda" and not torch.cuda.is_available():
+        raise StageError("train.device='cuda': no CUDA device here; use 'cpu' or 'auto'")
+    return config.train.device
+
+
+def load_task_set(paths: Paths, split: str, config: PipelineConfig) -> TaskSet:
+    """Read and verify ``data/tasks/<split>.json`` for the configured family."""
+    path = paths.task_set(split)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StageError(f"{path}: task file missing; run `metarl stage tasks` "
+                         "(or `dvc repro`) first") from None
+    try:
+        task_set = TaskSet.from_json(text, source=str(path))
+    except (ValueError, KeyError, TypeError) as err:
+        raise StageError(str(err)) from None
+    if task_set.family != config.task.family:
+        raise StageError(f"{path}: family={task_set.family!r} but task.family="
+                         f"{config.task.family!r}; regenerate with `metarl stage tasks`")
+    return task_set
+
+
+def load_checkpoint(paths: Paths, name: str) -> tuple[Any, dict[str, Any]]:
+    """The learner saved as ``models/<name>.pt`` and the shared config JSON."""
+    config_path = paths.models / "config.json"
+    weights = paths.models / f"{name}.pt"
+    for p in (config_path, weights):
+        if not p.exists():
+            raise StageError(f"{p}: checkpoint missing; run `metarl stage train` first")
+    config = read_config(config_path)
+    return load_learner(weights, config), config
+
+
+def relative(path: Path, paths: Paths) -> str:
+    """``path`` relative to the project root, for messages and logs."""
+    try:
+        return str(path.relative_to(paths.root))
+    except ValueError:
+        return str(path)

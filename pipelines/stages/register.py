@@ -1,0 +1,95 @@
+"""Stage ``register``: log the model, register a version, and gate the ``@champion`` alias.
+
+Every new version gets ``@challenger``. It also gets ``@champion`` when there is none yet, or
+when its normalised post-adaptation score beats the current champion's by more than
+``register.margin`` — the champion re-evaluated now, on the same test tasks, seeds and protocol
+(so a changed test set never compares apples with oranges). Everything that can fail runs
+before the registry is touched: a failure leaves it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from metarl.algos.base import RandomLearner
+from metarl.checkpoint import load_learner, read_config
+from metarl.evaluation import meta_test, normalized
+from metarl.tasks import TaskFamily, TaskSet
+from pipelines.io import atomic_write_json
+from pipelines.model import log_model
+from pipelines.paths import Paths
+from pipelines.settings import PipelineConfig
+from pipelines.stages.common import StageError, device, family, load_task_set
+
+
+def champion_version(client: MlflowClient, name: str) -> Any | None:
+    """The version under ``@champion``, or None."""
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: TaskSet,
+                  dev: str) -> float:
+    """Normalised post-adaptation score of a registered version on ``test``, evaluated now."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp))
+        ckpt = read_config(next(local.rglob("config.json")))
+        if ckpt.get("family") != config.task.family:
+            raise StageError(f"register.model_name={version.name!r}: its champion was trained "
+                             f"on family {ckpt.get('family')!r}, not {config.task.family!r}; "
+                             "use another model_name")
+        learner = load_learner(next(local.rglob("*.pt")), ckpt)
+    ev = config.evaluate
+    res = meta_test({"champion": learner, "random": RandomLearner()}, fam, test,
+                    ev.num_adapt_steps, ev.episodes_per_task, ev.seeds, dev)
+    return float(normalized(res["champion"].mean[-1], res["random"].mean[0], fam.best_return))
+
+
+def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
+    """Register the trained MAML model; write metrics/register.json."""
+    fam, dev = family(config), device(config)
+    test = load_task_set(paths, "test", config)
+    metrics_path = paths.metrics / "meta_test.json"
+    if not metrics_path.exists():
+        raise StageError(f"{metrics_path}: missing; run `metarl stage evaluate` first")
+    summary = json.loads(metrics_path.read_text())
+    if summary.get("test_task_hash") != test.content_hash:
+        raise StageError(f"{metrics_path}: test_task_hash={summary.get('test_task_hash')!r} "
+                         f"is stale (test set is {test.content_hash}); re-run evaluate")
+    weights, config_path = paths.models / "maml.pt", paths.models / "config.json"
+    ckpt = read_config(config_path)
+    load_learner(weights, ckpt)  # fail now, not after registering, if the checkpoint is bad
+    new_score = float(summary["maml"]["normalized_post_adapt"])
+    name, margin = config.register.model_name, config.register.margin
+    client = MlflowClient()
+    champion = champion_version(client, name)
+    champion_score = (score_version(champion, config, fam, test, dev)
+                      if champion is not None else None)
+    promote = champion_score is None or new_score > champion_score + margin
+
+    info = log_model(weights, config_path, int(ckpt["obs_dim"]))
+    version = mlflow.register_model(info.model_uri, name, tags={
+        "test_task_hash": test.content_hash, "normalized_post_adapt": f"{new_score:.4f}",
+        "family": config.task.family, "algo": config.algo.name})
+    client.set_registered_model_alias(name, "challenger", version.version)
+    if promote:
+        client.set_registered_model_alias(name, "champion", version.version)
+    result = {"model_name": name, "version": int(version.version), "promoted": promote,
+              "score": new_score, "champion_score_before": champion_score,
+              "champion_version_before": int(champion.version) if champion else None,
+              "margin": margin, "test_task_hash": test.content_hash}
+    atomic_write_json(paths.metrics / "register.json", result)
+    mlflow.log_metrics({"register/score": new_score, "register/promoted": float(promote)})
+    if champion_score is not None:
+        mlflow.log_metric("register/champion_score_before", champion_score)
+    return result

@@ -1,0 +1,173 @@
+"""MLflow tracking: one parent run per pipeline run, a nested run per stage and per trial.
+
+A pipeline run is identified by ``METARL_PIPELINE_RUN`` when set (the Prefect flow sets it to
+its flow-run id) and otherwise by a hash of params.yaml and the git commit, so the stages that
+one ``dvc repro`` runs as separate processes all nest under the same parent run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from metarl.config import ConfigError
+from pipelines.settings import TrackingSection
+
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+PACKAGES = ("metarl", "torch", "numpy", "gymnasium", "mlflow", "optuna", "prefect", "dvc")
+
+
+def resolve_uri(uri: str, root: Path) -> str:
+    """Make a relative ``sqlite:///`` path absolute under ``root``."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, before any work, when the tracking store cannot be reached.
+
+    Raises:
+        ConfigError: naming ``tracking.uri`` and how to fix it.
+    """
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.parent.is_dir() or not os.access(db.parent, os.W_OK):
+            raise ConfigError("tracking.uri", uri, f"directory {db.parent} does not exist or is "
+                              "not writable; create it or point tracking.uri elsewhere")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError("tracking.uri", uri, f"MLflow server unreachable ({reason}); start "
+                              "it (`mlflow server --host 127.0.0.1 --port 5000`) or fix "
+                              "tracking.uri") from None
+
+
+def setup(tracking: TrackingSection, root: Path) -> str:
+    """Point MLflow at the configured store and experiment; return the resolved URI."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    uri = resolve_uri(tracking.uri, root)
+    check_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(tracking.experiment) is None:
+        location = Path(tracking.artifact_location)
+        location = location if location.is_absolute() else root / location
+        mlflow.create_experiment(tracking.experiment, artifact_location=location.resolve().as_uri())
+    mlflow.set_experiment(tracking.experiment)
+    return uri
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's commit, or ``unknown`` outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def pipeline_key(params_path: Path, root: Path) -> str:
+    """Identity of the current pipeline run (see the module docstring)."""
+    env = os.environ.get("METARL_PIPELINE_RUN")
+    if env:
+        return env
+    digest = hashlib.sha256(params_path.read_bytes() + git_commit(root).encode())
+    return digest.hexdigest()[:16]
+
+
+def _parent_run_id(key: str, root: Path) -> str:
+    import mlflow
+
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()
+    found = mlflow.search_runs([experiment_id],
+                               filter_string=f"tags.`metarl.pipeline_key` = '{key}'",
+                               max_results=1, output_format="list")
+    if found:
+        return str(found[0].info.run_id)
+    tags = {"metarl.pipeline_key": key, "git_commit": git_commit(root)}
+    tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    with mlflow.start_run(run_name=f"pipeline-{key[:8]}", tags=tags) as run:
+        return str(run.info.run_id)
+
+
+@contextmanager
+def stage_run(stage: str, params_path: Path, root: Path) -> Iterator[Any]:
+    """Open the pipeline's parent run and a nested run named ``stage`` inside it."""
+    import mlflow
+
+    parent_id = _parent_run_id(pipeline_key(params_path, root), root)
+    tags = {"metarl.stage": stage, "git_commit": git_commit(root)}
+    with mlflow.start_run(run_id=parent_id), mlflow.start_run(
+        run_name=stage, nested=True, tags=tags
+    ) as run:
+        yield run
+
+
+def flatten(prefix: str, data: Any) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"prefix.a.b": 1}`` for ``log_params``."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: data}
+
+
+class MlflowLogger:
+    """:class:`metarl.logging.MetricLogger` that logs to the active run and ticks a progress bar."""
+
+    def __init__(self, total: int, description: str, prefix: str = "") -> None:
+        from tqdm.auto import tqdm
+
+        self.prefix = prefix
+        self.bar = tqdm(total=total, desc=description, unit="it",
+                        disable=os.environ.get("METARL_NO_PROGRESS") == "1")
+        self.last: dict[str, float] = {}
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log ``metrics`` at ``step`` and show the returns on the bar."""
+        import mlflow
+
+        metrics = {f"{self.prefix}{k}": v for k, v in metrics.items()}
+        mlflow.log_metrics(metrics, step=step)
+        self.last = metrics
+        shown = {k.rsplit("/", 1)[-1]: f"{v:.1f}" for k, v in metrics.items() if "return" in k}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Close the progress bar."""
+        self.bar.close()
