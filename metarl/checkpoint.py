@@ -7,6 +7,7 @@ cannot execute code.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,11 @@ def save_params(params: Params, path: Path) -> None:
 
 def load_params(path: Path) -> Params:
     """Load a tensor dict saved by :func:`save_params` (weights only)."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as err:
+        raise ValueError(f"{path}: not a metarl parameter file ({type(err).__name__}); "
+                         "re-run `metarl stage train`") from None
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ValueError(f"{path}: not a metarl parameter file (expected a dict of tensors)")
     return data
@@ -44,6 +49,10 @@ def load_learner(weights_path: Path, config: dict[str, Any]) -> GradientAdaptedP
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format_version={config.get('format_version')!r}: expected "
                          f"{FORMAT_VERSION}; re-train to produce a current checkpoint")
+    missing = [k for k in ("obs_dim", "num_actions", "hidden_sizes", "inner_lr", "discount")
+               if k not in config]
+    if missing:
+        raise ValueError(f"checkpoint config lacks {missing}; re-train to produce a full one")
     policy = CategoricalMLPPolicy(int(config["obs_dim"]), int(config["num_actions"]),
                                   tuple(int(h) for h in config["hidden_sizes"]))
     params = load_params(weights_path)

@@ -27,12 +27,16 @@ def adaptation_curve(
     seed: int,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Mean episode return per task before and after each adaptation step, ``[K+1, N]``."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    """Mean episode return per task before and after each adaptation step, ``[K+1, N]``.
+
+    Rollout ``k`` draws from its own generator seeded by ``(seed, k)``, so every learner gets
+    the same start states at every step, however many random numbers its policy consumed.
+    """
     env = family.make_env(list(tasks), episodes_per_task, device=device)
     params = learner.initial_params(len(tasks))
     curve = []
     for k in range(num_adapt_steps + 1):
+        generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + k)
         batch = rollout(learner.explore(params) if k == 0 else learner.act(params), env,
                         generator)
         curve.append(batch.episode_returns.mean(-1).cpu().numpy())

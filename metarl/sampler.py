@@ -80,3 +80,58 @@ def rollout(
         rewards=torch.stack(rew_buf, dim=2),
         mask=torch.stack(mask_buf, dim=2).float(),
     )
+
+
+@dataclass(frozen=True)
+class TransitionBatch:
+    """A fixed number of steps per slot with auto-reset, ``[N, E, T]``. Immutable.
+
+    Used where episodes follow each other within a trial (and by the sampler benchmark).
+
+    Attributes:
+        obs: ``[N, E, T, obs_dim]``.
+        actions: ``[N, E, T]`` long.
+        rewards: ``[N, E, T]``.
+        dones: ``[N, E, T]`` 1.0 where the step ended an episode (the next step starts anew).
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+
+
+@torch.no_grad()
+def rollout_steps(
+    act: ActFn | None, env: BatchedEnv, num_steps: int, generator: torch.Generator
+) -> TransitionBatch:
+    """Step every slot ``num_steps`` times, restarting episodes as they end.
+
+    An episode also ends (truncation) after ``env.max_steps`` steps.
+    """
+    obs = env.reset(generator)
+    n, e = env.num_tasks, env.num_envs
+    age = torch.zeros(n, e, dtype=torch.long, device=obs.device)
+    obs_buf, act_buf, rew_buf, done_buf = [], [], [], []
+    for _ in range(num_steps):
+        if act is None:
+            logits = torch.zeros(n, e, env.num_actions, device=obs.device)
+        else:
+            logits = act(obs.float())
+        actions = sample_actions(logits, generator)
+        obs_buf.append(obs.float())
+        act_buf.append(actions)
+        obs, reward, terminated = env.step(actions)
+        age += 1
+        done = terminated | (age >= env.max_steps)
+        rew_buf.append(reward.float())
+        done_buf.append(done)
+        env.done |= done
+        age.masked_fill_(done, 0)
+        obs = env.reset_done(generator)
+    return TransitionBatch(
+        obs=torch.stack(obs_buf, dim=2),
+        actions=torch.stack(act_buf, dim=2),
+        rewards=torch.stack(rew_buf, dim=2),
+        dones=torch.stack(done_buf, dim=2).float(),
+    )

@@ -163,6 +163,10 @@ class TaskSet:
         tasks = data.get("tasks")
         if not isinstance(tasks, list) or not tasks:
             raise ValueError(f"{source}: tasks={tasks!r}: expected a non-empty list")
+        missing = [k for k in ("family", "split", "seed", "content_hash") if k not in data]
+        if missing:
+            raise ValueError(f"{source}: missing keys {missing}; regenerate it with "
+                             "`metarl stage tasks`")
         task_set = cls(family=str(data["family"]), split=str(data["split"]),
                        seed=int(data["seed"]), tasks=tuple(tasks))
         if task_set.content_hash != data.get("content_hash"):

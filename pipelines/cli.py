@@ -73,6 +73,8 @@ def _k_max(summary: dict[str, object]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
     try:
         if args.command == "stage":
             from pipelines.runner import run_stage
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.bench import bench_sampler
 
             bench_sampler(args.sizes, args.steps, args.repeats)
-    except (ConfigError, ValueError, RuntimeError, OSError) as err:
+    except (ConfigError, ValueError, RuntimeError, OSError, MlflowException) as err:
         print(f"metarl: error: {err}", file=sys.stderr)
         return 2
     return 0

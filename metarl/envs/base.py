@@ -20,9 +20,15 @@ class BatchedEnv(Protocol):
     obs_dim: int
     num_actions: int
     max_steps: int
+    done: torch.Tensor
+    """``[N, E]`` bool: which slots have ended since the last reset."""
 
     def reset(self, generator: torch.Generator) -> torch.Tensor:
         """Draw start states for all ``N × E`` slots; return the observations."""
+        ...
+
+    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+        """Redraw start states of the terminated slots only (auto-reset); return obs."""
         ...
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

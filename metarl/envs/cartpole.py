@@ -94,6 +94,14 @@ class BatchedCartPole:
                        device=self.device)
         return self.set_state(u * 0.1 - 0.05)
 
+    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+        """Redraw start states for the slots that terminated (auto-reset); return obs."""
+        u = torch.rand(self.state.shape, generator=generator, dtype=self.dtype,
+                       device=self.device)
+        self.state = torch.where(self.done.unsqueeze(-1), u * 0.1 - 0.05, self.state)
+        self.done = torch.zeros_like(self.done)
+        return self.state
+
     def set_state(self, state: torch.Tensor) -> torch.Tensor:
         """Put every slot in ``state`` (``[N, E, 4]``), mark it live, return the observations."""
         self.state = state.to(device=self.device, dtype=self.dtype).clone()

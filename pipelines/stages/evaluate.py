@@ -68,14 +68,18 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def curve_csv(results: dict[str, CurveSummary]) -> str:
-    """Long-format CSV: adapt_step, learner, return, ci_low, ci_high."""
+    """Wide CSV, one row per adaptation step: ``<learner>`` mean return and its CI bounds."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["adapt_step", "learner", "return", "ci_low", "ci_high"])
-    for name, s in results.items():
-        for k in range(len(s.mean)):
-            writer.writerow([k, name, f"{s.mean[k]:.3f}", f"{s.ci_low[k]:.3f}",
-                             f"{s.ci_high[k]:.3f}"])
+    header = ["adapt_step"]
+    for name in results:
+        header += [name, f"{name}_ci_low", f"{name}_ci_high"]
+    writer.writerow(header)
+    for k in range(len(next(iter(results.values())).mean)):
+        row = [str(k)]
+        for s in results.values():
+            row += [f"{s.mean[k]:.3f}", f"{s.ci_low[k]:.3f}", f"{s.ci_high[k]:.3f}"]
+        writer.writerow(row)
     return buf.getvalue()
 
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: quiet, offline tools and a tiny project configuration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+for _key, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "METARL_NO_PROGRESS": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+}.items():
+    os.environ.setdefault(_key, _value)
+torch.set_num_threads(1)
+
+
+def tiny_params() -> dict[str, Any]:
+    """The repo's params.yaml shrunk to a seconds-long run (same keys)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["task"].update(num_train=6, num_val=3, num_test=3)
+    params["task"]["cartpole"]["max_steps"] = 30
+    params["algo"]["maml"].update(meta_batch_size=3, episodes_per_task=4, hidden_sizes=[8])
+    params["tune"].update(n_trials=2, num_iterations=2, eval_every=1, episodes_per_task=3)
+    params["train"]["num_iterations"] = 2
+    params["evaluate"].update(seeds=[0, 1], num_adapt_steps=2, episodes_per_task=3)
+    return params
+
+
+def write_params(root: Path, params: dict[str, Any]) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project directory holding a tiny params.yaml (no git, no DVC)."""
+    root = tmp_path / "project"
+    root.mkdir()
+    write_params(root, tiny_params())
+    return root
+
+
+def copy_repo(dest: Path) -> Path:
+    """The tracked files of this repo (as a fresh clone would have them) copied to ``dest``."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    return dest

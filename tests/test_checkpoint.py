@@ -1,0 +1,101 @@
+"""Checkpoints round-trip without pickling; the science package stays free of pipeline tools."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl.checkpoint import (
+    FORMAT_VERSION,
+    load_learner,
+    load_params,
+    policy_config,
+    save_params,
+)
+from metarl.policies import CategoricalMLPPolicy, act_fn
+
+torch.set_num_threads(1)
+
+PACKAGE = Path(__file__).resolve().parents[1] / "metarl"
+FORBIDDEN = ("mlflow", "prefect", "dvc", "optuna")
+IMPORT_RE = re.compile(rf"^\s*(?:import|from)\s+({'|'.join(FORBIDDEN)})\b", re.MULTILINE)
+
+
+def _saved(tmp_path: Path, hidden_sizes: tuple[int, ...] = (8, 6)):
+    policy = CategoricalMLPPolicy(4, 2, hidden_sizes)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    path = tmp_path / "policy.pt"
+    save_params(params, path)
+    config = policy_config(policy, hidden_sizes, inner_lr=0.3, discount=0.97, algo="maml")
+    return policy, params, path, config
+
+
+def test_round_trip_gives_identical_logits(tmp_path: Path) -> None:
+    policy, params, path, config = _saved(tmp_path)
+    assert config["format_version"] == FORMAT_VERSION
+    assert config["algo"] == "maml"
+    learner = load_learner(path, config)
+    assert learner.inner_lr == 0.3
+    assert learner.discount == 0.97
+    assert set(learner.params) == set(params)
+    for k in params:
+        assert torch.equal(learner.params[k], params[k])
+    obs = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1))
+    before = act_fn(policy, {k: v.expand(2, *v.shape) for k, v in params.items()})(obs)
+    after = learner.act(learner.initial_params(2))(obs)
+    assert torch.equal(before, after)
+    assert before.abs().max() > 0
+
+
+def test_not_a_dict_of_tensors_raises(tmp_path: Path) -> None:
+    listed = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], listed)
+    with pytest.raises(ValueError, match="not a metarl parameter file"):
+        load_params(listed)
+    mixed = tmp_path / "mixed.pt"
+    torch.save({"net.0.weight": torch.zeros(2), "step": 3}, mixed)
+    with pytest.raises(ValueError, match="expected a dict of tensors"):
+        load_params(mixed)
+
+
+def test_mismatched_hidden_sizes_raise(tmp_path: Path) -> None:
+    _, _, path, config = _saved(tmp_path)
+    with pytest.raises(ValueError, match="hidden_sizes"):
+        load_learner(path, {**config, "hidden_sizes": [8, 7]})
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        load_learner(path, {**config, "hidden_sizes": [8]})
+
+
+def test_format_version_mismatch_raises(tmp_path: Path) -> None:
+    _, _, path, config = _saved(tmp_path)
+    with pytest.raises(ValueError, match=f"format_version={FORMAT_VERSION + 1}"):
+        load_learner(path, {**config, "format_version": FORMAT_VERSION + 1})
+    without = {k: v for k, v in config.items() if k != "format_version"}
+    with pytest.raises(ValueError, match="format_version=None"):
+        load_learner(path, without)
+
+
+def test_importing_metarl_loads_no_pipeline_tools() -> None:
+    code = ("import sys, metarl, metarl.algos.maml, metarl.algos.pretrain, metarl.evaluation, "
+            "metarl.checkpoint; bad=[m for m in " + repr(FORBIDDEN)
+            + " if m in sys.modules]; assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=PACKAGE.parent, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_no_pipeline_tool_imports_in_sources() -> None:
+    # The pattern itself must catch what it is looking for.
+    assert IMPORT_RE.search("x = 1\n    import mlflow.pytorch\n")
+    assert IMPORT_RE.search("from optuna.trial import Trial\n")
+    assert not IMPORT_RE.search("import dvclive_like_name\n# mlflow is not imported\n")
+    sources = sorted(PACKAGE.rglob("*.py"))
+    assert len(sources) >= 10
+    offenders = [f"{p.relative_to(PACKAGE.parent)}: {m.group(0).strip()}"
+                 for p in sources for m in IMPORT_RE.finditer(p.read_text())]
+    assert offenders == []

@@ -1,0 +1,142 @@
+"""Bad input: one-line errors naming key and value, exit 2, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.cli import main
+from tests.conftest import tiny_params, write_params
+
+
+def run_cli(root: Path, *args: str) -> int:
+    return main([*args, "--root", str(root)])
+
+
+def outputs(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir()} - {"params.yaml", "mlflow.db", "mlartifacts"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "value"),
+    [
+        (lambda p: p["task"].update(family="hopper"), "task.family", "'hopper'"),
+        (lambda p: p["algo"].update(name="ppo2"), "algo.name", "'ppo2'"),
+        (lambda p: p["task"]["cartpole"].update(pole_mass=[0.5, 0.1]),
+         "task.cartpole.pole_mass", "(0.5, 0.1)"),
+        (lambda p: p["task"]["cartpole"].update(cart_mass=[-1.0, 2.0]),
+         "task.cartpole.cart_mass", "(-1.0, 2.0)"),
+        (lambda p: p["task"].update(num_test=0), "task.num_test", "0"),
+        (lambda p: p["train"].update(num_iteration=5), "train.num_iteration", "5"),
+        (lambda p: p["algo"]["maml"].update(inner_lr="fast"), "algo.maml.inner_lr", "'fast'"),
+        (lambda p: p["evaluate"].update(seeds=[]), "evaluate.seeds", "()"),
+    ],
+)
+def test_bad_params_name_key_and_value(project: Path, capsys: pytest.CaptureFixture[str],
+                                       edit, key: str, value: str) -> None:
+    params = tiny_params()
+    edit(params)
+    write_params(project, params)
+    assert run_cli(project, "stage", "tasks") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, "the error is one line"
+    assert f"{key}={value}" in err
+    assert outputs(project) == set(), "nothing written on bad input"
+
+
+def test_malformed_yaml(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (project / "params.yaml").write_text("task:\n  family: [cartpole\n")
+    assert run_cli(project, "stage", "tasks") == 2
+    err = capsys.readouterr().err
+    assert "malformed YAML at line" in err and "params=" in err
+    assert outputs(project) == set()
+
+
+def test_missing_task_file(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(project, "stage", "train") == 2
+    err = capsys.readouterr().err
+    assert "data/tasks/train.json: task file missing" in err and "metarl stage tasks" in err
+    assert not (project / "models").exists()
+
+
+def test_corrupt_task_file(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(project, "stage", "tasks") == 0
+    path = project / "data" / "tasks" / "train.json"
+    data = json.loads(path.read_text())
+    data["tasks"][0]["gravity"] = 99.0
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert run_cli(project, "stage", "train") == 2
+    assert "content_hash" in capsys.readouterr().err
+    assert not (project / "models").exists()
+    path.write_text(path.read_text()[:50])  # truncated
+    assert run_cli(project, "stage", "train") == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_uri(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = tiny_params()
+    params["tracking"]["uri"] = "http://127.0.0.1:9"
+    write_params(project, params)
+    assert run_cli(project, "stage", "tasks") == 2
+    err = capsys.readouterr().err
+    assert "tracking.uri='http://127.0.0.1:9'" in err and "unreachable" in err
+    assert outputs(project) == set()
+
+
+def test_register_gate_and_failure_leave_registry_consistent(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for stage in ("tasks", "train", "evaluate", "register"):
+        assert run_cli(project, "stage", stage) == 0, capsys.readouterr().err
+    name = tiny_params()["register"]["model_name"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    metrics_path = project / "metrics" / "meta_test.json"
+    summary = json.loads(metrics_path.read_text())
+    first = json.loads((project / "metrics" / "register.json").read_text())
+
+    # A worse challenger: registered and @challenger, but @champion stays.
+    summary["maml"]["normalized_post_adapt"] = first["score"] - 0.5
+    metrics_path.write_text(json.dumps(summary))
+    assert run_cli(project, "stage", "register") == 0
+    result = json.loads((project / "metrics" / "register.json").read_text())
+    assert result["promoted"] is False and result["version"] == 2
+    # The champion was re-evaluated on the same tasks and seeds: same weights, same score.
+    assert result["champion_score_before"] == pytest.approx(first["score"], abs=1e-6)
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
+
+    # Within the margin: not promoted either.
+    summary["maml"]["normalized_post_adapt"] = first["score"] + 0.5 * result["margin"]
+    metrics_path.write_text(json.dumps(summary))
+    assert run_cli(project, "stage", "register") == 0
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+
+    # A corrupt checkpoint: register fails and the registry does not change.
+    summary["maml"]["normalized_post_adapt"] = first["score"] + 1.0
+    metrics_path.write_text(json.dumps(summary))
+    (project / "models" / "maml.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert run_cli(project, "stage", "register") == 2
+    assert "maml.pt" in capsys.readouterr().err
+    versions = client.search_model_versions(f"name='{name}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
+
+
+def test_params_file_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(tmp_path, "stage", "tasks") == 2
+    assert "params=" in capsys.readouterr().err
+
+
+def test_help_lists_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["stage", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "tasks → tune → train → evaluate → register" in out

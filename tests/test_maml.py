@@ -1,0 +1,248 @@
+"""Gradient checks of the functional MAML core (float64 where finite differences are used)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from metarl.algos.base import clipped_surrogate_loss, inner_step, log_probs, policy_gradient_loss
+from metarl.algos.maml import MAMLConfig, adapted_params, maml_objective, train_maml
+from metarl.envs.cartpole import BatchedCartPole, CartPoleTask
+from metarl.policies import CategoricalMLPPolicy, Params, task_logits
+from metarl.sampler import EpisodeBatch, rollout
+from metarl.tasks import CartPoleFamily, CartPoleFamilyConfig, sample_task_sets
+
+torch.set_num_threads(1)
+
+TASKS = [CartPoleTask(), CartPoleTask(pole_length=0.3, pole_mass=0.3, force_mag=-8.0)]
+CONFIG = MAMLConfig(hidden_sizes=(8,), inner_lr=0.5, first_order=False, clip_eps=0.2,
+                    episodes_per_task=3)
+
+
+def _policy() -> CategoricalMLPPolicy:
+    return CategoricalMLPPolicy(4, 2, (8,))
+
+
+def _theta(seed: int = 0) -> Params:
+    params = _policy().init_params(torch.Generator().manual_seed(seed))
+    return {k: v.double() for k, v in params.items()}
+
+
+def _batch(seed: int) -> tuple[EpisodeBatch, torch.Tensor]:
+    """A float64 batch of 2 tasks × 3 envs × ≤10 steps with fixed random advantages."""
+    env = BatchedCartPole(TASKS, num_envs=3, max_steps=10)
+    gen = torch.Generator().manual_seed(seed)
+    b = rollout(None, env, gen)
+    batch = EpisodeBatch(obs=b.obs.double(), actions=b.actions, rewards=b.rewards.double(),
+                         mask=b.mask.double())
+    adv = torch.randn(b.mask.shape, generator=gen, dtype=torch.float64) * batch.mask
+    return batch, adv
+
+
+def _problem(num_inner: int, first_order: bool = False):
+    """Policy, theta, inner batches, post batch/advantages, old_logp (ratio 1 at theta), config."""
+    policy = _policy()
+    theta = _theta()
+    inner = [_batch(seed) for seed in range(num_inner)]
+    post, post_adv = _batch(100)
+    config = dataclasses.replace(CONFIG, first_order=first_order)
+    with torch.no_grad():
+        adapted = adapted_params(policy, theta, inner, config.inner_lr, first_order=True)
+        old_logp = log_probs(policy, adapted, post)
+    return policy, theta, inner, post, post_adv, old_logp, config
+
+
+def _meta_grad(problem, theta: Params) -> Params:
+    policy, _, inner, post, post_adv, old_logp, config = problem
+    leaf = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    loss = maml_objective(policy, leaf, inner, post, post_adv, old_logp, config)
+    grads = torch.autograd.grad(loss, list(leaf.values()))
+    return dict(zip(leaf, grads, strict=True))
+
+
+def _objective(problem, theta: Params) -> float:
+    policy, _, inner, post, post_adv, old_logp, config = problem
+    with torch.no_grad():
+        return maml_objective(policy, theta, inner, post, post_adv, old_logp, config).item()
+
+
+def _dot(a: Params, b: Params) -> float:
+    return sum(float((a[k] * b[k]).sum()) for k in a)
+
+
+@pytest.mark.parametrize("num_inner", [1, 2])
+def test_second_order_meta_gradient_matches_finite_differences(num_inner: int) -> None:
+    problem = _problem(num_inner)
+    theta = problem[1]
+    g = _meta_grad(problem, theta)
+    gen = torch.Generator().manual_seed(7)
+    eps = 1e-6
+    for _ in range(3):
+        v = {k: torch.randn(t.shape, generator=gen, dtype=torch.float64) for k, t in theta.items()}
+        plus = _objective(problem, {k: theta[k] + eps * v[k] for k in theta})
+        minus = _objective(problem, {k: theta[k] - eps * v[k] for k in theta})
+        fd = (plus - minus) / (2 * eps)
+        analytic = _dot(g, v)
+        assert abs(fd) > 1e-3, "direction should not be degenerate"
+        assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-8)
+    # Single coordinates too (one per parameter tensor).
+    for k, t in theta.items():
+        idx = (0,) * t.dim()
+        e = {j: torch.zeros_like(u) for j, u in theta.items()}
+        e[k][idx] = 1.0
+        plus = _objective(problem, {j: theta[j] + eps * e[j] for j in theta})
+        minus = _objective(problem, {j: theta[j] - eps * e[j] for j in theta})
+        assert g[k][idx].item() == pytest.approx((plus - minus) / (2 * eps), rel=1e-4, abs=1e-8)
+
+
+def test_first_order_differs_and_ignores_the_inner_jacobian() -> None:
+    problem_so = _problem(1, first_order=False)
+    problem_fo = _problem(1, first_order=True)
+    theta = problem_so[1]
+    g_so = _meta_grad(problem_so, theta)
+    g_fo = _meta_grad(problem_fo, theta)
+    flat_so = torch.cat([g_so[k].flatten() for k in theta])
+    flat_fo = torch.cat([g_fo[k].flatten() for k in theta])
+    rel = (flat_so - flat_fo).norm() / flat_so.norm()
+    assert rel > 1e-3
+    # FOMAML: d loss / d theta = sum over tasks of d loss / d theta'_i at theta'_i.
+    policy, _, inner, post, post_adv, old_logp, config = problem_fo
+    with torch.no_grad():
+        adapted = adapted_params(policy, theta, inner, config.inner_lr, first_order=True)
+    leaf = {k: v.clone().requires_grad_() for k, v in adapted.items()}
+    loss = clipped_surrogate_loss(task_logits(policy, leaf, post.obs), old_logp, post.actions,
+                                  post_adv, post.mask, config.clip_eps)
+    grads = dict(zip(leaf, torch.autograd.grad(loss, list(leaf.values())), strict=True))
+    for k in theta:
+        torch.testing.assert_close(g_fo[k], grads[k].sum(0), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_every_meta_parameter_gets_a_finite_nonzero_gradient(first_order: bool) -> None:
+    problem = _problem(1, first_order=first_order)
+    g = _meta_grad(problem, problem[1])
+    assert set(g) == {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
+    for k, v in g.items():
+        assert v.shape == problem[1][k].shape
+        assert torch.isfinite(v).all(), k
+        assert v.abs().max() > 1e-6, k
+
+
+def _task_inner_loss(policy: CategoricalMLPPolicy, params: Params, batch: EpisodeBatch,
+                     adv: torch.Tensor, i: int) -> torch.Tensor:
+    p = {k: v[i] for k, v in params.items()}
+    logits = functional_call(policy, p, (batch.obs[i],))
+    return policy_gradient_loss(logits, batch.actions[i], adv[i], batch.mask[i])
+
+
+def _per_task_params(num_tasks: int) -> Params:
+    gen = torch.Generator().manual_seed(5)
+    return {k: v.expand(num_tasks, *v.shape)
+            + 0.1 * torch.randn(num_tasks, *v.shape, generator=gen, dtype=torch.float64)
+            for k, v in _theta().items()}
+
+
+def test_one_inner_step_lowers_each_task_loss() -> None:
+    policy = _policy()
+    batch, adv = _batch(0)
+    params = _per_task_params(2)
+    new = inner_step(policy, params, batch, adv, lr=0.01)
+    for i in range(2):
+        before = _task_inner_loss(policy, params, batch, adv, i).item()
+        after = _task_inner_loss(policy, new, batch, adv, i).item()
+        assert after < before - 1e-6
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_vmapped_inner_step_matches_a_per_task_loop(first_order: bool) -> None:
+    policy = _policy()
+    batch, adv = _batch(0)
+    params = _per_task_params(2)
+    lr = 0.3
+    new = inner_step(policy, params, batch, adv, lr, first_order=first_order)
+    for i in range(2):
+        p = {k: v[i].clone().requires_grad_() for k, v in params.items()}
+        loss = _task_inner_loss(policy, {k: v.unsqueeze(0) for k, v in p.items()},
+                                _slice(batch, i), adv[i : i + 1], 0)
+        grads = torch.autograd.grad(loss, list(p.values()))
+        for (k, v), g in zip(p.items(), grads, strict=True):
+            torch.testing.assert_close(new[k][i], v.detach() - lr * g, rtol=1e-12, atol=1e-12)
+            assert not torch.equal(new[k][i], params[k][i])
+
+
+def _slice(batch: EpisodeBatch, i: int) -> EpisodeBatch:
+    return EpisodeBatch(obs=batch.obs[i : i + 1], actions=batch.actions[i : i + 1],
+                        rewards=batch.rewards[i : i + 1], mask=batch.mask[i : i + 1])
+
+
+def test_second_order_inner_step_matches_per_task_double_backward() -> None:
+    policy = _policy()
+    batch, adv = _batch(0)
+    theta = {k: v.requires_grad_() for k, v in _theta().items()}
+    probe = {k: torch.randn(2, *v.shape, generator=torch.Generator().manual_seed(1),
+                            dtype=torch.float64) for k, v in theta.items()}
+    new = inner_step(policy, {k: v.expand(2, *v.shape) for k, v in theta.items()}, batch, adv,
+                     0.5, first_order=False)
+    out = sum((new[k] * probe[k]).sum() for k in theta)
+    g_vmap = torch.autograd.grad(out, list(theta.values()))
+    total = 0.0
+    for i in range(2):
+        loss = _task_inner_loss(policy, {k: v.unsqueeze(0) for k, v in theta.items()},
+                                _slice(batch, i), adv[i : i + 1], 0)
+        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
+        total = total + sum(((theta[k] - 0.5 * g) * probe[k][i]).sum()
+                            for k, g in zip(theta, grads, strict=True))
+    g_loop = torch.autograd.grad(total, list(theta.values()))
+    for a, b in zip(g_vmap, g_loop, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _train(seed: int) -> Params:
+    family = CartPoleFamily(CartPoleFamilyConfig(max_steps=20))
+    train_set = sample_task_sets(family, {"train": 4}, seed=0)["train"]
+    config = MAMLConfig(hidden_sizes=(8,), meta_batch_size=2, episodes_per_task=3,
+                        num_outer_steps=2)
+    maml = train_maml(family, train_set, config, num_iterations=2, seed=seed)
+    return {k: v.detach().clone() for k, v in maml.theta.items()}
+
+
+def test_train_maml_same_seed_same_parameters() -> None:
+    first, second, other = _train(0), _train(0), _train(1)
+    init = _policy().init_params(torch.Generator().manual_seed(0))
+    assert set(first) == set(init)
+    for k in first:
+        assert torch.equal(first[k], second[k]), k
+    assert any(not torch.equal(first[k], init[k]) for k in first), "training changed nothing"
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_clipped_surrogate_hand_computed() -> None:
+    # Uniform logits: logp = log 0.5 for both actions, so old_logp sets the ratio directly.
+    ratios = torch.tensor([1.1, 1.5, 0.5, 0.9, 1.5, 0.5, 3.0], dtype=torch.float64)
+    adv = torch.tensor([1.0, 1.0, -1.0, -2.0, -1.0, 1.0, 100.0], dtype=torch.float64)
+    mask = torch.tensor([1, 1, 1, 1, 1, 1, 0], dtype=torch.float64)
+    actions = torch.tensor([0, 1, 0, 1, 0, 1, 0])
+    logits = torch.zeros(7, 2, dtype=torch.float64, requires_grad=True)
+    old_logp = np.log(0.5) - torch.log(ratios)
+    loss = clipped_surrogate_loss(logits, old_logp, actions, adv, mask, clip_eps=0.2)
+    # min(r A, clip(r) A): 1.1 (inside), 1.2 (clipped high), -0.8 (clipped low),
+    # -1.8 (inside), -1.5 (unclipped: pessimistic), 0.5 (unclipped), masked out.
+    expected = -(1.1 + 1.2 - 0.8 - 1.8 - 1.5 + 0.5) / 6
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    (g,) = torch.autograd.grad(loss, logits)
+    row_has_grad = g.abs().sum(-1) > 0
+    assert row_has_grad.tolist() == [True, False, False, True, True, True, False]
+
+
+def test_policy_gradient_loss_hand_computed() -> None:
+    logits = torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.9, 0.1]], dtype=torch.float64))
+    actions = torch.tensor([1, 0, 0])
+    adv = torch.tensor([2.0, -1.0, 5.0], dtype=torch.float64)
+    mask = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    loss = policy_gradient_loss(logits, actions, adv, mask)
+    expected = -(np.log(0.75) * 2.0 + np.log(0.5) * -1.0) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-12)

@@ -1,0 +1,102 @@
+"""The real pipeline end to end: `dvc repro` in a fresh copy of the repo, checked via MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import copy_repo, tiny_params, write_params
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+    env.pop("METARL_PIPELINE_RUN", None)
+    return env
+
+
+def _run(cmd: list[str], root: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines()
+            if line.startswith("Running stage '")}
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
+    root = copy_repo(tmp_path / "repo")
+    params = tiny_params()
+    write_params(root, params)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit",
+                 "-qm", "tiny"]):
+        _run(cmd, root)
+
+    first = _run(["dvc", "repro"], root)
+    assert _stages_run(first.stdout) == {"tasks", "tune", "train", "evaluate", "register"}
+    for rel in ("data/tasks/train.json", "data/tasks/val.json", "data/tasks/test.json",
+                "tuning/best_params.yaml", "tuning/study.journal", "models/maml.pt",
+                "models/pretrained.pt", "models/config.json", "metrics/meta_test.json",
+                "plots/adaptation_curve.csv", "plots/adaptation_curve.png",
+                "reports/meta_test.md", "metrics/register.json"):
+        assert (root / rel).is_file(), rel
+    summary = json.loads((root / "metrics" / "meta_test.json").read_text())
+    assert set(summary) >= {"maml", "pretrained", "scratch", "random"}
+    assert summary["random"]["normalized_pre_adapt"] == pytest.approx(0.0, abs=1e-9)
+
+    # MLflow: one parent run, five nested stage runs, hashes and versions logged.
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id])
+    stage_runs = {r.data.tags["metarl.stage"]: r for r in runs
+                  if r.data.tags.get("metarl.stage") in
+                  {"tasks", "tune", "train", "evaluate", "register"}}
+    assert set(stage_runs) == {"tasks", "tune", "train", "evaluate", "register"}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in stage_runs.values()}
+    assert len(parents) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.data.tags["version.torch"].startswith("2.")
+    test_hash = json.loads((root / "data/tasks/test.json").read_text())["content_hash"]
+    assert stage_runs["evaluate"].data.tags["task_hash.test"] == test_hash
+    assert "meta_test/return_post_adapt_k1" in stage_runs["evaluate"].data.metrics
+    trials = [r for r in runs if r.data.tags.get("metarl.stage") == "tune-trial"]
+    assert len(trials) == params["tune"]["n_trials"]
+    assert all(r.data.tags["mlflow.parentRunId"] == stage_runs["tune"].info.run_id
+               for r in trials)
+
+    name = params["register"]["model_name"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert int(champion.version) == 1
+
+    # The champion loads in a fresh process and acts.
+    code = ("import mlflow, numpy as np; "
+            f"m = mlflow.pyfunc.load_model('models:/{name}@champion'); "
+            "print(m.predict(np.zeros((5, 4), np.float32)).tolist())")
+    loaded = _run([sys.executable, "-c", code], root)
+    actions = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert len(actions) == 5 and set(actions) <= {0, 1}
+
+    # Nothing changed: nothing reruns.
+    again = _run(["dvc", "repro"], root)
+    assert _stages_run(again.stdout) == set()
+
+    # A train param changed: train and what follows rerun, nothing before.
+    params["train"]["num_iterations"] = 3
+    write_params(root, params)
+    changed = _run(["dvc", "repro"], root)
+    assert _stages_run(changed.stdout) == {"train", "evaluate", "register"}
+    versions = client.search_model_versions(f"name='{name}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
