@@ -22,6 +22,7 @@ class ConfigError(ValueError):
     Attributes:
         key: dotted path of the offending key, e.g. ``task.cartpole.pole_mass``.
         value: the offending value.
+
     """
 
     def __init__(self, key: str, value: object, message: str) -> None:
@@ -45,10 +46,41 @@ def check(condition: bool, key: str, value: object, message: str) -> None:
 def check_range(key: str, value: object, *, positive: bool = False) -> None:
     """Validate a ``[min, max]`` pair (``min <= max``; both > 0 when ``positive``)."""
     check(isinstance(value, tuple) and len(value) == 2, key, value, "expected [min, max]")
-    lo, hi = value  # type: ignore[misc]
+    lo, hi = typing.cast(tuple[float, float], value)
     check(lo <= hi, key, value, f"min {lo} is greater than max {hi}; swap them")
     if positive:
         check(lo > 0, key, value, "must be > 0 (a physical quantity); use a positive range")
+
+
+_SCALARS: dict[type, tuple[Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), "expected true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "expected an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "expected a number"),
+    str: (lambda v: isinstance(v, str), "expected a string"),
+}
+
+
+def _convert_union(args: tuple[Any, ...], value: Any, key: str) -> Any:
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            if value is None:
+                return None
+            continue
+        try:
+            return _convert(arg, value, key)
+        except ConfigError as err:
+            errors.append(err)
+    raise errors[0] if errors else ConfigError(key, value, "unexpected null")
+
+
+def _convert_tuple(args: tuple[Any, ...], value: Any, key: str) -> tuple[Any, ...]:
+    check(isinstance(value, list | tuple), key, value, "expected a list")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    check(len(value) == len(args), key, value, f"expected a list of {len(args)} values")
+    return tuple(_convert(a, v, f"{key}[{i}]")
+                 for i, (a, v) in enumerate(zip(args, value, strict=True)))
 
 
 def _convert(annotation: Any, value: Any, key: str) -> Any:
@@ -58,40 +90,16 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
         check(isinstance(value, Mapping), key, value, "expected a mapping of keys")
         return from_mapping(annotation, value, prefix=key)
     if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _convert(arg, value, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0] if errors else ConfigError(key, value, "unexpected null")
+        return _convert_union(args, value, key)
     if origin is typing.Literal:
         check(value in args, key, value, f"must be one of {list(args)}")
         return value
     if origin is tuple:
-        check(isinstance(value, list | tuple), key, value, "expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        check(len(value) == len(args), key, value, f"expected a list of {len(args)} values")
-        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if annotation is bool:
-        check(isinstance(value, bool), key, value, "expected true or false")
-        return value
-    if annotation is int:
-        check(isinstance(value, int) and not isinstance(value, bool), key, value,
-              "expected an integer")
-        return value
-    if annotation is float:
-        check(isinstance(value, int | float) and not isinstance(value, bool), key, value,
-              "expected a number")
-        return float(value)
-    if annotation is str:
-        check(isinstance(value, str), key, value, "expected a string")
-        return value
+        return _convert_tuple(args, value, key)
+    if annotation in _SCALARS:
+        is_valid, message = _SCALARS[annotation]
+        check(is_valid(value), key, value, message)
+        return float(value) if annotation is float else value
     return value
 
 
@@ -102,6 +110,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "")
 
     Raises:
         ConfigError: naming the dotted key and the offending value.
+
     """
     data = {} if data is None else data
     if not isinstance(data, Mapping):

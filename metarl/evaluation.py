@@ -62,6 +62,7 @@ class CurveSummary:
         per_task: ``[num_seeds, K+1, N]`` raw mean returns.
         mean: ``[K+1]`` mean over seeds and tasks.
         ci_low, ci_high: ``[K+1]`` 95% bootstrap interval over tasks (seed-averaged).
+
     """
 
     per_task: np.ndarray

@@ -22,6 +22,7 @@ class CategoricalMLPPolicy(nn.Module):
         obs_dim: observation size.
         num_actions: number of discrete actions.
         hidden_sizes: widths of the hidden layers.
+
     """
 
     def __init__(self, obs_dim: int, num_actions: int, hidden_sizes: tuple[int, ...]) -> None:

@@ -19,6 +19,7 @@ class EpisodeBatch:
         actions: ``[N, E, T]`` long.
         rewards: ``[N, E, T]``; zero on padding.
         mask: ``[N, E, T]`` 1.0 where a step was taken, 0.0 on padding after the episode ended.
+
     """
 
     obs: torch.Tensor
@@ -55,6 +56,7 @@ def rollout(
         env: the batched environment (it is reset here).
         generator: source of start states and action noise.
         greedy: take the most likely action instead of sampling.
+
     """
     obs = env.reset(generator)
     n, e = env.num_tasks, env.num_envs
@@ -93,6 +95,7 @@ class TransitionBatch:
         actions: ``[N, E, T]`` long.
         rewards: ``[N, E, T]``.
         dones: ``[N, E, T]`` 1.0 where the step ended an episode (the next step starts anew).
+
     """
 
     obs: torch.Tensor

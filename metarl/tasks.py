@@ -26,7 +26,11 @@ SCHEMA_VERSION = 1
 class TaskFamily(Protocol):
     """A named distribution over tasks that can build batched environments."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Family name, e.g. ``cartpole``."""
+        ...
+
     max_steps: int
     best_return: float
 
@@ -107,7 +111,8 @@ def make_family(name: str, config: Any) -> TaskFamily:
     """Instantiate the family ``name`` with its config dataclass."""
     if name == "cartpole":
         return CartPoleFamily(config)
-    raise ConfigError("task.family", name, f"unknown family; choose one of {sorted(FAMILY_CONFIGS)}")
+    raise ConfigError("task.family", name,
+                      f"unknown family; choose one of {sorted(FAMILY_CONFIGS)}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class TaskSet:
         split: ``train``, ``val`` or ``test``.
         seed: seed it was sampled with.
         tasks: the task parameter dicts.
+
     """
 
     family: str
@@ -150,6 +156,7 @@ class TaskSet:
         Raises:
             ValueError: the file is not valid JSON, has another schema version, is empty,
                 or its content does not match its recorded hash (it was edited or truncated).
+
         """
         try:
             data = json.loads(text)
@@ -187,7 +194,7 @@ def sample_task_sets(
     """Sample disjoint, independently seeded splits (one child seed per split)."""
     children = np.random.SeedSequence(seed).spawn(len(sizes))
     out = {}
-    for (split, size), child in zip(sizes.items(), children):
+    for (split, size), child in zip(sizes.items(), children, strict=True):
         check(size >= 1, f"num_{split}", size, "a split needs at least one task")
         rng = np.random.default_rng(child)
         out[split] = TaskSet(family.name, split, seed, tuple(family.sample(size, rng)))

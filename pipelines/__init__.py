@@ -1,0 +1,1 @@
+"""The MLOps side of metarl: stages, CLI, DVC entry points, Prefect flows, tracking."""

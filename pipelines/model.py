@@ -40,7 +40,11 @@ class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 
     # No type hints here: MLflow would read them as a (list-based) input schema.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        """Greedy action per observation row."""
+        """Greedy action per observation row (an array, a DataFrame or ``{"obs": array}``)."""
+        if isinstance(model_input, dict):  # a named tensor signature gives {"obs": array}
+            model_input = model_input["obs"]
+        if hasattr(model_input, "to_numpy"):
+            model_input = model_input.to_numpy()
         obs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
             logits = functional_call(self.learner.policy, self.learner.params, (obs,))

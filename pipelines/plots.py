@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from metarl.evaluation import CurveSummary  # noqa: E402
+from metarl.evaluation import CurveSummary
 
 
 def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from pipelines import tracking
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig, load_config
-from pipelines.stages import evaluate, register, train, tasks, tune
+from pipelines.stages import evaluate, register, tasks, train, tune
 
 STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
     "tasks": tasks.run,
@@ -27,8 +27,11 @@ STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
 
 
 def configure_torch() -> None:
-    """One intra-op thread by default (``METARL_NUM_THREADS``): the nets are tiny, and a
-    second busy process on 2 cores slows multi-threaded torch down many times."""
+    """Use one intra-op thread unless ``METARL_NUM_THREADS`` says otherwise.
+
+    The networks are tiny, and beside a second busy process on 2 cores a multi-threaded torch
+    slows down many times.
+    """
     import torch
 
     torch.set_num_threads(int(os.environ.get("METARL_NUM_THREADS", "1")))

@@ -184,6 +184,7 @@ def load_config(path: Path | str) -> PipelineConfig:
 
     Raises:
         ConfigError: unreadable or malformed YAML, an unknown key, or a bad value.
+
     """
     path = Path(path)
     try:

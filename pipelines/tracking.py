@@ -44,6 +44,7 @@ def check_tracking_uri(uri: str) -> None:
 
     Raises:
         ConfigError: naming ``tracking.uri`` and how to fix it.
+
     """
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])

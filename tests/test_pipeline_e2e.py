@@ -25,7 +25,8 @@ def _env(root: Path) -> dict[str, str]:
 def _run(cmd: list[str], root: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True,
                             timeout=900)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 

@@ -101,6 +101,7 @@ class GradientAdaptedPolicy:
         params: shared initial parameters (no task dim).
         inner_lr: step size of each adaptation step.
         discount: discount of the returns in the adaptation loss.
+
     """
 
     def __init__(self, policy: CategoricalMLPPolicy, params: Params, inner_lr: float,

@@ -120,6 +120,7 @@ class MAML:
         policy: the network whose parameters are meta-learned.
         config: hyperparameters.
         generator: the torch generator for initial parameters and rollouts.
+
     """
 
     def __init__(self, policy: CategoricalMLPPolicy, config: MAMLConfig,

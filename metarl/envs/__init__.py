@@ -1,0 +1,1 @@
+"""Batched, task-parameterised environments and their gymnasium views."""

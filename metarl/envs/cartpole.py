@@ -52,6 +52,7 @@ class BatchedCartPole:
         max_steps: horizon; reaching it truncates the episode (not a termination).
         device: torch device of every tensor.
         dtype: float dtype of the state (float32 for speed, float64 to match gymnasium exactly).
+
     """
 
     obs_dim = 4
@@ -115,6 +116,7 @@ class BatchedCartPole:
         Returns:
             ``(obs [N,E,4], reward [N,E], terminated [N,E])``. The reward is 1 for each step
             taken by a live slot (including the terminating one, as in gymnasium) and 0 after.
+
         """
         x, x_dot, theta, theta_dot = self.state.unbind(-1)
         force = torch.where(actions == 1, self.force_mag, -self.force_mag)
@@ -145,9 +147,10 @@ class MetaCartPoleEnv(gym.Env[np.ndarray, int]):
         task: physical parameters; gymnasium's defaults when omitted.
         max_episode_steps: not enforced here; wrap with ``TimeLimit`` (``gym.make`` does).
         render_mode: unsupported (None only).
+
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
 
     def __init__(self, task: CartPoleTask | None = None, render_mode: str | None = None) -> None:
         if render_mode is not None:
@@ -159,7 +162,7 @@ class MetaCartPoleEnv(gym.Env[np.ndarray, int]):
              np.finfo(np.float32).max],
             dtype=np.float32,
         )
-        self.action_space = gym.spaces.Discrete(2)
+        self.action_space = gym.spaces.Discrete(2)  # type: ignore[assignment]
         self.observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
         self._terminated = False
 

@@ -29,7 +29,7 @@ LEARNERS = ("maml", "pretrained", "scratch", "random")
 
 def learners(paths: Paths, config: PipelineConfig) -> dict[str, MetaLearner]:
     """The trained learners and the baselines built on the same network and step size."""
-    maml, ckpt = load_checkpoint(paths, "maml")
+    maml, _ = load_checkpoint(paths, "maml")
     pretrained, _ = load_checkpoint(paths, "pretrained")
     generator = torch.Generator().manual_seed(config.evaluate.seeds[0] + 7919)
     scratch = GradientAdaptedPolicy(maml.policy, maml.policy.init_params(generator),
