@@ -33,10 +33,10 @@ def adaptation_curve(
     the same start states at every step, however many random numbers its policy consumed.
     """
     env = family.make_env(list(tasks), episodes_per_task, device=device)
-    params = learner.initial_params(len(tasks))
+    params = {k: v.to(device) for k, v in learner.initial_params(len(tasks)).items()}
     curve = []
     for k in range(num_adapt_steps + 1):
-        generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + k)
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
         batch = rollout(learner.explore(params) if k == 0 else learner.act(params), env,
                         generator)
         curve.append(batch.episode_returns.mean(-1).cpu().numpy())

@@ -119,16 +119,19 @@ class MAML:
     Args:
         policy: the network whose parameters are meta-learned.
         config: hyperparameters.
-        generator: the torch generator for initial parameters and rollouts.
+        seed: seeds the initial parameters (drawn on the CPU) and the rollouts.
+        device: where parameters, environments and rollout noise live.
 
     """
 
-    def __init__(self, policy: CategoricalMLPPolicy, config: MAMLConfig,
-                 generator: torch.Generator) -> None:
-        self.policy = policy
+    def __init__(self, policy: CategoricalMLPPolicy, config: MAMLConfig, seed: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.policy = policy.to(device)
         self.config = config
-        self.generator = generator
-        self.theta = {k: v.requires_grad_() for k, v in policy.init_params(generator).items()}
+        self.device = torch.device(device)
+        init = policy.init_params(torch.Generator().manual_seed(seed))
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.theta = {k: v.to(self.device).requires_grad_() for k, v in init.items()}
         self.optimizer = torch.optim.Adam(self.theta.values(), lr=config.outer_lr)
 
     def learner(self) -> GradientAdaptedPolicy:
@@ -137,11 +140,11 @@ class MAML:
                                                    for k, v in self.theta.items()},
                                      self.config.inner_lr, self.config.discount)
 
-    def meta_train_step(self, family: TaskFamily, tasks: list[dict[str, float]],
-                        device: torch.device | str = "cpu") -> dict[str, float]:
+    def meta_train_step(self, family: TaskFamily, tasks: list[dict[str, float]]
+                        ) -> dict[str, float]:
         """One meta-iteration on ``tasks``; returns namespaced metrics."""
         cfg = self.config
-        env = family.make_env(tasks, cfg.episodes_per_task, device=device)
+        env = family.make_env(tasks, cfg.episodes_per_task, device=self.device)
         params = expand_params({k: v.detach() for k, v in self.theta.items()}, len(tasks))
         inner_batches = []
         for _ in range(cfg.num_inner_steps):
@@ -198,11 +201,10 @@ def train_maml(
 ) -> MAML:
     """Meta-train for ``num_iterations``; same seed ⇒ identical parameters on CPU."""
     logger = logger or NullLogger()
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    maml = MAML(make_policy(family, config.hidden_sizes), config, generator)
+    maml = MAML(make_policy(family, config.hidden_sizes), config, seed, device)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
     for it in range(num_iterations):
-        logger.log_metrics(maml.meta_train_step(family, draw(), device), step=it)
+        logger.log_metrics(maml.meta_train_step(family, draw()), step=it)
         if hook is not None:
             hook(it, maml.learner())
     return maml

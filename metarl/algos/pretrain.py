@@ -36,9 +36,10 @@ def pretrain_multitask(
     of episodes.
     """
     logger = logger or NullLogger()
-    generator = torch.Generator(device="cpu").manual_seed(seed + 10_007)
-    policy = make_policy(family, config.hidden_sizes)
-    theta = {k: v.requires_grad_() for k, v in policy.init_params(generator).items()}
+    policy = make_policy(family, config.hidden_sizes).to(device)
+    init = policy.init_params(torch.Generator().manual_seed(seed + 10_007))
+    generator = torch.Generator(device=device).manual_seed(seed + 10_007)
+    theta = {k: v.to(device).requires_grad_() for k, v in init.items()}
     optimizer = torch.optim.Adam(theta.values(), lr=config.outer_lr)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed + 10_007))
     for it in range(num_iterations):
