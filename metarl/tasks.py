@@ -11,14 +11,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from metarl.config import ConfigError, check, check_range
+from metarl.config import check
 from metarl.envs.base import BatchedEnv
-from metarl.envs.cartpole import BatchedCartPole, CartPoleTask
 
 SCHEMA_VERSION = 1
 
@@ -44,75 +43,12 @@ class TaskFamily(Protocol):
         """A batched env over ``tasks`` with ``num_envs`` episodes each."""
         ...
 
+    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
+        """Expected episode return of the best policy that knows each task, ``[N]``.
 
-@dataclass(frozen=True)
-class CartPoleFamilyConfig:
-    """Ranges of the CartPole task distribution (``task.cartpole`` in params.yaml)."""
-
-    pole_length: tuple[float, float] = (0.25, 1.0)
-    """Half-length of the pole, m, sampled uniformly in [min, max]."""
-    pole_mass: tuple[float, float] = (0.05, 0.5)
-    """Pole mass, kg."""
-    cart_mass: tuple[float, float] = (0.5, 2.0)
-    """Cart mass, kg."""
-    gravity: tuple[float, float] = (8.0, 12.0)
-    """Gravity, m/s²."""
-    force_mag: tuple[float, float] = (5.0, 15.0)
-    """Magnitude of the push, N."""
-    force_flip_prob: float = 0.5
-    """Probability that a task's controls are reversed (action 1 pushes left)."""
-    max_steps: int = 200
-    """Episode horizon, steps; the best possible return equals it."""
-
-    def __post_init__(self) -> None:
-        for name in ("pole_length", "pole_mass", "cart_mass", "gravity", "force_mag"):
-            check_range(name, getattr(self, name), positive=True)
-        check(0.0 <= self.force_flip_prob <= 1.0, "force_flip_prob", self.force_flip_prob,
-              "must be a probability in [0, 1]")
-        check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
-
-
-class CartPoleFamily:
-    """CartPole tasks with varied physics and, with some probability, reversed controls."""
-
-    name: ClassVar[str] = "cartpole"
-
-    def __init__(self, config: CartPoleFamilyConfig) -> None:
-        self.config = config
-        self.max_steps = config.max_steps
-        self.best_return = float(config.max_steps)
-
-    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
-        """Uniform in every range; the force's sign flips with ``force_flip_prob``."""
-        c = self.config
-        tasks = []
-        for _ in range(num_tasks):
-            values = {name: float(rng.uniform(*getattr(c, name)))
-                      for name in ("pole_length", "pole_mass", "cart_mass", "gravity",
-                                   "force_mag")}
-            if rng.random() < c.force_flip_prob:
-                values["force_mag"] = -values["force_mag"]
-            tasks.append(values)
-        return tasks
-
-    def make_env(
-        self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"
-    ) -> BatchedCartPole:
-        """Batched CartPole over ``tasks``."""
-        return BatchedCartPole([CartPoleTask(**t) for t in tasks], num_envs,
-                               max_steps=self.max_steps, device=device)
-
-
-FAMILY_CONFIGS: dict[str, type] = {"cartpole": CartPoleFamilyConfig}
-"""Family name → its config dataclass (the ``task.<name>`` section of params.yaml)."""
-
-
-def make_family(name: str, config: Any) -> TaskFamily:
-    """Instantiate the family ``name`` with its config dataclass."""
-    if name == "cartpole":
-        return CartPoleFamily(config)
-    raise ConfigError("task.family", name,
-                      f"unknown family; choose one of {sorted(FAMILY_CONFIGS)}")
+        The 1 of the normalised score (random is its 0).
+        """
+        ...
 
 
 @dataclass(frozen=True)

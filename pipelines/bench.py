@@ -13,10 +13,9 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import torch
 
-from metarl.envs.cartpole import CartPoleTask
+from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig, CartPoleTask
 from metarl.policies import CategoricalMLPPolicy, act_fn, expand_params
 from metarl.sampler import rollout_steps, sample_actions
-from metarl.tasks import CartPoleFamily, CartPoleFamilyConfig
 
 
 def _best_time(fn: Callable[[], None], repeats: int) -> float:

@@ -15,7 +15,8 @@ import yaml
 
 from metarl.algos.maml import MAMLConfig
 from metarl.config import ConfigError, check, check_range, from_mapping
-from metarl.tasks import FAMILY_CONFIGS, CartPoleFamilyConfig
+from metarl.envs.cartpole import CartPoleFamilyConfig
+from metarl.families import FAMILIES
 
 ALGORITHMS = ("maml",)
 
@@ -38,8 +39,8 @@ class TaskSection:
     """Ranges of the cartpole family."""
 
     def __post_init__(self) -> None:
-        check(self.family in FAMILY_CONFIGS, "family", self.family,
-              f"unknown family; choose one of {sorted(FAMILY_CONFIGS)}")
+        check(self.family in FAMILIES, "family", self.family,
+              f"unknown family; choose one of {sorted(FAMILIES)}")
         for split in ("train", "val", "test"):
             n = getattr(self, f"num_{split}")
             check(n >= 1, f"num_{split}", n, "a split needs at least one task")

@@ -11,10 +11,10 @@ from torch.func import functional_call
 
 from metarl.algos.base import clipped_surrogate_loss, inner_step, log_probs, policy_gradient_loss
 from metarl.algos.maml import MAMLConfig, adapted_params, maml_objective, train_maml
-from metarl.envs.cartpole import BatchedCartPole, CartPoleTask
+from metarl.envs.cartpole import BatchedCartPole, CartPoleFamily, CartPoleFamilyConfig, CartPoleTask
 from metarl.policies import CategoricalMLPPolicy, Params, task_logits
 from metarl.sampler import EpisodeBatch, rollout
-from metarl.tasks import CartPoleFamily, CartPoleFamilyConfig, sample_task_sets
+from metarl.tasks import sample_task_sets
 
 torch.set_num_threads(1)
 

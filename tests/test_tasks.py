@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from metarl.config import ConfigError, from_mapping
-from metarl.tasks import (
-    SCHEMA_VERSION,
-    CartPoleFamily,
-    CartPoleFamilyConfig,
-    TaskSet,
-    sample_task_sets,
-)
+from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
+from metarl.tasks import SCHEMA_VERSION, TaskSet, sample_task_sets
 
 RANGED = ("pole_length", "pole_mass", "cart_mass", "gravity", "force_mag")
 SIZES = {"train": 8, "val": 4, "test": 4}
@@ -138,7 +133,7 @@ def test_make_env_uses_the_task_values() -> None:
     env = family.make_env(list(tasks), num_envs=2)
     assert (env.num_tasks, env.num_envs, env.max_steps) == (3, 2, 33)
     assert env.force_mag.squeeze(1).tolist() == pytest.approx([t["force_mag"] for t in tasks])
-    assert family.best_return == 33.0
+    assert family.oracle_returns(list(tasks)).tolist() == [33.0, 33.0, 33.0]
 
 
 def _config_error(data: dict[str, object]) -> ConfigError:

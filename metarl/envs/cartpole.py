@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
+
+from metarl.config import check, check_range
 
 TAU = 0.02
 X_THRESHOLD = 2.4
@@ -190,3 +192,64 @@ class MetaCartPoleEnv(gym.Env[np.ndarray, int]):
 
     def _obs(self) -> np.ndarray:
         return self._env.state[0, 0].numpy().astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CartPoleFamilyConfig:
+    """Ranges of the CartPole task distribution (``task.cartpole`` in params.yaml)."""
+
+    pole_length: tuple[float, float] = (0.25, 1.0)
+    """Half-length of the pole, m, sampled uniformly in [min, max]."""
+    pole_mass: tuple[float, float] = (0.05, 0.5)
+    """Pole mass, kg."""
+    cart_mass: tuple[float, float] = (0.5, 2.0)
+    """Cart mass, kg."""
+    gravity: tuple[float, float] = (8.0, 12.0)
+    """Gravity, m/s²."""
+    force_mag: tuple[float, float] = (5.0, 15.0)
+    """Magnitude of the push, N."""
+    force_flip_prob: float = 0.5
+    """Probability that a task's controls are reversed (action 1 pushes left)."""
+    max_steps: int = 200
+    """Episode horizon, steps; the best possible return equals it."""
+
+    def __post_init__(self) -> None:
+        for name in ("pole_length", "pole_mass", "cart_mass", "gravity", "force_mag"):
+            check_range(name, getattr(self, name), positive=True)
+        check(0.0 <= self.force_flip_prob <= 1.0, "force_flip_prob", self.force_flip_prob,
+              "must be a probability in [0, 1]")
+        check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+
+
+class CartPoleFamily:
+    """CartPole tasks with varied physics and, with some probability, reversed controls."""
+
+    name: ClassVar[str] = "cartpole"
+
+    def __init__(self, config: CartPoleFamilyConfig) -> None:
+        self.config = config
+        self.max_steps = config.max_steps
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """Uniform in every range; the force's sign flips with ``force_flip_prob``."""
+        c = self.config
+        tasks = []
+        for _ in range(num_tasks):
+            values = {name: float(rng.uniform(*getattr(c, name)))
+                      for name in ("pole_length", "pole_mass", "cart_mass", "gravity",
+                                   "force_mag")}
+            if rng.random() < c.force_flip_prob:
+                values["force_mag"] = -values["force_mag"]
+            tasks.append(values)
+        return tasks
+
+    def make_env(
+        self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"
+    ) -> BatchedCartPole:
+        """Batched CartPole over ``tasks``."""
+        return BatchedCartPole([CartPoleTask(**t) for t in tasks], num_envs,
+                               max_steps=self.max_steps, device=device)
+
+    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
+        """The horizon: every task can be balanced for the whole episode."""
+        return np.full(len(tasks), float(self.max_steps))

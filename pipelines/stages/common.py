@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from metarl.checkpoint import load_learner, read_config
-from metarl.tasks import TaskFamily, TaskSet, make_family
+from metarl.families import make_family
+from metarl.tasks import TaskFamily, TaskSet
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
 

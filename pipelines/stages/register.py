@@ -52,7 +52,8 @@ def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: T
     ev = config.evaluate
     res = meta_test({"champion": learner, "random": RandomLearner()}, fam, test,
                     ev.num_adapt_steps, ev.episodes_per_task, ev.seeds, dev)
-    return float(normalized(res["champion"].mean[-1], res["random"].mean[0], fam.best_return))
+    oracle = float(fam.oracle_returns(list(test.tasks)).mean())
+    return float(normalized(res["champion"].mean[-1], res["random"].mean[0], oracle))
 
 
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:

@@ -1,0 +1,31 @@
+"""The registry of task families: name → (config dataclass, family class).
+
+A family is chosen by ``task.family`` in params.yaml; its ranges live in ``task.<name>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metarl.config import ConfigError
+from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
+from metarl.tasks import TaskFamily
+
+FAMILIES: dict[str, tuple[type, Any]] = {
+    "cartpole": (CartPoleFamilyConfig, CartPoleFamily),
+}
+"""Family name → (its config dataclass, the class built from that config)."""
+
+
+def make_family(name: str, config: Any = None) -> TaskFamily:
+    """Instantiate family ``name`` from its config (the defaults when ``None``).
+
+    Raises:
+        ConfigError: unknown family name.
+
+    """
+    if name not in FAMILIES:
+        raise ConfigError("task.family", name,
+                          f"unknown family; choose one of {sorted(FAMILIES)}")
+    config_cls, family_cls = FAMILIES[name]
+    return family_cls(config if config is not None else config_cls())  # type: ignore[no-any-return]
