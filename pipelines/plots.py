@@ -14,9 +14,12 @@ import matplotlib.pyplot as plt
 from metarl.evaluation import CurveSummary
 
 
-def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: str) -> None:
-    """Return vs adaptation step per learner, with 95% bands; written atomically."""
+def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: str,
+                           oracle: float | None = None) -> None:
+    """Return vs adaptation step per learner, with 95% bands and the oracle; atomic write."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    if oracle is not None:
+        ax.axhline(oracle, color="black", linestyle="--", linewidth=1, label="oracle")
     for name, s in results.items():
         steps = range(len(s.mean))
         ax.plot(steps, s.mean, marker="o", label=name)
@@ -26,7 +29,7 @@ def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: 
     ax.set_xticks(list(range(len(next(iter(results.values())).mean))))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")

@@ -108,14 +108,16 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     ev = config.evaluate
     results = meta_test(learners(paths, config), fam, test, ev.num_adapt_steps,
                         ev.episodes_per_task, ev.seeds, dev)
-    summary = summarize(results, float(fam.oracle_returns(list(test.tasks)).mean()))
+    oracle = float(fam.oracle_returns(list(test.tasks)).mean())
+    summary = summarize(results, oracle)
     summary["test_task_hash"] = test.content_hash
     summary["seeds"] = list(ev.seeds)
     atomic_write_json(paths.metrics / "meta_test.json", summary)
     atomic_write_text(paths.plots / "adaptation_curve.csv", curve_csv(results))
     png = paths.plots / "adaptation_curve.png"
     plot_adaptation_curves(results, png, title=f"Meta-test on {len(test)} held-out "
-                           f"{config.task.family} tasks, seeds {list(ev.seeds)}")
+                           f"{config.task.family} tasks, seeds {list(ev.seeds)}",
+                           oracle=oracle)
     table = report(summary, ev.num_adapt_steps, test.content_hash, ev.seeds)
     atomic_write_text(paths.reports / "meta_test.md", table)
     if mlflow.active_run() is not None:
