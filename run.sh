@@ -53,7 +53,7 @@ setup() {
   want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     log "installing metarl and its dependencies (first time: about a minute)"
-    pip install -q -e ".[dev]"
+    pip install -q -e ".[dev,mujoco]"
     echo "$want" > "$stamp"
   fi
 }

@@ -14,17 +14,23 @@ from typing import Any
 import torch
 
 from metarl.algos.base import GradientAdaptedPolicy
-from metarl.policies import CategoricalMLPPolicy, Params
+from metarl.policies import POLICY_KINDS, GaussianMLPPolicy, MLPPolicy, Params, make_policy_for
 
 FORMAT_VERSION = 1
 
 
-def policy_config(policy: CategoricalMLPPolicy, hidden_sizes: tuple[int, ...], inner_lr: float,
+def policy_config(policy: MLPPolicy, hidden_sizes: tuple[int, ...], inner_lr: float,
                   discount: float, **extra: Any) -> dict[str, Any]:
-    """The JSON needed to rebuild a :class:`GradientAdaptedPolicy` (plus ``extra`` fields)."""
-    return {"format_version": FORMAT_VERSION, "obs_dim": policy.obs_dim,
-            "num_actions": policy.num_actions, "hidden_sizes": list(hidden_sizes),
-            "inner_lr": inner_lr, "discount": discount, **extra}
+    """The JSON needed to rebuild a :class:`GradientAdaptedPolicy` (plus ``extra`` fields).
+
+    ``policy`` records the policy kind (``categorical`` or ``gaussian``); a config without it
+    (written before continuous actions existed) loads as categorical.
+    """
+    gaussian = {"init_std": policy.init_std} if isinstance(policy, GaussianMLPPolicy) else {}
+    return {"format_version": FORMAT_VERSION, "policy": policy.kind, "obs_dim": policy.obs_dim,
+            "num_actions": policy.num_actions, "action_dim": policy.action_dim,
+            "hidden_sizes": list(hidden_sizes), "inner_lr": inner_lr, "discount": discount,
+            **gaussian, **extra}
 
 
 def save_params(params: Params, path: Path) -> None:
@@ -49,18 +55,27 @@ def load_learner(weights_path: Path, config: dict[str, Any]) -> GradientAdaptedP
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format_version={config.get('format_version')!r}: expected "
                          f"{FORMAT_VERSION}; re-train to produce a current checkpoint")
-    missing = [k for k in ("obs_dim", "num_actions", "hidden_sizes", "inner_lr", "discount")
+    kind = config.get("policy", "categorical")
+    if kind not in POLICY_KINDS:
+        raise ValueError(f"policy={kind!r}: unknown policy kind; expected one of "
+                         f"{list(POLICY_KINDS)}")
+    size_key = "num_actions" if kind == "categorical" else "action_dim"
+    missing = [k for k in ("obs_dim", size_key, "hidden_sizes", "inner_lr", "discount")
                if k not in config]
     if missing:
         raise ValueError(f"checkpoint config lacks {missing}; re-train to produce a full one")
-    policy = CategoricalMLPPolicy(int(config["obs_dim"]), int(config["num_actions"]),
-                                  tuple(int(h) for h in config["hidden_sizes"]))
+    # init_std only matters for fresh parameters (the from-scratch baseline); weights carry
+    # their own log_std.
+    policy = make_policy_for(kind == "categorical", int(config["obs_dim"]),
+                             int(config.get("num_actions", 0)), int(config.get("action_dim", 0)),
+                             tuple(int(h) for h in config["hidden_sizes"]),
+                             float(config.get("init_std", 1.0)))
     params = load_params(weights_path)
     expected = dict(policy.named_parameters())
     if set(params) != set(expected) or any(params[k].shape != v.shape
                                            for k, v in expected.items()):
         raise ValueError(f"{weights_path}: parameters do not match the architecture in its "
-                         "config (hidden_sizes, obs_dim, num_actions)")
+                         f"config (policy={kind!r}, hidden_sizes, obs_dim, {size_key})")
     return GradientAdaptedPolicy(policy, params, float(config["inner_lr"]),
                                  float(config["discount"]))
 

@@ -8,11 +8,31 @@ from __future__ import annotations
 from typing import Any
 
 from metarl.config import ConfigError
+from metarl.envs.bandit import BanditFamily, BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
+from metarl.envs.mujoco_tasks import (
+    AntDirFamily,
+    AntDirFamilyConfig,
+    CheetahDirFamily,
+    CheetahDirFamilyConfig,
+    CheetahVelFamily,
+    CheetahVelFamilyConfig,
+)
+from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
+from metarl.envs.pendulum import PendulumFamily, PendulumFamilyConfig
+from metarl.envs.tabular_mdp import TabularMDPFamily, TabularMDPFamilyConfig
 from metarl.tasks import TaskFamily
 
 FAMILIES: dict[str, tuple[type, Any]] = {
     "cartpole": (CartPoleFamilyConfig, CartPoleFamily),
+    "nav2d": (Nav2DFamilyConfig, Nav2DFamily),
+    "pendulum": (PendulumFamilyConfig, PendulumFamily),
+    "bandit": (BanditFamilyConfig, BanditFamily),
+    "tabular_mdp": (TabularMDPFamilyConfig, TabularMDPFamily),
+    # MuJoCo (optional dependency: pip install -e ".[mujoco]")
+    "cheetah_vel": (CheetahVelFamilyConfig, CheetahVelFamily),
+    "cheetah_dir": (CheetahDirFamilyConfig, CheetahDirFamily),
+    "ant_dir": (AntDirFamilyConfig, AntDirFamily),
 }
 """Family name → (its config dataclass, the class built from that config)."""
 

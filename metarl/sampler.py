@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from metarl.envs.base import BatchedEnv
-from metarl.policies import ActFn
+from metarl.policies import ActFn, sample_actions
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,8 @@ class EpisodeBatch:
 
     Attributes:
         obs: ``[N, E, T, obs_dim]`` observation before each step.
-        actions: ``[N, E, T]`` long.
+        actions: ``[N, E, T]`` long (discrete) or ``[N, E, T, action_dim]`` float (continuous:
+            the policy's unclipped samples; the env clipped them when stepping).
         rewards: ``[N, E, T]``; zero on padding.
         mask: ``[N, E, T]`` 1.0 where a step was taken, 0.0 on padding after the episode ended.
 
@@ -38,24 +39,31 @@ class EpisodeBatch:
         return int(self.mask.sum().item())
 
 
-def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Categorical samples by the Gumbel-max trick, drawn from ``generator``."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device)
-    gumbel = -torch.log(-torch.log(u.clamp_(1e-20, 1.0 - 1e-7)))
-    return torch.argmax(logits + gumbel, dim=-1)
+def random_actions(env: BatchedEnv, generator: torch.Generator, device: torch.device
+                   ) -> torch.Tensor:
+    """Uniform random actions for every slot.
+
+    Discrete: uniform over ``num_actions``; continuous: uniform in the box
+    ``[action_low, action_high]``.
+    """
+    n, e = env.num_tasks, env.num_envs
+    if env.discrete:
+        return sample_actions(torch.zeros(n, e, env.num_actions, device=device), generator)
+    low = torch.tensor(env.action_low, device=device)
+    high = torch.tensor(env.action_high, device=device)
+    u = torch.rand(n, e, env.action_dim, generator=generator, device=device)
+    return low + (high - low) * u
 
 
 @torch.no_grad()
-def rollout(
-    act: ActFn | None, env: BatchedEnv, generator: torch.Generator, greedy: bool = False
-) -> EpisodeBatch:
+def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> EpisodeBatch:
     """Run one episode in every slot of ``env`` until all end or the horizon is reached.
 
     Args:
-        act: maps observations ``[N, E, obs_dim]`` to logits; ``None`` acts uniformly at random.
+        act: maps observations ``[N, E, obs_dim]`` and ``generator`` to actions (see
+            :data:`~metarl.policies.ActFn`); ``None`` acts uniformly at random.
         env: the batched environment (it is reset here).
         generator: source of start states and action noise.
-        greedy: take the most likely action instead of sampling.
 
     """
     obs = env.reset(generator)
@@ -64,10 +72,9 @@ def rollout(
     alive = torch.ones(n, e, dtype=torch.bool, device=obs.device)
     for _ in range(env.max_steps):
         if act is None:
-            logits = torch.zeros(n, e, env.num_actions, device=obs.device)
+            actions = random_actions(env, generator, obs.device)
         else:
-            logits = act(obs.float())
-        actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)
+            actions = act(obs.float(), generator)
         obs_buf.append(obs.float())
         act_buf.append(actions)
         mask_buf.append(alive)
@@ -92,7 +99,7 @@ class TransitionBatch:
 
     Attributes:
         obs: ``[N, E, T, obs_dim]``.
-        actions: ``[N, E, T]`` long.
+        actions: ``[N, E, T]`` long or ``[N, E, T, action_dim]`` float.
         rewards: ``[N, E, T]``.
         dones: ``[N, E, T]`` 1.0 where the step ended an episode (the next step starts anew).
 
@@ -118,10 +125,9 @@ def rollout_steps(
     obs_buf, act_buf, rew_buf, done_buf = [], [], [], []
     for _ in range(num_steps):
         if act is None:
-            logits = torch.zeros(n, e, env.num_actions, device=obs.device)
+            actions = random_actions(env, generator, obs.device)
         else:
-            logits = act(obs.float())
-        actions = sample_actions(logits, generator)
+            actions = act(obs.float(), generator)
         obs_buf.append(obs.float())
         act_buf.append(actions)
         obs, reward, terminated = env.step(actions)

@@ -117,11 +117,17 @@ class TaskSet:
                              f"the tasks ({task_set.content_hash}); the file was modified — "
                              "regenerate it with `metarl stage tasks`")
         for i, task in enumerate(tasks):
-            if not isinstance(task, dict) or not all(
-                isinstance(v, int | float) and math.isfinite(v) for v in task.values()
-            ):
-                raise ValueError(f"{source}: tasks[{i}]={task!r}: expected finite numbers")
+            if not isinstance(task, dict) or not all(_finite(v) for v in task.values()):
+                raise ValueError(f"{source}: tasks[{i}]={task!r}: expected finite numbers or "
+                                 "(nested) non-empty lists of them")
         return task_set
+
+
+def _finite(value: object) -> bool:
+    """A finite number, or a non-empty (nested) list of them (bandit probabilities, MDP tables)."""
+    if isinstance(value, list):
+        return bool(value) and all(_finite(v) for v in value)
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def sample_task_sets(

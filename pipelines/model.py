@@ -1,8 +1,10 @@
 """The MLflow pyfunc flavour of a metarl policy: weights + config JSON, no pickled objects.
 
 ``mlflow.pyfunc.load_model("models:/<name>@champion").predict(obs)`` maps observations
-``[batch, obs_dim]`` (float32) to greedy actions ``[batch]`` (int64) of the meta-learned
-initialisation. To adapt to a new task first, load the weights with
+``[batch, obs_dim]`` (float32) to the greedy actions of the meta-learned initialisation: for a
+discrete family the most likely action, ``[batch]`` int64; for a continuous family the mean of
+the Gaussian policy, ``[batch, action_dim]`` float32 (unclipped: the env clips it to its action
+bounds, as it does every action). To adapt to a new task first, load the weights with
 :func:`metarl.checkpoint.load_learner` from the model's ``artifacts/`` folder.
 """
 
@@ -18,7 +20,6 @@ import numpy as np
 import torch
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
-from torch.func import functional_call
 
 WEIGHTS = "weights"
 CONFIG = "config"
@@ -46,16 +47,25 @@ class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         if hasattr(model_input, "to_numpy"):
             model_input = model_input.to_numpy()
         obs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        policy = self.learner.policy
         with torch.no_grad():
-            logits = functional_call(self.learner.policy, self.learner.params, (obs,))
-        return logits.argmax(-1).numpy().astype(np.int64)
+            out = policy.mlp(self.learner.params, obs)  # logits, or the Gaussian's mean
+        if policy.discrete:
+            return out.argmax(-1).numpy().astype(np.int64)
+        return out.numpy().astype(np.float32)
 
 
-def signature(obs_dim: int) -> ModelSignature:
-    """Tensor signature: ``obs float32 [-1, obs_dim]`` → ``action int64 [-1]``."""
+def signature(obs_dim: int, action_dim: int = 0) -> ModelSignature:
+    """Tensor signature of :meth:`MetaPolicyModel.predict`.
+
+    ``obs float32 [-1, obs_dim]`` → ``action int64 [-1]`` (discrete, ``action_dim`` 0) or
+    ``action float32 [-1, action_dim]`` (continuous).
+    """
+    output = (TensorSpec(np.dtype(np.int64), (-1,), name="action") if action_dim == 0 else
+              TensorSpec(np.dtype(np.float32), (-1, action_dim), name="action"))
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, obs_dim), name="obs")]),
-        outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,), name="action")]))
+        outputs=Schema([output]))
 
 
 def requirements() -> list[str]:
@@ -65,7 +75,14 @@ def requirements() -> list[str]:
 
 
 def log_model(weights: Path, config: Path, obs_dim: int) -> Any:
-    """Log the pyfunc model (from code, not pickled) to the active run; return ``ModelInfo``."""
+    """Log the pyfunc model (from code, not pickled) to the active run; return ``ModelInfo``.
+
+    The output signature follows the policy kind recorded in the checkpoint ``config``.
+    """
+    from metarl.checkpoint import read_config
+
+    ckpt = read_config(config)
+    action_dim = int(ckpt.get("action_dim", 0)) if ckpt.get("policy") == "gaussian" else 0
     entry = Path(__file__).with_name("pyfunc_entry.py")
     with warnings.catch_warnings():
         # The explicit tensor signature validates input; no example needed.
@@ -73,4 +90,4 @@ def log_model(weights: Path, config: Path, obs_dim: int) -> Any:
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(entry),
             artifacts={WEIGHTS: str(weights), CONFIG: str(config)},
-            signature=signature(obs_dim), pip_requirements=requirements())
+            signature=signature(obs_dim, action_dim), pip_requirements=requirements())

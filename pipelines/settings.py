@@ -15,7 +15,16 @@ import yaml
 
 from metarl.algos.maml import MAMLConfig
 from metarl.config import ConfigError, check, check_range, from_mapping
+from metarl.envs.bandit import BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamilyConfig
+from metarl.envs.mujoco_tasks import (
+    AntDirFamilyConfig,
+    CheetahDirFamilyConfig,
+    CheetahVelFamilyConfig,
+)
+from metarl.envs.nav2d import Nav2DFamilyConfig
+from metarl.envs.pendulum import PendulumFamilyConfig
+from metarl.envs.tabular_mdp import TabularMDPFamilyConfig
 from metarl.families import FAMILIES
 
 ALGORITHMS = ("maml",)
@@ -26,7 +35,8 @@ class TaskSection:
     """``task``: which family, its ranges, and the split sizes."""
 
     family: str = "cartpole"
-    """Task family name (``cartpole``)."""
+    """Task family name (``cartpole``, ``bandit``, ``tabular_mdp``, ``nav2d``, ``pendulum``;
+    with MuJoCo: ``cheetah_vel``, ``cheetah_dir``, ``ant_dir``)."""
     seed: int = 0
     """Seed of the task sets; each split gets its own child seed."""
     num_train: int = 100
@@ -37,6 +47,20 @@ class TaskSection:
     """Held-out test tasks (evaluation only)."""
     cartpole: CartPoleFamilyConfig = field(default_factory=CartPoleFamilyConfig)
     """Ranges of the cartpole family."""
+    nav2d: Nav2DFamilyConfig = field(default_factory=Nav2DFamilyConfig)
+    """Goal box, clip, horizon and reward of the nav2d family (MAML's 2D navigation)."""
+    pendulum: PendulumFamilyConfig = field(default_factory=PendulumFamilyConfig)
+    """Ranges of the pendulum family (Pendulum-v1 with varied mass, length, gravity)."""
+    bandit: BanditFamilyConfig = field(default_factory=BanditFamilyConfig)
+    """Arms and pulls of the bandit family (RL²'s Bernoulli bandits)."""
+    tabular_mdp: TabularMDPFamilyConfig = field(default_factory=TabularMDPFamilyConfig)
+    """Sizes and priors of the tabular_mdp family (RL²'s random MDPs)."""
+    cheetah_vel: CheetahVelFamilyConfig = field(default_factory=CheetahVelFamilyConfig)
+    """Target-velocity HalfCheetah (MAML/PEARL; needs MuJoCo)."""
+    cheetah_dir: CheetahDirFamilyConfig = field(default_factory=CheetahDirFamilyConfig)
+    """Forward/backward HalfCheetah (MAML; needs MuJoCo)."""
+    ant_dir: AntDirFamilyConfig = field(default_factory=AntDirFamilyConfig)
+    """Direction-following Ant (PEARL; needs MuJoCo)."""
 
     def __post_init__(self) -> None:
         check(self.family in FAMILIES, "family", self.family,
@@ -134,14 +158,16 @@ class EvaluateSection:
 class RegisterSection:
     """``register``: the MLflow registry and the promotion gate."""
 
-    model_name: str = "metarl-cartpole-maml"
-    """Registered model name."""
+    model_name: str = ""
+    """Registered model name; empty means ``metarl-<task.family>-<algo.name>``, so each
+    family/algorithm pair has its own champion."""
     margin: float = 0.02
     """Promote to @champion only if the new normalised post-adaptation score exceeds the
     champion's (re-evaluated on the same test tasks and seeds) by more than this."""
 
     def __post_init__(self) -> None:
-        check(bool(self.model_name.strip()), "model_name", self.model_name, "must not be empty")
+        check(self.model_name == self.model_name.strip(), "model_name", self.model_name,
+              "remove the surrounding spaces")
         check(self.margin >= 0, "margin", self.margin, "must be >= 0")
 
 
@@ -168,6 +194,11 @@ class PipelineConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     register: RegisterSection = field(default_factory=RegisterSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+
+    @property
+    def model_name(self) -> str:
+        """The registered model name (``register.model_name`` or the family/algo default)."""
+        return self.register.model_name or f"metarl-{self.task.family}-{self.algo.name}"
 
     def with_algo_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """A copy with ``algo.<name>.<key>`` values replaced (e.g. tuned step sizes)."""

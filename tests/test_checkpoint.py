@@ -17,7 +17,7 @@ from metarl.checkpoint import (
     policy_config,
     save_params,
 )
-from metarl.policies import CategoricalMLPPolicy, act_fn
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, act_fn, expand_params
 
 torch.set_num_threads(1)
 
@@ -46,10 +46,14 @@ def test_round_trip_gives_identical_logits(tmp_path: Path) -> None:
     for k in params:
         assert torch.equal(learner.params[k], params[k])
     obs = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1))
-    before = act_fn(policy, {k: v.expand(2, *v.shape) for k, v in params.items()})(obs)
-    after = learner.act(learner.initial_params(2))(obs)
+    expanded = {k: v.expand(2, *v.shape) for k, v in params.items()}
+    before = policy.task_mlp(expanded, obs)
+    after = learner.policy.task_mlp(learner.initial_params(2), obs)
     assert torch.equal(before, after)
     assert before.abs().max() > 0
+    greedy = act_fn(policy, expanded, greedy=True)(obs, torch.Generator())
+    torch.testing.assert_close(greedy, before.argmax(-1), rtol=0, atol=0)
+    assert config["policy"] == "categorical"
 
 
 def test_not_a_dict_of_tensors_raises(tmp_path: Path) -> None:
@@ -99,3 +103,37 @@ def test_no_pipeline_tool_imports_in_sources() -> None:
     offenders = [f"{p.relative_to(PACKAGE.parent)}: {m.group(0).strip()}"
                  for p in sources for m in IMPORT_RE.finditer(p.read_text())]
     assert offenders == []
+
+
+def test_gaussian_round_trip_keeps_kind_log_std_and_init_std(tmp_path: Path) -> None:
+    policy = GaussianMLPPolicy(2, 2, (8,), init_std=0.3)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    params["log_std"] = torch.tensor([-1.0, -2.0])
+    path = tmp_path / "policy.pt"
+    save_params(params, path)
+    config = policy_config(policy, (8,), inner_lr=0.1, discount=0.99)
+    assert (config["policy"], config["action_dim"], config["init_std"]) == ("gaussian", 2, 0.3)
+    learner = load_learner(path, config)
+    assert isinstance(learner.policy, GaussianMLPPolicy)
+    assert learner.policy.init_std == 0.3
+    torch.testing.assert_close(learner.params["log_std"], torch.tensor([-1.0, -2.0]))
+    obs = torch.randn(2, 5, 2, generator=torch.Generator().manual_seed(1))
+    act = learner.act(learner.initial_params(2))  # samples: std exp(-1), exp(-2)
+    sampled = act(obs, torch.Generator().manual_seed(0))
+    mean = policy.task_mlp(expand_params(params, 2), obs)
+    assert sampled.shape == (2, 5, 2)
+    assert 0 < (sampled - mean).abs().max() < 1.0
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        load_learner(path, {**config, "action_dim": 3})
+
+
+def test_config_without_policy_kind_loads_as_categorical(tmp_path: Path) -> None:
+    _, params, path, config = _saved(tmp_path)
+    legacy = {k: v for k, v in config.items() if k not in ("policy", "action_dim")}
+    learner = load_learner(path, legacy)
+    assert isinstance(learner.policy, CategoricalMLPPolicy)
+    assert all(torch.equal(learner.params[k], params[k]) for k in params)
+    with pytest.raises(ValueError, match="policy='beta'"):
+        load_learner(path, {**config, "policy": "beta"})
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        load_learner(path, {**config, "policy": "gaussian", "action_dim": 2})

@@ -92,7 +92,7 @@ def test_register_gate_and_failure_leave_registry_consistent(
 ) -> None:
     for stage in ("tasks", "train", "evaluate", "register"):
         assert run_cli(project, "stage", stage) == 0, capsys.readouterr().err
-    name = tiny_params()["register"]["model_name"]
+    name = "metarl-cartpole-maml"  # the default: metarl-<family>-<algo>
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1
     metrics_path = project / "metrics" / "meta_test.json"

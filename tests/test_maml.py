@@ -12,7 +12,7 @@ from torch.func import functional_call
 from metarl.algos.base import clipped_surrogate_loss, inner_step, log_probs, policy_gradient_loss
 from metarl.algos.maml import MAMLConfig, adapted_params, maml_objective, train_maml
 from metarl.envs.cartpole import BatchedCartPole, CartPoleFamily, CartPoleFamilyConfig, CartPoleTask
-from metarl.policies import CategoricalMLPPolicy, Params, task_logits
+from metarl.policies import CategoricalMLPPolicy, Params
 from metarl.sampler import EpisodeBatch, rollout
 from metarl.tasks import sample_task_sets
 
@@ -114,7 +114,7 @@ def test_first_order_differs_and_ignores_the_inner_jacobian() -> None:
     with torch.no_grad():
         adapted = adapted_params(policy, theta, inner, config.inner_lr, first_order=True)
     leaf = {k: v.clone().requires_grad_() for k, v in adapted.items()}
-    loss = clipped_surrogate_loss(task_logits(policy, leaf, post.obs), old_logp, post.actions,
+    loss = clipped_surrogate_loss(policy.task_log_prob(leaf, post.obs, post.actions), old_logp,
                                   post_adv, post.mask, config.clip_eps)
     grads = dict(zip(leaf, torch.autograd.grad(loss, list(leaf.values())), strict=True))
     for k in theta:
@@ -134,9 +134,11 @@ def test_every_meta_parameter_gets_a_finite_nonzero_gradient(first_order: bool) 
 
 def _task_inner_loss(policy: CategoricalMLPPolicy, params: Params, batch: EpisodeBatch,
                      adv: torch.Tensor, i: int) -> torch.Tensor:
+    # Independent of the policy's own log_prob: the module's forward + log_softmax.
     p = {k: v[i] for k, v in params.items()}
     logits = functional_call(policy, p, (batch.obs[i],))
-    return policy_gradient_loss(logits, batch.actions[i], adv[i], batch.mask[i])
+    logp = torch.log_softmax(logits, -1).gather(-1, batch.actions[i].unsqueeze(-1)).squeeze(-1)
+    return policy_gradient_loss(logp, adv[i], batch.mask[i])
 
 
 def _per_task_params(num_tasks: int) -> Params:
@@ -227,8 +229,9 @@ def test_clipped_surrogate_hand_computed() -> None:
     mask = torch.tensor([1, 1, 1, 1, 1, 1, 0], dtype=torch.float64)
     actions = torch.tensor([0, 1, 0, 1, 0, 1, 0])
     logits = torch.zeros(7, 2, dtype=torch.float64, requires_grad=True)
+    logp = torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     old_logp = np.log(0.5) - torch.log(ratios)
-    loss = clipped_surrogate_loss(logits, old_logp, actions, adv, mask, clip_eps=0.2)
+    loss = clipped_surrogate_loss(logp, old_logp, adv, mask, clip_eps=0.2)
     # min(r A, clip(r) A): 1.1 (inside), 1.2 (clipped high), -0.8 (clipped low),
     # -1.8 (inside), -1.5 (unclipped: pessimistic), 0.5 (unclipped), masked out.
     expected = -(1.1 + 1.2 - 0.8 - 1.8 - 1.5 + 0.5) / 6
@@ -236,13 +239,18 @@ def test_clipped_surrogate_hand_computed() -> None:
     (g,) = torch.autograd.grad(loss, logits)
     row_has_grad = g.abs().sum(-1) > 0
     assert row_has_grad.tolist() == [True, False, False, True, True, True, False]
+    # d loss / d logp_t = -r_t A_t / 6 where the unclipped branch is active, else 0.
+    logp_leaf = logp.detach().requires_grad_()
+    (g_logp,) = torch.autograd.grad(
+        clipped_surrogate_loss(logp_leaf, old_logp, adv, mask, clip_eps=0.2), logp_leaf)
+    active = torch.tensor([1, 0, 0, 1, 1, 1, 0], dtype=torch.float64)
+    torch.testing.assert_close(g_logp, -ratios * adv * active / 6, rtol=1e-12, atol=0)
 
 
 def test_policy_gradient_loss_hand_computed() -> None:
-    logits = torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.9, 0.1]], dtype=torch.float64))
-    actions = torch.tensor([1, 0, 0])
+    logp = torch.log(torch.tensor([0.75, 0.5, 0.9], dtype=torch.float64))
     adv = torch.tensor([2.0, -1.0, 5.0], dtype=torch.float64)
     mask = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
-    loss = policy_gradient_loss(logits, actions, adv, mask)
+    loss = policy_gradient_loss(logp, adv, mask)
     expected = -(np.log(0.75) * 2.0 + np.log(0.5) * -1.0) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-12)

@@ -5,12 +5,17 @@ Networks", https://arxiv.org/abs/1703.03400; outer objective as in Rothfuss et a
 "ProMP", https://arxiv.org/abs/1810.06784 (PPO's clipped surrogate on post-update episodes).
 
 Per meta-iteration: sample a meta-batch of training tasks; for each inner step roll out every
-task's current policy and take one policy-gradient step per task (``vmap(grad(...))``); roll
-out the adapted policies; then take ``num_outer_steps`` Adam steps on the clipped surrogate of
-the post-update episodes, differentiating through the inner steps (second order unless
-``first_order``). The inner loss is the usual likelihood-ratio surrogate on fixed pre-update
-episodes (as in the MAML paper's code): the dependence of the pre-update sampling distribution on
-``theta`` is not differentiated.
+task's current policy and take one policy-gradient step per task (all tasks' gradients in one
+batched backward pass, equal to ``vmap(grad(...))``); roll out the adapted policies; then
+take ``num_outer_steps`` Adam steps on the clipped surrogate of the post-update episodes,
+differentiating through the inner steps (second order unless ``first_order``). The inner loss
+is the usual likelihood-ratio surrogate on fixed pre-update episodes (as in the MAML paper's
+code): the dependence of the pre-update sampling distribution on ``theta`` is not
+differentiated.
+
+The same code serves discrete families (categorical policy) and continuous ones (Gaussian
+policy with a learned ``log_std``, which the inner step adapts too); the losses only see
+log-probabilities of the taken actions.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from metarl.algos.base import (
 )
 from metarl.config import check
 from metarl.logging import MetricLogger, NullLogger
-from metarl.policies import CategoricalMLPPolicy, Params, act_fn, expand_params, task_logits
+from metarl.policies import MLPPolicy, Params, act_fn, expand_params, make_policy_for
 from metarl.returns import advantages
 from metarl.sampler import EpisodeBatch, rollout
 from metarl.tasks import TaskFamily, TaskSet
@@ -41,6 +46,9 @@ class MAMLConfig:
 
     hidden_sizes: tuple[int, ...] = (32, 32)
     """Widths of the policy's hidden layers."""
+    init_std: float = 1.0
+    """Initial standard deviation of a Gaussian policy, as a fraction of half the env's action
+    range (continuous families only; 1.0 = the clip itself, e.g. 0.1 for nav2d, 2 for pendulum)."""
     inner_lr: float = 0.5
     """Step size alpha of each inner policy-gradient step."""
     num_inner_steps: int = 1
@@ -65,6 +73,7 @@ class MAMLConfig:
     def __post_init__(self) -> None:
         check(len(self.hidden_sizes) >= 1 and all(h >= 1 for h in self.hidden_sizes),
               "hidden_sizes", self.hidden_sizes, "need at least one layer of width >= 1")
+        check(self.init_std > 0, "init_std", self.init_std, "must be > 0")
         check(self.inner_lr > 0, "inner_lr", self.inner_lr, "must be > 0")
         check(self.outer_lr > 0, "outer_lr", self.outer_lr, "must be > 0")
         check(self.num_inner_steps >= 1, "num_inner_steps", self.num_inner_steps, "must be >= 1")
@@ -77,14 +86,22 @@ class MAMLConfig:
         check(self.max_grad_norm > 0, "max_grad_norm", self.max_grad_norm, "must be > 0")
 
 
-def make_policy(family: TaskFamily, hidden_sizes: tuple[int, ...]) -> CategoricalMLPPolicy:
-    """The policy network for ``family``'s observation and action sizes."""
+def make_policy(family: TaskFamily, hidden_sizes: tuple[int, ...], init_std: float = 1.0
+                ) -> MLPPolicy:
+    """The policy network for ``family``'s observations and actions.
+
+    Categorical for a discrete env; Gaussian (learned ``log_std``) for a continuous one, its
+    initial standard deviation ``init_std`` times half the action range.
+    """
     env = family.make_env([family.sample(1, np.random.default_rng(0))[0]], num_envs=1)
-    return CategoricalMLPPolicy(env.obs_dim, env.num_actions, hidden_sizes)
+    half_range = (max(h - lo for lo, h in zip(env.action_low, env.action_high, strict=True)) / 2
+                  if not env.discrete else 1.0)
+    return make_policy_for(env.discrete, env.obs_dim, env.num_actions, env.action_dim,
+                           hidden_sizes, init_std * half_range)
 
 
 def adapted_params(
-    policy: CategoricalMLPPolicy,
+    policy: MLPPolicy,
     theta: Params,
     inner_batches: list[tuple[EpisodeBatch, torch.Tensor]],
     lr: float,
@@ -98,7 +115,7 @@ def adapted_params(
 
 
 def maml_objective(
-    policy: CategoricalMLPPolicy,
+    policy: MLPPolicy,
     theta: Params,
     inner_batches: list[tuple[EpisodeBatch, torch.Tensor]],
     post: EpisodeBatch,
@@ -108,9 +125,8 @@ def maml_objective(
 ) -> torch.Tensor:
     """The meta-loss: clipped surrogate of the adapted policies on the post-update episodes."""
     params = adapted_params(policy, theta, inner_batches, config.inner_lr, config.first_order)
-    logits = task_logits(policy, params, post.obs)
-    return clipped_surrogate_loss(logits, old_logp, post.actions, post_adv, post.mask,
-                                  config.clip_eps)
+    logp = policy.task_log_prob(params, post.obs, post.actions)
+    return clipped_surrogate_loss(logp, old_logp, post_adv, post.mask, config.clip_eps)
 
 
 class MAML:
@@ -124,7 +140,7 @@ class MAML:
 
     """
 
-    def __init__(self, policy: CategoricalMLPPolicy, config: MAMLConfig, seed: int,
+    def __init__(self, policy: MLPPolicy, config: MAMLConfig, seed: int,
                  device: torch.device | str = "cpu") -> None:
         self.policy = policy.to(device)
         self.config = config
@@ -201,7 +217,7 @@ def train_maml(
 ) -> MAML:
     """Meta-train for ``num_iterations``; same seed ⇒ identical parameters on CPU."""
     logger = logger or NullLogger()
-    maml = MAML(make_policy(family, config.hidden_sizes), config, seed, device)
+    maml = MAML(make_policy(family, config.hidden_sizes, config.init_std), config, seed, device)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
     for it in range(num_iterations):
         logger.log_metrics(maml.meta_train_step(family, draw()), step=it)

@@ -14,7 +14,7 @@ import torch
 from metarl.algos.base import GradientAdaptedPolicy, clipped_surrogate_loss, log_probs
 from metarl.algos.maml import MAMLConfig, make_policy, task_batches
 from metarl.logging import MetricLogger, NullLogger
-from metarl.policies import act_fn, expand_params, task_logits
+from metarl.policies import act_fn, expand_params
 from metarl.returns import advantages
 from metarl.sampler import rollout
 from metarl.tasks import TaskFamily, TaskSet
@@ -36,7 +36,7 @@ def pretrain_multitask(
     of episodes.
     """
     logger = logger or NullLogger()
-    policy = make_policy(family, config.hidden_sizes).to(device)
+    policy = make_policy(family, config.hidden_sizes, config.init_std).to(device)
     init = policy.init_params(torch.Generator().manual_seed(seed + 10_007))
     generator = torch.Generator(device=device).manual_seed(seed + 10_007)
     theta = {k: v.to(device).requires_grad_() for k, v in init.items()}
@@ -51,9 +51,9 @@ def pretrain_multitask(
         with torch.no_grad():
             old_logp = log_probs(policy, shared, batch)
         for _ in range(config.num_outer_steps):
-            logits = task_logits(policy, expand_params(theta, len(tasks)), batch.obs)
-            loss = clipped_surrogate_loss(logits, old_logp, batch.actions, adv, batch.mask,
-                                          config.clip_eps)
+            logp = policy.task_log_prob(expand_params(theta, len(tasks)), batch.obs,
+                                        batch.actions)
+            loss = clipped_surrogate_loss(logp, old_logp, adv, batch.mask, config.clip_eps)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(theta.values(), config.max_grad_norm)

@@ -58,7 +58,11 @@ class BatchedCartPole:
     """
 
     obs_dim = 4
+    discrete = True
     num_actions = 2
+    action_dim = 0
+    action_low: tuple[float, ...] = ()
+    action_high: tuple[float, ...] = ()
 
     def __init__(
         self,

@@ -5,6 +5,8 @@ same fine-tuning steps), ``scratch`` (a random initialisation, then the same ste
 ``random`` (uniform actions). Every learner sees the same tasks, seeds and start states.
 Scores are also normalised: (R - R_random) / (R_oracle - R_random), R_oracle being the mean
 over the test tasks of the family's oracle return (CartPole: the horizon, the best possible).
+A family without an oracle (the MuJoCo ones: ``oracle_returns`` is NaN) gets raw returns only:
+``oracle_return`` and every normalised score are null.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import io
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 
 from metarl.algos.base import GradientAdaptedPolicy, MetaLearner, RandomLearner
-from metarl.evaluation import CurveSummary, meta_test, normalized
+from metarl.baselines.reference import reference_returns
+from metarl.evaluation import CurveSummary, bootstrap_ci, meta_test, normalized
 from pipelines.io import atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
 from pipelines.plots import plot_adaptation_curves
@@ -38,10 +42,16 @@ def learners(paths: Paths, config: PipelineConfig) -> dict[str, MetaLearner]:
             "random": RandomLearner()}
 
 
+def _normalized(value: float, random_value: float, oracle: float) -> float | None:
+    """The normalised score, or None when the family has no oracle (NaN)."""
+    return float(normalized(value, random_value, oracle)) if np.isfinite(oracle) else None
+
+
 def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]:
     """Nested metrics per learner, plus flat ``meta_test/...`` keys for MAML."""
     random_mean = results["random"].mean[0]
-    out: dict[str, Any] = {"oracle_return": oracle, "random_return": float(random_mean)}
+    out: dict[str, Any] = {"oracle_return": oracle if np.isfinite(oracle) else None,
+                           "random_return": float(random_mean)}
     for name, s in results.items():
         k_max = len(s.mean) - 1
         out[name] = {
@@ -49,8 +59,8 @@ def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]
             **{f"return_post_adapt_k{k}": float(s.mean[k]) for k in range(1, k_max + 1)},
             **{f"ci95_k{k}": [float(s.ci_low[k]), float(s.ci_high[k])]
                for k in range(k_max + 1)},
-            "normalized_pre_adapt": float(normalized(s.mean[0], random_mean, oracle)),
-            "normalized_post_adapt": float(normalized(s.mean[k_max], random_mean, oracle)),
+            "normalized_pre_adapt": _normalized(s.mean[0], random_mean, oracle),
+            "normalized_post_adapt": _normalized(s.mean[k_max], random_mean, oracle),
         }
     return out
 
@@ -64,7 +74,22 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
                 flat[f"meta_test/{name}/{key}"] = value
                 if name == "maml":
                     flat[f"meta_test/{key}"] = value
+    for name, ref in summary.get("reference_baselines", {}).items():
+        flat[f"meta_test/reference/{name}/return"] = ref["return"]
+        if ref["normalized"] is not None:
+            flat[f"meta_test/reference/{name}/normalized"] = ref["normalized"]
     return flat
+
+
+def reference_summary(fam: Any, test: Any, seeds: tuple[int, ...], dev: str,
+                      random_return: float, oracle: float) -> dict[str, Any]:
+    """The family's classic baselines (bandit: UCB1, Gittins, ...; MDP: PSRL, ...), if any."""
+    refs = reference_returns(fam, test.tasks, seeds, dev)
+    rng = np.random.default_rng(0)
+    return {name: {"return": float(values.mean()),
+                   "ci95": list(bootstrap_ci(values, rng)),
+                   "normalized": _normalized(values.mean(), random_return, oracle)}
+            for name, values in refs.items()}
 
 
 def curve_csv(results: dict[str, CurveSummary]) -> str:
@@ -83,6 +108,11 @@ def curve_csv(results: dict[str, CurveSummary]) -> str:
     return buf.getvalue()
 
 
+def _fmt(score: float | None) -> str:
+    """A normalised score for the report (``n/a`` without an oracle)."""
+    return "n/a" if score is None else f"{score:.2f}"
+
+
 def report(summary: dict[str, Any], k_max: int, test_hash: str, seeds: tuple[int, ...]) -> str:
     """Markdown table of the meta-test results."""
     lines = [f"# Meta-test on held-out tasks (task set {test_hash}, seeds {list(seeds)})", "",
@@ -96,8 +126,15 @@ def report(summary: dict[str, Any], k_max: int, test_hash: str, seeds: tuple[int
         cells = [f"{m['return_pre_adapt']:.1f} [{m['ci95_k0'][0]:.1f}, {m['ci95_k0'][1]:.1f}]"]
         cells += [f"{m[f'return_post_adapt_k{k}']:.1f} [{m[f'ci95_k{k}'][0]:.1f}, "
                   f"{m[f'ci95_k{k}'][1]:.1f}]" for k in range(1, k_max + 1)]
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {m['normalized_pre_adapt']:.2f} → {m['normalized_post_adapt']:.2f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(m['normalized_pre_adapt'])}"
+                     f" → {_fmt(m['normalized_post_adapt'])} |")
+    refs = summary.get("reference_baselines") or {}
+    if refs:
+        lines += ["", "Classic baselines on the same tasks and seeds (they adapt within the trial, "
+                  "not by gradient steps):", "", "| baseline | return | normalised |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {r['return']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] | "
+                  f"{_fmt(r['normalized'])} |" for name, r in refs.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +147,8 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                         ev.episodes_per_task, ev.seeds, dev)
     oracle = float(fam.oracle_returns(list(test.tasks)).mean())
     summary = summarize(results, oracle)
+    summary["reference_baselines"] = reference_summary(
+        fam, test, ev.seeds, dev, summary["random_return"], oracle)
     summary["test_task_hash"] = test.content_hash
     summary["seeds"] = list(ev.seeds)
     atomic_write_json(paths.metrics / "meta_test.json", summary)
@@ -117,7 +156,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     png = paths.plots / "adaptation_curve.png"
     plot_adaptation_curves(results, png, title=f"Meta-test on {len(test)} held-out "
                            f"{config.task.family} tasks, seeds {list(ev.seeds)}",
-                           oracle=oracle)
+                           oracle=oracle if np.isfinite(oracle) else None)
     table = report(summary, ev.num_adapt_steps, test.content_hash, ev.seeds)
     atomic_write_text(paths.reports / "meta_test.md", table)
     if mlflow.active_run() is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -53,6 +54,8 @@ def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: T
     res = meta_test({"champion": learner, "random": RandomLearner()}, fam, test,
                     ev.num_adapt_steps, ev.episodes_per_task, ev.seeds, dev)
     oracle = float(fam.oracle_returns(list(test.tasks)).mean())
+    if not np.isfinite(oracle):  # no oracle (MuJoCo families): compare raw returns
+        return float(res["champion"].mean[-1])
     return float(normalized(res["champion"].mean[-1], res["random"].mean[0], oracle))
 
 
@@ -70,8 +73,11 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     weights, config_path = paths.models / "maml.pt", paths.models / "config.json"
     ckpt = read_config(config_path)
     load_learner(weights, ckpt)  # fail now, not after registering, if the checkpoint is bad
-    new_score = float(summary["maml"]["normalized_post_adapt"])
-    name, margin = config.register.model_name, config.register.margin
+    new_score = summary["maml"]["normalized_post_adapt"]
+    if new_score is None:  # no oracle: the raw post-adaptation return (margin in return units)
+        new_score = summary["maml"][f"return_post_adapt_k{config.evaluate.num_adapt_steps}"]
+    new_score = float(new_score)
+    name, margin = config.model_name, config.register.margin
     client = MlflowClient()
     champion = champion_version(client, name)
     champion_score = (score_version(champion, config, fam, test, dev)

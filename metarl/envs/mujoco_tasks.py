@@ -1,0 +1,360 @@
+"""The MuJoCo locomotion tasks of MAML and PEARL, through gymnasium's MuJoCo envs.
+
+Three families, each a batch of ``N`` tasks × ``E`` episodes stepped in one call by a
+gymnasium :class:`~gymnasium.vector.SyncVectorEnv` over ``N·E`` copies of the base env
+(``HalfCheetah-v5`` or ``Ant-v5``); actions and observations cross as torch tensors. The base
+env's own reward is ignored: every step's reward is recomputed for the slot's task from the
+step's ``info`` (velocities and the cost terms gymnasium reports), as in the references.
+
+* ``cheetah_vel`` — Finn et al. (2017, MAML) section 5.3 / Rakelly et al. (2019, PEARL)
+  ``half_cheetah_vel``: a target forward velocity ``v_goal ~ U[0, 2]`` (MAML's range; PEARL's
+  is ``[0, 3]``). Reward ``-|v_x - v_goal| - 0.05·|a|²``, PEARL's exact constants
+  (``forward_reward = -1.0 * abs(forward_vel - goal_velocity)``,
+  ``ctrl_cost = 0.5 * 1e-1 * sum(a²)``, ``forward_vel = Δx / dt``); gymnasium's ``x_velocity``
+  is that same ``Δx / dt`` of the root.
+* ``cheetah_dir`` — MAML's forward/backward cheetah: direction ``d = ±1`` with probability
+  1/2 each; reward ``d·v_x - 0.05·|a|²`` (PEARL's ``half_cheetah_dir`` has the same terms).
+* ``ant_dir`` — PEARL's ``ant_dir``: reward ``(cos θ, sin θ)·(v_x, v_y) - 0.5·|a|²
+  - 5e-4·|clip(cfrc_ext, -1, 1)|² + 1`` (survive), the episode ending when the torso leaves
+  ``z ∈ [0.2, 1.0]``; these are also ``Ant-v5``'s own weights, so the cost terms are taken
+  from ``info``. The direction follows PEARL's ``forward_backward`` setting (its published
+  ant-dir experiments): ``θ ∈ {0, π}`` with probability 1/2 each, i.e. ±x like MAML's
+  ant-direction task; ``directions: circle`` draws ``θ ~ U[0, 2π)`` instead (PEARL's other
+  setting). The task dict stores ``angle`` (radians) either way.
+
+Observations are the gymnasium ones (``HalfCheetah-v5``: 17 values; ``Ant-v5``: 105 with the
+contact forces, 27 without), cast to float32. Actions are clipped to the base env's box
+(``[-1, 1]`` per joint) before stepping, and the control cost is computed from the clipped
+action. The horizon is 200 steps by default (MAML and PEARL), configurable.
+
+Seeding: :meth:`BatchedGymMuJoCo.reset` draws one integer seed per slot from the torch
+generator and passes it to the sub-env's ``reset(seed=...)``, so the same generator state gives
+the same start states and, with the same actions, the same rollout.
+
+Oracle: no task-conditioned reference policy exists cheaply for these tasks (a per-task
+trained expert would be needed), so :meth:`oracle_returns` returns NaN for every task and the
+evaluate stage reports raw returns with null normalised scores.
+
+MuJoCo is an optional dependency (``pip install -e ".[mujoco]"``): without it, building one of
+these families raises a :class:`~metarl.config.ConfigError` naming ``task.family``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from metarl.config import ConfigError, check, check_range
+
+DEFAULT_MAX_STEPS = 200
+"""MAML's and PEARL's horizon for these tasks."""
+
+Info = dict[str, Any]
+RewardFn = Callable[[Info, np.ndarray], np.ndarray]
+"""Maps the vector env's ``info`` and a per-slot task parameter array to rewards ``[N·E]``."""
+
+
+def require_mujoco(family: str) -> None:
+    """Raise :class:`ConfigError` on ``task.family`` unless gymnasium's MuJoCo envs import."""
+    try:
+        importlib.import_module("mujoco")
+        importlib.import_module("gymnasium.envs.mujoco")
+    except ImportError as err:
+        raise ConfigError(
+            "task.family", family,
+            f"needs MuJoCo, which is not importable ({err}); install it with "
+            "`pip install -e \".[mujoco]\"` (or `pip install \"gymnasium[mujoco]\"`), "
+            "or choose a torch family (cartpole, nav2d, pendulum, bandit, tabular_mdp)",
+        ) from None
+
+
+def velocity_reward(info: Info, goal_velocity: np.ndarray) -> np.ndarray:
+    """``-|v_x - v_goal|`` plus gymnasium's (negative) control-cost term."""
+    vx = np.asarray(info["x_velocity"], dtype=np.float64)
+    return -np.abs(vx - goal_velocity) + np.asarray(info["reward_ctrl"], dtype=np.float64)
+
+
+def direction_reward(info: Info, direction: np.ndarray) -> np.ndarray:
+    """``d·v_x`` plus the control-cost term."""
+    vx = np.asarray(info["x_velocity"], dtype=np.float64)
+    return direction * vx + np.asarray(info["reward_ctrl"], dtype=np.float64)
+
+
+def ant_direction_reward(info: Info, angle: np.ndarray) -> np.ndarray:
+    """``(cos θ, sin θ)·(v_x, v_y)`` plus the control, contact and survive terms."""
+    vx = np.asarray(info["x_velocity"], dtype=np.float64)
+    vy = np.asarray(info["y_velocity"], dtype=np.float64)
+    rest = sum(np.asarray(info[k], dtype=np.float64)
+               for k in ("reward_ctrl", "reward_contact", "reward_survive"))
+    return np.cos(angle) * vx + np.sin(angle) * vy + rest
+
+
+class BatchedGymMuJoCo:
+    """``N`` tasks × ``E`` episodes of a gymnasium MuJoCo env, stepped together.
+
+    Args:
+        env_id: the base env, e.g. ``HalfCheetah-v5``.
+        env_kwargs: keyword arguments of ``gym.make`` (cost weights and so on).
+        task_values: ``[N]`` the task parameter each slot's reward uses.
+        reward_fn: the per-task reward from ``info`` (see :data:`RewardFn`).
+        num_envs: episodes per task, ``E``.
+        max_steps: horizon (truncation).
+        device: torch device of the returned tensors.
+
+    There is no auto-reset: an episode that terminated (the ant falling) keeps its last
+    observation and gets zero reward until :meth:`reset` or :meth:`reset_done`.
+
+    """
+
+    discrete = False
+    num_actions = 0
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], task_values: np.ndarray,
+                 reward_fn: RewardFn, num_envs: int, max_steps: int = DEFAULT_MAX_STEPS,
+                 device: torch.device | str = "cpu") -> None:
+        import gymnasium as gym
+        from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+        values = np.asarray(task_values, dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            raise ValueError("tasks: got none; pass at least one task")
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be >= 1")
+        self.num_tasks = int(values.size)
+        self.num_envs = num_envs
+        self.max_steps = max_steps
+        self.device = torch.device(device)
+        self.reward_fn = reward_fn
+        self.slot_values = np.repeat(values, num_envs)  # [N·E], task-major like the batch
+
+        def make() -> Any:
+            return gym.make(env_id, max_episode_steps=max_steps, disable_env_checker=True,
+                            **env_kwargs)
+
+        self.vec = SyncVectorEnv([make] * (self.num_tasks * num_envs),
+                                 autoreset_mode=AutoresetMode.DISABLED)
+        space = self.vec.single_action_space
+        self.low = np.asarray(space.low, dtype=np.float64)  # type: ignore[attr-defined]
+        self.high = np.asarray(space.high, dtype=np.float64)  # type: ignore[attr-defined]
+        self.action_dim = int(self.low.size)
+        self.action_low: tuple[float, ...] = tuple(float(v) for v in self.low)
+        self.action_high: tuple[float, ...] = tuple(float(v) for v in self.high)
+        self.obs_dim = int(np.prod(self.vec.single_observation_space.shape or (0,)))
+        self.obs = torch.zeros(self.num_tasks, num_envs, self.obs_dim, device=self.device)
+        self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
+
+    def _seeds(self, generator: torch.Generator) -> list[int | None]:
+        seeds = torch.randint(0, 2**31 - 1, (self.num_tasks * self.num_envs,),
+                              generator=generator, device=generator.device)
+        return [int(s) for s in seeds.tolist()]  # one reset seed per slot, task-major
+
+    def _to_torch(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(obs, dtype=np.float32)).to(self.device).view(
+            self.num_tasks, self.num_envs, self.obs_dim)
+
+    def reset(self, generator: torch.Generator) -> torch.Tensor:
+        """Reset every slot with a seed drawn from ``generator``; return the observations."""
+        obs, _ = self.vec.reset(seed=self._seeds(generator))
+        self.obs = self._to_torch(obs)
+        self.done = torch.zeros_like(self.done)
+        return self.obs
+
+    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+        """Reset the ended slots only; return the observations.
+
+        Seeds are drawn for every slot, so the generator's use does not depend on which ended.
+        """
+        seeds = self._seeds(generator)
+        mask = self.done.reshape(-1).cpu().numpy().astype(np.bool_)
+        if mask.any():
+            obs, _ = self.vec.reset(seed=seeds, options={"reset_mask": mask})  # type: ignore[arg-type]
+            fresh = self._to_torch(obs)
+            self.obs = torch.where(self.done.unsqueeze(-1), fresh, self.obs)
+        self.done = torch.zeros_like(self.done)
+        return self.obs
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step every slot with its clipped action ``[N, E, action_dim]``.
+
+        Returns:
+            ``(obs [N,E,obs_dim], reward [N,E], terminated [N,E])``: the task's reward
+            recomputed from ``info``, 0 for slots already terminated.
+
+        """
+        a = actions.detach().to("cpu", torch.float64).reshape(-1, self.action_dim).numpy()
+        a = np.clip(a, self.low, self.high).astype(np.float32)
+        obs, _, terminated, _, info = self.vec.step(a)
+        reward = self.reward_fn(info, self.slot_values)
+        live = ~self.done
+        shape = (self.num_tasks, self.num_envs)
+        reward_t = torch.as_tensor(reward, dtype=torch.float32).to(self.device).view(shape)
+        term_t = torch.as_tensor(np.asarray(terminated, dtype=np.bool_)).to(self.device)
+        term_t = term_t.view(shape) & live
+        self.obs = torch.where(live.unsqueeze(-1), self._to_torch(obs), self.obs)
+        self.done = self.done | term_t
+        return self.obs, torch.where(live, reward_t, torch.zeros_like(reward_t)), term_t
+
+    def close(self) -> None:
+        """Close the sub-envs."""
+        self.vec.close()
+
+
+def _check_common(max_steps: int, ctrl_cost_weight: float) -> None:
+    check(max_steps >= 1, "max_steps", max_steps, "must be >= 1 (MAML/PEARL use 200)")
+    check(math.isfinite(ctrl_cost_weight) and ctrl_cost_weight >= 0, "ctrl_cost_weight",
+          ctrl_cost_weight, "must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class CheetahVelFamilyConfig:
+    """Target-velocity half-cheetah (``task.cheetah_vel`` in params.yaml)."""
+
+    velocity: tuple[float, float] = (0.0, 2.0)
+    """Target forward velocity range, m/s, sampled uniformly (MAML: [0, 2]; PEARL: [0, 3])."""
+    ctrl_cost_weight: float = 0.05
+    """Weight of ``|a|²`` (MAML/PEARL: 0.5·1e-1)."""
+    max_steps: int = DEFAULT_MAX_STEPS
+    """Episode horizon, steps."""
+
+    def __post_init__(self) -> None:
+        check_range("velocity", self.velocity)
+        check(all(math.isfinite(v) for v in self.velocity), "velocity", self.velocity,
+              "must be finite numbers, e.g. [0.0, 2.0]")
+        _check_common(self.max_steps, self.ctrl_cost_weight)
+
+
+@dataclass(frozen=True)
+class CheetahDirFamilyConfig:
+    """Forward/backward half-cheetah (``task.cheetah_dir`` in params.yaml)."""
+
+    ctrl_cost_weight: float = 0.05
+    """Weight of ``|a|²`` (MAML/PEARL: 0.5·1e-1)."""
+    max_steps: int = DEFAULT_MAX_STEPS
+    """Episode horizon, steps."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.max_steps, self.ctrl_cost_weight)
+
+
+@dataclass(frozen=True)
+class AntDirFamilyConfig:
+    """Direction-following ant (``task.ant_dir`` in params.yaml)."""
+
+    directions: Literal["forward_backward", "circle"] = "forward_backward"
+    """``forward_backward``: θ ∈ {0, π} (PEARL's ant-dir experiments, MAML's ±x);
+    ``circle``: θ ~ U[0, 2π)."""
+    ctrl_cost_weight: float = 0.5
+    """Weight of ``|a|²`` (PEARL and Ant-v5: 0.5)."""
+    contact_cost_weight: float = 5e-4
+    """Weight of the clipped contact forces' squared norm (PEARL and Ant-v5: 0.5·1e-3)."""
+    healthy_reward: float = 1.0
+    """Survive bonus per step while the torso is in the healthy height range (PEARL: 1)."""
+    contact_forces_in_obs: bool = True
+    """Include the 78 contact-force values in the observation (Ant-v5 default; 105 vs 27)."""
+    max_steps: int = DEFAULT_MAX_STEPS
+    """Episode horizon, steps."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.max_steps, self.ctrl_cost_weight)
+        check(math.isfinite(self.contact_cost_weight) and self.contact_cost_weight >= 0,
+              "contact_cost_weight", self.contact_cost_weight, "must be a finite number >= 0")
+        check(math.isfinite(self.healthy_reward), "healthy_reward", self.healthy_reward,
+              "must be a finite number (PEARL: 1.0)")
+
+
+def _no_oracle(tasks: list[dict[str, float]]) -> np.ndarray:
+    return np.full(len(tasks), np.nan)
+
+
+class CheetahVelFamily:
+    """Half-cheetah running at a target velocity (task dict: ``velocity``)."""
+
+    name: ClassVar[str] = "cheetah_vel"
+
+    def __init__(self, config: CheetahVelFamilyConfig) -> None:
+        require_mujoco(self.name)
+        self.config = config
+        self.max_steps = config.max_steps
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """Target velocities uniform in the configured range."""
+        return [{"velocity": float(v)} for v in rng.uniform(*self.config.velocity, num_tasks)]
+
+    def make_env(self, tasks: list[dict[str, float]], num_envs: int,
+                 device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
+        """``HalfCheetah-v5`` copies rewarded for matching each task's velocity."""
+        return BatchedGymMuJoCo(
+            "HalfCheetah-v5", {"ctrl_cost_weight": self.config.ctrl_cost_weight},
+            np.array([t["velocity"] for t in tasks]), velocity_reward, num_envs,
+            self.max_steps, device)
+
+    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
+        """No oracle: NaN per task (see the module docstring)."""
+        return _no_oracle(tasks)
+
+
+class CheetahDirFamily:
+    """Half-cheetah running forward or backward (task dict: ``direction`` = ±1)."""
+
+    name: ClassVar[str] = "cheetah_dir"
+
+    def __init__(self, config: CheetahDirFamilyConfig) -> None:
+        require_mujoco(self.name)
+        self.config = config
+        self.max_steps = config.max_steps
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """±1 with probability 1/2 each (MAML)."""
+        return [{"direction": float(d)} for d in rng.choice([-1.0, 1.0], size=num_tasks)]
+
+    def make_env(self, tasks: list[dict[str, float]], num_envs: int,
+                 device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
+        """``HalfCheetah-v5`` copies rewarded for velocity along each task's direction."""
+        return BatchedGymMuJoCo(
+            "HalfCheetah-v5", {"ctrl_cost_weight": self.config.ctrl_cost_weight},
+            np.array([t["direction"] for t in tasks]), direction_reward, num_envs,
+            self.max_steps, device)
+
+    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
+        """No oracle: NaN per task (see the module docstring)."""
+        return _no_oracle(tasks)
+
+
+class AntDirFamily:
+    """Ant walking in a task direction (task dict: ``angle``, radians)."""
+
+    name: ClassVar[str] = "ant_dir"
+
+    def __init__(self, config: AntDirFamilyConfig) -> None:
+        require_mujoco(self.name)
+        self.config = config
+        self.max_steps = config.max_steps
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """θ ∈ {0, π} (``forward_backward``) or θ ~ U[0, 2π) (``circle``)."""
+        if self.config.directions == "forward_backward":
+            angles = rng.choice([0.0, math.pi], size=num_tasks)
+        else:
+            angles = rng.uniform(0.0, 2 * math.pi, size=num_tasks)
+        return [{"angle": float(a)} for a in angles]
+
+    def make_env(self, tasks: list[dict[str, float]], num_envs: int,
+                 device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
+        """``Ant-v5`` copies rewarded for velocity along each task's direction."""
+        c = self.config
+        kwargs = {"ctrl_cost_weight": c.ctrl_cost_weight,
+                  "contact_cost_weight": c.contact_cost_weight,
+                  "healthy_reward": c.healthy_reward,
+                  "include_cfrc_ext_in_observation": c.contact_forces_in_obs}
+        return BatchedGymMuJoCo("Ant-v5", kwargs, np.array([t["angle"] for t in tasks]),
+                                ant_direction_reward, num_envs, self.max_steps, device)
+
+    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
+        """No oracle: NaN per task (see the module docstring)."""
+        return _no_oracle(tasks)

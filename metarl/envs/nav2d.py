@@ -1,0 +1,285 @@
+"""2D navigation to a hidden goal, the point-robot task of the MAML paper, batched in torch.
+
+Finn, Abbeel & Levine (2017), https://arxiv.org/abs/1703.03400, section 5.3: a point starts at
+the origin; each step its action, a velocity clipped to ``[-0.1, 0.1]`` per coordinate, is
+added to its position; the goal, unknown to the agent, is uniform in ``[-0.5, 0.5]^2``; the
+horizon is 100 steps. The observation is the position only.
+
+We follow the widely used implementation of pytorch-maml-rl (``maml_rl/envs/navigation.py``,
+itself adapted from the paper's ``point_env_randgoal.py``; learn2learn's is the same):
+
+* reward ``-||position - goal||`` after the step (``reward: distance``). The paper's text says
+  squared distance; ``reward: squared_distance`` gives that instead.
+* an episode **terminates** when the point is within ``goal_tolerance`` (0.01) of the goal in
+  both coordinates; later steps are padding with zero reward. ``goal_tolerance: 0`` disables
+  it (every episode then runs the full horizon).
+
+The best policy is known: moving each coordinate towards the goal as fast as the clip allows,
+``clip(goal - position)``, minimises the distance at every step at once (the coordinates move
+independently under a box constraint), so it maximises the return under either reward.
+:class:`Nav2DOracle` is that policy; :meth:`Nav2DFamily.oracle_returns` rolls it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.config import check
+from metarl.policies import ActFn, Params
+from metarl.sampler import EpisodeBatch, rollout
+
+RewardKind = Literal["distance", "squared_distance"]
+
+
+@dataclass(frozen=True)
+class Nav2DFamilyConfig:
+    """The 2D-navigation task distribution (``task.nav2d`` in params.yaml)."""
+
+    goal_low: float = -0.5
+    """Lower bound of each goal coordinate (goals are uniform in ``[goal_low, goal_high]^2``)."""
+    goal_high: float = 0.5
+    """Upper bound of each goal coordinate."""
+    action_clip: float = 0.1
+    """Actions (velocities, position units per step) are clipped to ``[-clip, clip]`` per axis."""
+    max_steps: int = 100
+    """Episode horizon, steps."""
+    reward: RewardKind = "distance"
+    """``distance`` (pytorch-maml-rl, learn2learn) or ``squared_distance`` (the paper's text)."""
+    goal_tolerance: float = 0.01
+    """An episode ends when both coordinates are within this of the goal; 0 never ends early."""
+
+    def __post_init__(self) -> None:
+        for name in ("goal_low", "goal_high", "action_clip", "goal_tolerance"):
+            value = getattr(self, name)
+            check(np.isfinite(value), name, value, "must be a finite number")
+        check(self.goal_low < self.goal_high, "goal_low", self.goal_low,
+              f"must be below goal_high={self.goal_high} (the goal box would have "
+              f"{'zero' if self.goal_low == self.goal_high else 'negative'} size); e.g. "
+              "goal_low: -0.5, goal_high: 0.5")
+        check(self.action_clip > 0, "action_clip", self.action_clip,
+              "must be > 0 (the largest velocity per axis and step), e.g. 0.1")
+        check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+        check(self.goal_tolerance >= 0, "goal_tolerance", self.goal_tolerance,
+              "must be >= 0 (0 disables early termination)")
+
+
+class BatchedNav2D:
+    """``N`` goals × ``E`` episodes each, stepped together.
+
+    Args:
+        goals: ``[N, 2]`` goal positions.
+        num_envs: episodes per task, ``E``.
+        config: clip, horizon, reward kind and goal tolerance.
+        device: torch device of every tensor.
+        dtype: float dtype of the state.
+
+    """
+
+    obs_dim = 2
+    discrete = False
+    num_actions = 0
+    action_dim = 2
+
+    def __init__(self, goals: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
+                 num_envs: int,
+                 config: Nav2DFamilyConfig | None = None, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        config = config or Nav2DFamilyConfig()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.goals = torch.as_tensor(goals, dtype=dtype).to(self.device).reshape(-1, 2)
+        if self.goals.shape[0] == 0:
+            raise ValueError("goals: got none; pass at least one [x, y] goal")
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be >= 1")
+        self.num_tasks = self.goals.shape[0]
+        self.num_envs = num_envs
+        self.max_steps = config.max_steps
+        self.clip = config.action_clip
+        self.squared = config.reward == "squared_distance"
+        self.tolerance = config.goal_tolerance
+        self.action_low: tuple[float, ...] = (-self.clip, -self.clip)
+        self.action_high: tuple[float, ...] = (self.clip, self.clip)
+        self.state = torch.zeros(self.num_tasks, num_envs, 2, dtype=dtype, device=self.device)
+        self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
+
+    def reset(self, generator: torch.Generator) -> torch.Tensor:
+        """Every slot starts at the origin (``generator`` is not used: the start is fixed)."""
+        return self.set_state(torch.zeros_like(self.state))
+
+    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+        """Put the terminated slots back at the origin; return the observations."""
+        self.state = torch.where(self.done.unsqueeze(-1), torch.zeros_like(self.state),
+                                 self.state)
+        self.done = torch.zeros_like(self.done)
+        return self.state
+
+    def set_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Put every slot at ``state`` (``[N, E, 2]``), mark it live, return the observations."""
+        self.state = state.to(device=self.device, dtype=self.dtype).clone()
+        self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
+                                device=self.device)
+        return self.state
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Move every live slot by its clipped action.
+
+        Returns:
+            ``(obs [N,E,2], reward [N,E], terminated [N,E])``: the reward is minus the
+            (squared) distance to the goal after the move, 0 for slots already terminated.
+
+        """
+        live = ~self.done
+        velocity = actions.to(self.dtype).clamp(-self.clip, self.clip)
+        self.state = torch.where(live.unsqueeze(-1), self.state + velocity, self.state)
+        offset = self.state - self.goals.unsqueeze(1)
+        sq = offset.square().sum(-1)
+        cost = sq if self.squared else sq.sqrt()
+        reward = torch.where(live, -cost, torch.zeros_like(cost))
+        if self.tolerance > 0:
+            terminated = (offset.abs() < self.tolerance).all(-1) & live
+        else:
+            terminated = torch.zeros_like(live)
+        self.done = self.done | terminated
+        return self.state, reward, terminated
+
+
+class MetaNav2DEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Gymnasium view of 2D navigation: :class:`BatchedNav2D` with a batch of one, float64.
+
+    Args:
+        goal: the task's goal ``(x, y)``; when omitted, every reset draws a new goal uniformly
+            in the config's goal box from ``np_random`` (a meta-env: one task per episode).
+        config: clip, horizon, reward, tolerance (:class:`Nav2DFamilyConfig`).
+        render_mode: unsupported (None only).
+
+    The horizon is not enforced here: ``gym.make("metarl/Nav2D-v0")`` wraps it in a
+    ``TimeLimit`` of 100 steps. ``info["goal"]`` holds the current goal.
+
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+
+    def __init__(self, goal: Sequence[float] | None = None,
+                 config: Nav2DFamilyConfig | None = None, render_mode: str | None = None
+                 ) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: MetaNav2D does not render")
+        self.config = config or Nav2DFamilyConfig()
+        self.fixed_goal = None if goal is None else np.asarray(goal, dtype=np.float64)
+        if self.fixed_goal is not None and self.fixed_goal.shape != (2,):
+            raise ValueError(f"goal={goal!r}: expected two numbers [x, y]")
+        clip = self.config.action_clip
+        self.action_space = gym.spaces.Box(-clip, clip, shape=(2,), dtype=np.float32)
+        bound = np.finfo(np.float32).max
+        self.observation_space = gym.spaces.Box(-bound, bound, shape=(2,), dtype=np.float32)
+        self._env = BatchedNav2D(np.zeros((1, 2)), 1, self.config, dtype=torch.float64)
+        self._terminated = False
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start at the origin; draw the goal from ``np_random`` unless it is fixed."""
+        super().reset(seed=seed)
+        if self.fixed_goal is None:
+            goal = self.np_random.uniform(self.config.goal_low, self.config.goal_high, size=2)
+        else:
+            goal = self.fixed_goal
+        self._env.goals = torch.as_tensor(goal, dtype=torch.float64).view(1, 2)
+        self._env.set_state(torch.zeros(1, 1, 2, dtype=torch.float64))
+        self._terminated = False
+        return self._obs(), self._info()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One step of the shared batched dynamics (the action is clipped, not rejected)."""
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (2,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action={action!r}: expected two finite numbers")
+        if self._terminated:
+            return self._obs(), 0.0, True, False, self._info()
+        _, reward, terminated = self._env.step(torch.from_numpy(a).view(1, 1, 2))
+        self._terminated = bool(terminated.item())
+        return self._obs(), float(reward.item()), self._terminated, False, self._info()
+
+    def _obs(self) -> np.ndarray:
+        return self._env.state[0, 0].numpy().astype(np.float32)
+
+    def _info(self) -> dict[str, Any]:
+        return {"goal": self._env.goals[0].numpy().copy()}
+
+
+class Nav2DOracle:
+    """The optimal policy, ``clip(goal - position)``, as a :class:`~metarl.algos.base.MetaLearner`.
+
+    It knows the goals of ``tasks`` (so it is an upper reference, not a learner): its
+    parameters are those goals, and adaptation changes nothing.
+    """
+
+    def __init__(self, tasks: Sequence[dict[str, float]], action_clip: float = 0.1) -> None:
+        self.goals = torch.tensor([[t["goal_x"], t["goal_y"]] for t in tasks])
+        self.clip = action_clip
+
+    def initial_params(self, num_tasks: int) -> Params:
+        """The goals, ``{"goal": [N, 2]}``."""
+        if num_tasks != len(self.goals):
+            raise ValueError(f"num_tasks={num_tasks}: this oracle knows {len(self.goals)} tasks")
+        return {"goal": self.goals.clone()}
+
+    def explore(self, params: Params) -> ActFn:
+        """Head straight for the goal at full speed."""
+        clip = self.clip
+
+        def act(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return (params["goal"].to(obs).unsqueeze(1) - obs).clamp(-clip, clip)
+
+        return act
+
+    act = explore
+
+    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
+        """Nothing to adapt."""
+        return params
+
+
+class Nav2DFamily:
+    """2D navigation with goals uniform in a box (task dict: ``goal_x``, ``goal_y``)."""
+
+    name: ClassVar[str] = "nav2d"
+
+    def __init__(self, config: Nav2DFamilyConfig) -> None:
+        self.config = config
+        self.max_steps = config.max_steps
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """Goals uniform in ``[goal_low, goal_high]^2``."""
+        goals = rng.uniform(self.config.goal_low, self.config.goal_high, size=(num_tasks, 2))
+        return [{"goal_x": float(x), "goal_y": float(y)} for x, y in goals]
+
+    def make_env(
+        self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"
+    ) -> BatchedNav2D:
+        """Batched navigation to the goals of ``tasks``."""
+        goals = [[t["goal_x"], t["goal_y"]] for t in tasks]
+        return BatchedNav2D(goals, num_envs, self.config, device=device)
+
+    def oracle(self, tasks: Sequence[dict[str, float]]) -> Nav2DOracle:
+        """The straight-to-goal policy for ``tasks``, as a meta-learner baseline."""
+        return Nav2DOracle(tasks, self.config.action_clip)
+
+    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
+        """Return of the straight-to-goal (optimal) policy per task.
+
+        Computed by one deterministic rollout of :class:`Nav2DOracle` in the batched env (the
+        start is fixed and the policy has no noise).
+        """
+        oracle = self.oracle(tasks)
+        env = self.make_env(tasks, num_envs=1)
+        batch = rollout(oracle.act(oracle.initial_params(len(tasks))), env,
+                        torch.Generator().manual_seed(0))
+        return batch.episode_returns[:, 0].double().numpy()

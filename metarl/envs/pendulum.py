@@ -1,0 +1,348 @@
+"""Pendulum swing-up with per-task mass, length and gravity: one torch implementation.
+
+The dynamics, reward, start distribution and limits are those of gymnasium's ``Pendulum-v1``
+(semi-implicit Euler, ``dt = 0.05`` s, torque clipped to ±2, angular speed to ±8 rad/s,
+reward ``-(angle² + 0.1·speed² + 0.001·torque²)``, start angle uniform in ``[-π, π]`` and speed
+in ``[-1, 1]``, 200 steps, never terminates); mass ``m``, length ``l`` and gravity ``g`` are
+per-task tensors so a whole ``[tasks × envs]`` batch steps in one call. :class:`MetaPendulumEnv`
+is the gymnasium view: the same :class:`BatchedPendulum` with a batch of one, in float64, which
+reproduces ``Pendulum-v1`` step for step at its defaults (m = l = 1, g = 10).
+
+There is no closed-form optimal return. The oracle (:class:`PendulumOracle`) is a
+task-conditioned reference controller that knows ``m, l, g``: energy-pumping swing-up (bang-bang
+torque that drives the pendulum's energy to that of the upright rest state) and, near the top,
+the discrete-time LQR of the task's linearised dynamics with the reward's own weights. At
+gymnasium's defaults it averages about -127 per episode over random starts, better than the
+usual deep-RL results on ``Pendulum-v1`` (roughly -140 to -160); it is a strong reference, not a
+proven optimum, so normalised scores slightly above 1 are possible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.config import check, check_range
+from metarl.policies import ActFn, Params
+from metarl.sampler import EpisodeBatch, rollout
+
+DT = 0.05
+MAX_SPEED = 8.0
+MAX_TORQUE = 2.0
+
+
+@dataclass(frozen=True)
+class PendulumTask:
+    """Physical parameters of one pendulum task (gymnasium's defaults)."""
+
+    mass: float = 1.0
+    """Mass of the rod, kg."""
+    length: float = 1.0
+    """Length of the rod, m."""
+    gravity: float = 10.0
+    """Gravitational acceleration, m/s²."""
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON form."""
+        return asdict(self)
+
+
+def angle_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Wrap angles to ``[-π, π)`` as gymnasium does (``((x + π) mod 2π) - π``)."""
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+class BatchedPendulum:
+    """``N`` pendulum tasks × ``E`` episodes each, stepped together.
+
+    The state is ``(theta, theta_dot)`` with ``theta = 0`` upright; the observation is
+    ``(cos theta, sin theta, theta_dot)``.
+
+    Args:
+        tasks: the ``N`` task parameter sets.
+        num_envs: episodes per task, ``E``.
+        max_steps: horizon (truncation; the pendulum never terminates).
+        device: torch device of every tensor.
+        dtype: float dtype of the state (float64 to match gymnasium exactly).
+
+    """
+
+    obs_dim = 3
+    discrete = False
+    num_actions = 0
+    action_dim = 1
+    action_low: tuple[float, ...] = (-MAX_TORQUE,)
+    action_high: tuple[float, ...] = (MAX_TORQUE,)
+
+    def __init__(self, tasks: Sequence[PendulumTask], num_envs: int, max_steps: int = 200,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if not tasks:
+            raise ValueError("tasks: got an empty sequence; pass at least one PendulumTask")
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be >= 1")
+        self.num_tasks = len(tasks)
+        self.num_envs = num_envs
+        self.max_steps = max_steps
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+        def column(name: str) -> torch.Tensor:
+            values = [getattr(t, name) for t in tasks]
+            return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
+
+        m, length, g = column("mass"), column("length"), column("gravity")
+        # Written as gymnasium writes them, in float64, then cast: 3g/(2l) and 3/(m l²).
+        self.gravity_coef = (3 * g / (2 * length)).to(device=self.device, dtype=dtype)
+        self.torque_coef = (3.0 / (m * length**2)).to(device=self.device, dtype=dtype)
+        self.state = torch.zeros(self.num_tasks, num_envs, 2, dtype=dtype, device=self.device)
+        self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
+
+    def _draw(self, generator: torch.Generator) -> torch.Tensor:
+        u = torch.rand(self.state.shape, generator=generator, dtype=self.dtype,
+                       device=self.device)
+        high = torch.tensor([math.pi, 1.0], dtype=self.dtype, device=self.device)
+        return (u * 2 - 1) * high
+
+    def reset(self, generator: torch.Generator) -> torch.Tensor:
+        """Angle uniform in ``[-π, π]``, speed in ``[-1, 1]``, as gymnasium draws them."""
+        return self.set_state(self._draw(generator))
+
+    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+        """Redraw the start states of the ended slots (auto-reset); return obs."""
+        self.state = torch.where(self.done.unsqueeze(-1), self._draw(generator), self.state)
+        self.done = torch.zeros_like(self.done)
+        return self.observe()
+
+    def set_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Put every slot in ``state`` (``[N, E, 2]``: angle, speed); return the observations."""
+        self.state = state.to(device=self.device, dtype=self.dtype).clone()
+        self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
+                                device=self.device)
+        return self.observe()
+
+    def observe(self) -> torch.Tensor:
+        """``(cos theta, sin theta, theta_dot)``, ``[N, E, 3]``."""
+        th, thdot = self.state.unbind(-1)
+        return torch.stack((torch.cos(th), torch.sin(th), thdot), dim=-1)
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One semi-implicit Euler step of every slot (``actions [N, E, 1]``, clipped to ±2).
+
+        Returns:
+            ``(obs [N,E,3], reward [N,E], terminated [N,E])``; ``terminated`` is all False.
+
+        """
+        th, thdot = self.state.unbind(-1)
+        u = actions[..., 0].clamp(-MAX_TORQUE, MAX_TORQUE)
+        # The torque terms are computed in the action's precision, then widened: gymnasium
+        # does the same (float32 actions), and the dynamics are chaotic enough that the last
+        # bits matter after a hundred steps.
+        torque = (self.torque_coef.to(u.dtype) * u).to(self.dtype)
+        control_cost = (0.001 * u.square()).to(self.dtype)
+        cost = angle_normalize(th).square() + 0.1 * thdot.square() + control_cost
+        new_thdot = thdot + (self.gravity_coef * torch.sin(th) + torque) * DT
+        new_thdot = new_thdot.clamp(-MAX_SPEED, MAX_SPEED)
+        new_th = th + new_thdot * DT
+        self.state = torch.stack((new_th, new_thdot), dim=-1)
+        return self.observe(), -cost, torch.zeros_like(self.done)
+
+
+class MetaPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Gymnasium view of one pendulum task: :class:`BatchedPendulum` with a batch of one.
+
+    Args:
+        task: physical parameters; gymnasium's defaults when omitted.
+        render_mode: unsupported (None only).
+
+    ``gym.make("metarl/Pendulum-v0")`` adds the 200-step ``TimeLimit`` of ``Pendulum-v1``.
+    The action space is ``Pendulum-v1``'s ``[-2, 2]`` (not normalised to ``[-1, 1]``, so
+    ``check_env`` recommends normalising it, exactly as it does for ``Pendulum-v1``).
+
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+
+    def __init__(self, task: PendulumTask | None = None, render_mode: str | None = None) -> None:
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: MetaPendulum does not render")
+        self.task = task or PendulumTask()
+        self._env = BatchedPendulum([self.task], num_envs=1, dtype=torch.float64)
+        high = np.array([1.0, 1.0, MAX_SPEED], dtype=np.float32)
+        self.action_space = gym.spaces.Box(-MAX_TORQUE, MAX_TORQUE, shape=(1,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start state drawn from ``np_random`` exactly as ``Pendulum-v1`` draws it.
+
+        Like ``Pendulum-v1``, ``options`` may set the bounds ``x_init`` (angle, default π) and
+        ``y_init`` (speed, default 1) of the symmetric start box.
+        """
+        super().reset(seed=seed)
+        options = options or {}
+        high = np.array([float(options.get("x_init", np.pi)), float(options.get("y_init", 1.0))])
+        start = self.np_random.uniform(low=-high, high=high)
+        self._env.set_state(torch.from_numpy(start).view(1, 1, 2))
+        return self._obs(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One step of the shared batched dynamics (the torque is clipped, as gymnasium does)."""
+        a = np.asarray(action).reshape(-1)
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float64)
+        if a.shape != (1,) or not np.isfinite(a[0]):
+            raise ValueError(f"action={action!r}: expected one finite torque")
+        _, reward, _ = self._env.step(torch.from_numpy(a.copy()).view(1, 1, 1))
+        return self._obs(), float(reward.item()), False, False, {}
+
+    def _obs(self) -> np.ndarray:
+        return self._env.observe()[0, 0].numpy().astype(np.float32)
+
+
+def lqr_gains(gravity_coef: np.ndarray, torque_coef: np.ndarray, iterations: int = 2000
+              ) -> np.ndarray:
+    """Discrete-time LQR gains ``K [N, 2]`` of the upright pendulum, ``u = -K (theta, speed)``.
+
+    The linearisation of the semi-implicit Euler step at the top (``sin theta ≈ theta``) with
+    the reward's weights ``Q = diag(1, 0.1)``, ``R = 0.001``; the Riccati equation is iterated
+    to its fixed point for every task at once.
+    """
+    a, b = gravity_coef.reshape(-1), torque_coef.reshape(-1)
+    n = len(a)
+    big_a = np.zeros((n, 2, 2))
+    big_a[:, 0, 0] = 1 + a * DT**2
+    big_a[:, 0, 1] = DT
+    big_a[:, 1, 0] = a * DT
+    big_a[:, 1, 1] = 1.0
+    big_b = np.stack((b * DT**2, b * DT), axis=-1)[..., None]  # [N, 2, 1]
+    q = np.diag([1.0, 0.1])
+    r = 0.001
+    p = np.broadcast_to(q, (n, 2, 2)).copy()
+    at, bt = big_a.transpose(0, 2, 1), big_b.transpose(0, 2, 1)
+    for _ in range(iterations):
+        gain = np.linalg.solve(r + bt @ p @ big_b, bt @ p @ big_a)  # [N, 1, 2]
+        p = q + at @ p @ (big_a - big_b @ gain)
+    return gain[:, 0, :]  # type: ignore[no-any-return]
+
+
+class PendulumOracle:
+    """Task-conditioned swing-up + LQR controller, as a :class:`~metarl.algos.base.MetaLearner`.
+
+    Knows each task's physics (its parameters are per-task coefficients); adaptation changes
+    nothing. Energy ``E = theta_dot²/2 + a cos theta`` (``a = 3g/2l``) is pumped to the upright
+    rest value ``a`` by full torque in the direction that raises it; within about 45 degrees of
+    the top, the task's LQR gain takes over (clipped to the torque limit).
+    """
+
+    def __init__(self, tasks: Sequence[dict[str, float]]) -> None:
+        env = BatchedPendulum([PendulumTask(**t) for t in tasks], 1, dtype=torch.float64)
+        self.gravity_coef = env.gravity_coef[:, 0]
+        self.torque_coef = env.torque_coef[:, 0]
+        self.gain = torch.from_numpy(lqr_gains(self.gravity_coef.numpy(),
+                                               self.torque_coef.numpy()))
+
+    def initial_params(self, num_tasks: int) -> Params:
+        """Per-task ``gravity_coef``, ``torque_coef`` ``[N]`` and LQR ``gain`` ``[N, 2]``."""
+        if num_tasks != len(self.gain):
+            raise ValueError(f"num_tasks={num_tasks}: this oracle knows {len(self.gain)} tasks")
+        return {"gravity_coef": self.gravity_coef.clone(), "torque_coef": self.torque_coef.clone(),
+                "gain": self.gain.clone()}
+
+    def explore(self, params: Params) -> ActFn:
+        """The controller (deterministic)."""
+        def act(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return pendulum_controller(params, obs.double()).to(obs.dtype)
+
+        return act
+
+    act = explore
+
+    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
+        """Nothing to adapt."""
+        return params
+
+
+def pendulum_controller(params: Params, obs: torch.Tensor) -> torch.Tensor:
+    """Torques ``[N, E, 1]`` of the swing-up + LQR controller for observations ``[N, E, 3]``."""
+    cos, sin, speed = obs.unbind(-1)
+    theta = torch.atan2(sin, cos)
+    a = params["gravity_coef"].unsqueeze(1)
+    gain = params["gain"].unsqueeze(1)  # [N, 1, 2]
+    lqr = -(gain[..., 0] * theta + gain[..., 1] * speed)
+    energy = 0.5 * speed.square() + a * cos
+    # Full torque along the speed while below the upright energy, against it above.
+    pump = MAX_TORQUE * torch.sign(speed * (a - energy))
+    pump = torch.where(speed == 0, torch.full_like(pump, MAX_TORQUE), pump)
+    # Within about 45 degrees of the top the (saturating) LQR takes over; the threshold and
+    # the rule were chosen by comparing a few variants' returns on sampled tasks.
+    near_top = cos > 0.7
+    return torch.where(near_top, lqr, pump).clamp(-MAX_TORQUE, MAX_TORQUE).unsqueeze(-1)
+
+
+@dataclass(frozen=True)
+class PendulumFamilyConfig:
+    """Ranges of the pendulum task distribution (``task.pendulum`` in params.yaml)."""
+
+    mass: tuple[float, float] = (0.5, 1.5)
+    """Rod mass, kg, sampled uniformly in [min, max] (gymnasium: 1)."""
+    length: tuple[float, float] = (0.7, 1.3)
+    """Rod length, m (gymnasium: 1)."""
+    gravity: tuple[float, float] = (8.0, 12.0)
+    """Gravity, m/s² (gymnasium: 10)."""
+    max_steps: int = 200
+    """Episode horizon, steps (gymnasium: 200)."""
+    oracle_episodes: int = 32
+    """Start states per task over which the oracle's return is averaged (seeded, fixed)."""
+
+    def __post_init__(self) -> None:
+        for name in ("mass", "length", "gravity"):
+            check_range(name, getattr(self, name), positive=True)
+        check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+        check(self.oracle_episodes >= 1, "oracle_episodes", self.oracle_episodes,
+              "must be >= 1")
+
+
+class PendulumFamily:
+    """Pendulum swing-up with varied mass, length and gravity."""
+
+    name: ClassVar[str] = "pendulum"
+
+    def __init__(self, config: PendulumFamilyConfig) -> None:
+        self.config = config
+        self.max_steps = config.max_steps
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
+        """Uniform in every range."""
+        c = self.config
+        return [{name: float(rng.uniform(*getattr(c, name)))
+                 for name in ("mass", "length", "gravity")} for _ in range(num_tasks)]
+
+    def make_env(
+        self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"
+    ) -> BatchedPendulum:
+        """Batched pendulum over ``tasks``."""
+        return BatchedPendulum([PendulumTask(**t) for t in tasks], num_envs,
+                               max_steps=self.max_steps, device=device)
+
+    def oracle(self, tasks: Sequence[dict[str, float]]) -> PendulumOracle:
+        """The task-conditioned reference controller for ``tasks``, as a baseline."""
+        return PendulumOracle(tasks)
+
+    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
+        """Mean return of :class:`PendulumOracle` per task over ``oracle_episodes`` starts.
+
+        The start states come from a fixed seed, so the same tasks always give the same numbers.
+        """
+        oracle = self.oracle(tasks)
+        env = BatchedPendulum([PendulumTask(**t) for t in tasks], self.config.oracle_episodes,
+                              max_steps=self.max_steps, dtype=torch.float64)
+        batch = rollout(oracle.act(oracle.initial_params(len(tasks))), env,
+                        torch.Generator().manual_seed(0))
+        return batch.episode_returns.mean(-1).double().numpy()
