@@ -140,3 +140,13 @@ def test_help_lists_stages(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "tasks → tune → train → evaluate → register" in out
+
+
+def test_tune_with_zero_trials_still_writes_its_outputs(project: Path) -> None:
+    params = tiny_params()
+    params["tune"]["n_trials"] = 0
+    write_params(project, params)
+    assert run_cli(project, "stage", "tasks") == 0
+    assert run_cli(project, "stage", "tune") == 0
+    assert (project / "tuning" / "study.journal").is_file()
+    assert "algo: {}" in (project / "tuning" / "best_params.yaml").read_text()

@@ -43,6 +43,7 @@ def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage
         return config.tune.storage
     path = paths.resolve(config.tune.storage)
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()  # a DVC output even when no trial runs (n_trials: 0)
     backend = optuna.storages.journal.JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend)
 
@@ -63,13 +64,14 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     fam, dev = family(config), device(config)
     train, val = load_task_set(paths, "train", config), load_task_set(paths, "val", config)
     tune = config.tune
+    study_storage = storage(config, paths)
     if tune.n_trials == 0:
         _write_best(paths.best_params, {}, None)
         return {"n_trials": 0}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(config, train, val)
     study = optuna.create_study(
-        study_name=name, storage=storage(config, paths), load_if_exists=True,
+        study_name=name, storage=study_storage, load_if_exists=True,
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=tune.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
