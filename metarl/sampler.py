@@ -55,6 +55,14 @@ def random_actions(env: BatchedEnv, generator: torch.Generator, device: torch.de
     return low + (high - low) * u
 
 
+def choose_actions(act: ActFn | None, env: BatchedEnv, obs: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """``act``'s actions for ``obs``, or uniform random ones when ``act`` is None."""
+    if act is None:
+        return random_actions(env, generator, obs.device)
+    return act(obs.float(), generator)
+
+
 @torch.no_grad()
 def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> EpisodeBatch:
     """Run one episode in every slot of ``env`` until all end or the horizon is reached.
@@ -71,10 +79,7 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
     obs_buf, act_buf, rew_buf, mask_buf = [], [], [], []
     alive = torch.ones(n, e, dtype=torch.bool, device=obs.device)
     for _ in range(env.max_steps):
-        if act is None:
-            actions = random_actions(env, generator, obs.device)
-        else:
-            actions = act(obs.float(), generator)
+        actions = choose_actions(act, env, obs, generator)
         obs_buf.append(obs.float())
         act_buf.append(actions)
         mask_buf.append(alive)
@@ -124,10 +129,7 @@ def rollout_steps(
     age = torch.zeros(n, e, dtype=torch.long, device=obs.device)
     obs_buf, act_buf, rew_buf, done_buf = [], [], [], []
     for _ in range(num_steps):
-        if act is None:
-            actions = random_actions(env, generator, obs.device)
-        else:
-            actions = act(obs.float(), generator)
+        actions = choose_actions(act, env, obs, generator)
         obs_buf.append(obs.float())
         act_buf.append(actions)
         obs, reward, terminated = env.step(actions)
