@@ -53,7 +53,12 @@ setup() {
   want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     log "installing metarl and its dependencies (first time: about a minute)"
-    pip install -q -e ".[dev,mujoco]"
+    # mujoco 4 keeps its library in a separate mujoco-core package that a downgrade to the pinned
+    # 3.3.0 (Meta-World's pin) leaves behind, breaking `import mujoco`: remove all of it first.
+    if pip show -q mujoco-core 2>/dev/null; then
+      pip uninstall -q -y mujoco mujoco-core mujoco-studio
+    fi
+    pip install -q -e ".[dev,mujoco,metaworld]"
     echo "$want" > "$stamp"
   fi
 }

@@ -10,6 +10,7 @@ from typing import Any
 from metarl.config import ConfigError
 from metarl.envs.bandit import BanditFamily, BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
+from metarl.envs.metaworld_tasks import MetaWorldML1Family, MetaWorldML1FamilyConfig
 from metarl.envs.mujoco_tasks import (
     AntDirFamily,
     AntDirFamilyConfig,
@@ -33,6 +34,8 @@ FAMILIES: dict[str, tuple[type, Any]] = {
     "cheetah_vel": (CheetahVelFamilyConfig, CheetahVelFamily),
     "cheetah_dir": (CheetahDirFamilyConfig, CheetahDirFamily),
     "ant_dir": (AntDirFamilyConfig, AntDirFamily),
+    # Meta-World (optional dependency: pip install -e ".[metaworld]")
+    "metaworld_ml1": (MetaWorldML1FamilyConfig, MetaWorldML1Family),
 }
 """Family name → (its config dataclass, the class built from that config)."""
 

@@ -59,3 +59,28 @@ def advantages(batch: EpisodeBatch, discount: float) -> torch.Tensor:
     returns = discounted_returns(batch.rewards, discount)
     values = linear_baseline(batch.obs, returns, batch.mask)
     return normalize_per_task((returns - values) * batch.mask, batch.mask)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, discount: float, lam: float,
+        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) along the last dim.
+
+    ``delta_t = r_t + discount * V_{t+1} - V_t`` and ``A_t = delta_t + discount * lam * A_{t+1}``;
+    the sequence ends terminally (``V_T = 0``), and so does the last valid step of ``mask``
+    (1.0 on valid steps, then 0.0 padding; padded steps get zero advantage).
+
+    Returns:
+        ``(advantages, returns)`` with ``returns = advantages + values`` (the value targets).
+
+    """
+    if mask is None:
+        mask = torch.ones_like(rewards)
+    next_values = torch.cat([values[..., 1:] * mask[..., 1:],
+                             torch.zeros_like(values[..., :1])], dim=-1)
+    deltas = (rewards + discount * next_values - values) * mask
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = deltas[..., t] + discount * lam * running * mask[..., t]
+        adv[..., t] = running
+    return adv, (adv + values) * mask

@@ -139,5 +139,9 @@ def sample_task_sets(
     for (split, size), child in zip(sizes.items(), children, strict=True):
         check(size >= 1, f"num_{split}", size, "a split needs at least one task")
         rng = np.random.default_rng(child)
-        out[split] = TaskSet(family.name, split, seed, tuple(family.sample(size, rng)))
+        # A family with its own official splits (Meta-World ML1) samples per split.
+        sample_split = getattr(family, "sample_split", None)
+        tasks = (sample_split(split, size, rng) if sample_split is not None
+                 else family.sample(size, rng))
+        out[split] = TaskSet(family.name, split, seed, tuple(tasks))
     return out

@@ -17,6 +17,7 @@ EPILOG = """examples:
   metarl bench sampler                batched sampler vs gymnasium's SyncVectorEnv
   metarl bench maml                   MAML on 2D navigation: s/iteration, returns, score
   metarl bench baselines --cells 10x5 RL²'s bandit/MDP baselines beside the paper's tables
+  metarl bench rl2 --cells 10x5       RL² trained and scored on a cell of the paper's tables
 """
 
 
@@ -89,6 +90,24 @@ def _parser() -> argparse.ArgumentParser:
                            help="evaluation instances per cell (default 1000, as the paper)")
     baselines.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     baselines.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    rl2 = bench_sub.add_parser(
+        "rl2", help="RL² meta-trained on cells of RL²'s Tables 1 and 2, beside baselines",
+        description="Meta-train RL² (GRU + PPO) per cell and seed, score it on the test "
+        "instances of `bench baselines` (95%% intervals), beside the paper's RL² figure and our "
+        "Gittins/UCB1/TS (bandit) or PSRL (MDP) on the same instances, with wall-clock per cell.")
+    rl2.add_argument("--table", choices=["bandit", "mdp", "all"], default="all",
+                     help="which table (default: all)")
+    rl2.add_argument("--cells", nargs="+", default=None, metavar="CELL",
+                     help="NxK bandit cells, N MDP cells (default: 10x5 10x10 10, the quick set)")
+    rl2.add_argument("--seeds", type=int, nargs="+", default=[0],
+                     help="training seeds, one model each (default: 0)")
+    rl2.add_argument("--iterations", type=int, default=None,
+                     help="PPO iterations per seed (default: 600 bandit, 200 MDP)")
+    rl2.add_argument("--instances", type=int, default=1000,
+                     help="test instances per cell (default 1000, as the paper)")
+    rl2.add_argument("--instance-seed", type=int, default=0,
+                     help="seed of the test instances (as bench baselines --seed; default 0)")
+    rl2.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return parser
 
 
@@ -128,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.bench_baselines import bench_baselines
 
             bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
+        elif args.command == "bench" and args.bench == "rl2":
+            from pipelines.bench_rl2 import bench_rl2
+
+            bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
+                      args.instance_seed, args.device)
         elif args.command == "bench" and args.bench == "maml":
             from pipelines.bench_maml import bench_maml
 

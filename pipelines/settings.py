@@ -17,6 +17,7 @@ from metarl.algos.maml import MAMLConfig
 from metarl.config import ConfigError, check, check_range, from_mapping
 from metarl.envs.bandit import BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamilyConfig
+from metarl.envs.metaworld_tasks import MetaWorldML1FamilyConfig
 from metarl.envs.mujoco_tasks import (
     AntDirFamilyConfig,
     CheetahDirFamilyConfig,
@@ -36,7 +37,8 @@ class TaskSection:
 
     family: str = "cartpole"
     """Task family name (``cartpole``, ``bandit``, ``tabular_mdp``, ``nav2d``, ``pendulum``;
-    with MuJoCo: ``cheetah_vel``, ``cheetah_dir``, ``ant_dir``)."""
+    with MuJoCo: ``cheetah_vel``, ``cheetah_dir``, ``ant_dir``; with Meta-World:
+    ``metaworld_ml1``)."""
     seed: int = 0
     """Seed of the task sets; each split gets its own child seed."""
     num_train: int = 100
@@ -61,6 +63,8 @@ class TaskSection:
     """Forward/backward HalfCheetah (MAML; needs MuJoCo)."""
     ant_dir: AntDirFamilyConfig = field(default_factory=AntDirFamilyConfig)
     """Direction-following Ant (PEARL; needs MuJoCo)."""
+    metaworld_ml1: MetaWorldML1FamilyConfig = field(default_factory=MetaWorldML1FamilyConfig)
+    """Meta-World ML1: one manipulation task, official train/test goals (needs Meta-World)."""
 
     def __post_init__(self) -> None:
         check(self.family in FAMILIES, "family", self.family,
