@@ -96,6 +96,9 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
         return value
     if origin is tuple:
         return _convert_tuple(args, value, key)
+    if origin is dict:
+        check(isinstance(value, Mapping), key, value, "expected a mapping")
+        return {str(k): _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if annotation in _SCALARS:
         is_valid, message = _SCALARS[annotation]
         check(is_valid(value), key, value, message)

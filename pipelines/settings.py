@@ -85,11 +85,22 @@ class AlgoSection:
     name: str = "maml"
     """Algorithm name (``maml``)."""
     maml: MAMLConfig = field(default_factory=MAMLConfig)
-    """MAML hyperparameters."""
+    """MAML hyperparameters (for every family, unless ``family_overrides`` says otherwise)."""
+    family_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per task family, ``algo.<name>`` keys that replace the common values when that family
+    is chosen (e.g. ``nav2d: {init_std: 3.0, inner_lr: 0.1}``)."""
 
     def __post_init__(self) -> None:
         check(self.name in ALGORITHMS, "name", self.name,
               f"unknown algorithm; choose one of {list(ALGORITHMS)}")
+        for fam, overrides in self.family_overrides.items():
+            check(fam in FAMILIES, f"family_overrides.{fam}", overrides,
+                  f"unknown family; choose among {sorted(FAMILIES)}")
+            check(isinstance(overrides, dict), f"family_overrides.{fam}", overrides,
+                  "expected a mapping of algorithm keys")
+            from_mapping(type(getattr(self, self.name)),
+                         {**dataclasses.asdict(getattr(self, self.name)), **overrides},
+                         prefix=f"family_overrides.{fam}")
 
 
 @dataclass(frozen=True)
@@ -233,4 +244,5 @@ def load_config(path: Path | str) -> PipelineConfig:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError("params", str(path), f"malformed YAML{where}; fix the syntax") from None
-    return from_mapping(PipelineConfig, data)
+    config = from_mapping(PipelineConfig, data)
+    return config.with_algo_overrides(config.algo.family_overrides.get(config.task.family, {}))

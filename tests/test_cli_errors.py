@@ -150,3 +150,30 @@ def test_tune_with_zero_trials_still_writes_its_outputs(project: Path) -> None:
     assert run_cli(project, "stage", "tune") == 0
     assert (project / "tuning" / "study.journal").is_file()
     assert "algo: {}" in (project / "tuning" / "best_params.yaml").read_text()
+
+
+def test_family_overrides_apply_to_the_chosen_family_only(project: Path) -> None:
+    from pipelines.settings import load_config
+
+    params = tiny_params()
+    params["algo"]["family_overrides"] = {"nav2d": {"inner_lr": 0.05, "init_std": 3.0}}
+    write_params(project, params)
+    assert load_config(project / "params.yaml").algo.maml.inner_lr == params["algo"]["maml"][
+        "inner_lr"]
+    params["task"]["family"] = "nav2d"
+    write_params(project, params)
+    config = load_config(project / "params.yaml")
+    assert (config.algo.maml.inner_lr, config.algo.maml.init_std) == (0.05, 3.0)
+
+
+def test_bad_family_override_names_the_key(project: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    params = tiny_params()
+    params["algo"]["family_overrides"] = {"nav2d": {"inner_lr": -1.0}}
+    write_params(project, params)
+    assert run_cli(project, "stage", "tasks") == 2
+    assert "algo.family_overrides.nav2d.inner_lr=-1.0" in capsys.readouterr().err
+    params["algo"]["family_overrides"] = {"hopper": {}}
+    write_params(project, params)
+    assert run_cli(project, "stage", "tasks") == 2
+    assert "algo.family_overrides.hopper" in capsys.readouterr().err
