@@ -38,6 +38,22 @@ def tiny_params() -> dict[str, Any]:
     return params
 
 
+def run_tiny_family(root: Path, family: str, stages: tuple[str, ...] = ("tasks", "train",
+                                                                       "evaluate")) -> None:
+    """Run ``stages`` in-process for ``family`` on 2 tasks × 2 envs, horizon 20, 1 iteration."""
+    from pipelines.runner import run_stage
+
+    params = tiny_params()
+    params["task"].update(family=family, num_train=2, num_val=2, num_test=2)
+    params["task"][family]["max_steps"] = 20
+    params["algo"]["maml"].update(meta_batch_size=2, episodes_per_task=2)
+    params["train"]["num_iterations"] = 1
+    params["evaluate"].update(seeds=[0], num_adapt_steps=1, episodes_per_task=2)
+    write_params(root, params)
+    for stage in stages:
+        run_stage(stage, root)
+
+
 def write_params(root: Path, params: dict[str, Any]) -> Path:
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

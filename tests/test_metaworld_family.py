@@ -21,7 +21,7 @@ from metarl.envs.metaworld_tasks import MetaWorldML1FamilyConfig, ml1_goal
 from metarl.families import make_family
 from metarl.tasks import sample_task_sets
 from pipelines.cli import main
-from tests.conftest import tiny_params, write_params
+from tests.conftest import run_tiny_family, tiny_params, write_params
 
 
 @pytest.fixture
@@ -168,17 +168,7 @@ def test_bad_params_stop_the_tasks_stage_with_key_and_value(
 
 @pytest.mark.usefixtures("metaworld")
 def test_metaworld_runs_tasks_train_evaluate(tmp_path: Path) -> None:
-    from pipelines.runner import run_stage
-
-    params = tiny_params()
-    params["task"].update(family="metaworld_ml1", num_train=2, num_val=2, num_test=2)
-    params["task"]["metaworld_ml1"]["max_steps"] = 20
-    params["algo"]["maml"].update(meta_batch_size=2, episodes_per_task=2)
-    params["train"]["num_iterations"] = 1
-    params["evaluate"].update(seeds=[0], num_adapt_steps=1, episodes_per_task=2)
-    write_params(tmp_path, params)
-    for stage in ("tasks", "train", "evaluate"):
-        run_stage(stage, tmp_path)
+    run_tiny_family(tmp_path, "metaworld_ml1")
 
     train = json.loads((tmp_path / "data/tasks/train.json").read_text())
     test = json.loads((tmp_path / "data/tasks/test.json").read_text())

@@ -23,7 +23,7 @@ from metarl.envs.mujoco_tasks import (
 )
 from metarl.families import make_family
 from pipelines.cli import main
-from tests.conftest import tiny_params, write_params
+from tests.conftest import run_tiny_family, tiny_params, write_params
 
 FAMILIES = ["cheetah_vel", "cheetah_dir", "ant_dir"]
 DIMS = {"cheetah_vel": (17, 6), "cheetah_dir": (17, 6), "ant_dir": (105, 8)}
@@ -214,17 +214,7 @@ def test_bad_params_stop_the_tasks_stage_with_key_and_value(
 
 @pytest.mark.usefixtures("mujoco")
 def test_cheetah_vel_runs_tasks_train_evaluate(tmp_path: Path) -> None:
-    from pipelines.runner import run_stage
-
-    params = tiny_params()
-    params["task"].update(family="cheetah_vel", num_train=2, num_val=2, num_test=2)
-    params["task"]["cheetah_vel"]["max_steps"] = 20
-    params["algo"]["maml"].update(meta_batch_size=2, episodes_per_task=2)
-    params["train"]["num_iterations"] = 1
-    params["evaluate"].update(seeds=[0], num_adapt_steps=1, episodes_per_task=2)
-    write_params(tmp_path, params)
-    for stage in ("tasks", "train", "evaluate"):
-        run_stage(stage, tmp_path)
+    run_tiny_family(tmp_path, "cheetah_vel")
 
     tasks = json.loads((tmp_path / "data/tasks/test.json").read_text())
     assert tasks["family"] == "cheetah_vel"
