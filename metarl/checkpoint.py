@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from metarl.algos.base import GradientAdaptedPolicy
+from metarl.algos.rl2 import RL2Learner, RL2Policy
 from metarl.policies import POLICY_KINDS, GaussianMLPPolicy, MLPPolicy, Params, make_policy_for
 
 FORMAT_VERSION = 1
@@ -33,6 +34,15 @@ def policy_config(policy: MLPPolicy, hidden_sizes: tuple[int, ...], inner_lr: fl
             **gaussian, **extra}
 
 
+def rl2_config(model: RL2Policy, **extra: Any) -> dict[str, Any]:
+    """The JSON needed to rebuild an :class:`~metarl.algos.rl2.RL2Learner` (plus ``extra``)."""
+    return {"format_version": FORMAT_VERSION, "learner": "rl2",
+            "policy": "categorical" if model.discrete else "gaussian",
+            "obs_dim": model.obs_dim, "num_actions": model.num_actions,
+            "action_dim": model.action_dim, "action_low": list(model.action_low),
+            "action_high": list(model.action_high), "hidden_size": model.hidden_size, **extra}
+
+
 def save_params(params: Params, path: Path) -> None:
     """Save parameters as a plain tensor dict."""
     torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, path)
@@ -50,11 +60,18 @@ def load_params(path: Path) -> Params:
     return data
 
 
-def load_learner(weights_path: Path, config: dict[str, Any]) -> GradientAdaptedPolicy:
-    """Rebuild the adaptable policy from a weights file and its config JSON."""
+def load_learner(weights_path: Path, config: dict[str, Any]
+                 ) -> GradientAdaptedPolicy | RL2Learner:
+    """Rebuild the learner from a weights file and its config JSON.
+
+    ``learner: rl2`` in the config gives an :class:`~metarl.algos.rl2.RL2Learner`; otherwise
+    (MAML, the baselines) a :class:`~metarl.algos.base.GradientAdaptedPolicy`.
+    """
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format_version={config.get('format_version')!r}: expected "
                          f"{FORMAT_VERSION}; re-train to produce a current checkpoint")
+    if config.get("learner") == "rl2":
+        return _load_rl2(weights_path, config)
     kind = config.get("policy", "categorical")
     if kind not in POLICY_KINDS:
         raise ValueError(f"policy={kind!r}: unknown policy kind; expected one of "
@@ -78,6 +95,26 @@ def load_learner(weights_path: Path, config: dict[str, Any]) -> GradientAdaptedP
                          f"config (policy={kind!r}, hidden_sizes, obs_dim, {size_key})")
     return GradientAdaptedPolicy(policy, params, float(config["inner_lr"]),
                                  float(config["discount"]))
+
+
+def _load_rl2(weights_path: Path, config: dict[str, Any]) -> RL2Learner:
+    missing = [k for k in ("obs_dim", "num_actions", "action_dim", "hidden_size")
+               if k not in config]
+    if missing:
+        raise ValueError(f"checkpoint config lacks {missing}; re-train to produce a full one")
+    model = RL2Policy(int(config["obs_dim"]), int(config["num_actions"]),
+                      int(config["hidden_size"]), torch.Generator().manual_seed(0),
+                      action_dim=int(config["action_dim"]),
+                      action_low=tuple(config.get("action_low", ())),
+                      action_high=tuple(config.get("action_high", ())))
+    params = load_params(weights_path)
+    expected = model.state_dict()
+    if set(params) != set(expected) or any(params[k].shape != v.shape
+                                           for k, v in expected.items()):
+        raise ValueError(f"{weights_path}: parameters do not match the RL² architecture in "
+                         "its config (obs_dim, num_actions/action_dim, hidden_size)")
+    model.load_state_dict(params)
+    return RL2Learner(model.eval())
 
 
 def read_config(path: Path) -> dict[str, Any]:

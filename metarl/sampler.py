@@ -69,22 +69,28 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
 
     Args:
         act: maps observations ``[N, E, obs_dim]`` and ``generator`` to actions (see
-            :data:`~metarl.policies.ActFn`); ``None`` acts uniformly at random.
+            :data:`~metarl.policies.ActFn`); ``None`` acts uniformly at random. A recurrent
+            acting function that needs rewards (RL²) has an ``observe(reward, done)`` method:
+            it is called after every step with the rewards and the episode-end flags
+            (termination, or the horizon's last step).
         env: the batched environment (it is reset here).
         generator: source of start states and action noise.
 
     """
     obs = env.reset(generator)
     n, e = env.num_tasks, env.num_envs
+    observe = getattr(act, "observe", None)
     obs_buf, act_buf, rew_buf, mask_buf = [], [], [], []
     alive = torch.ones(n, e, dtype=torch.bool, device=obs.device)
-    for _ in range(env.max_steps):
+    for t in range(env.max_steps):
         actions = choose_actions(act, env, obs, generator)
         obs_buf.append(obs.float())
         act_buf.append(actions)
         mask_buf.append(alive)
         obs, reward, terminated = env.step(actions)
         rew_buf.append(reward.float() * alive)
+        if observe is not None:
+            observe(reward, terminated | (t == env.max_steps - 1))
         alive = alive & ~terminated
         if not alive.any():
             break

@@ -112,9 +112,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _k_max(summary: dict[str, object]) -> int:
-    maml = summary["maml"]
-    assert isinstance(maml, dict)
-    return sum(1 for k in maml if k.startswith("return_post_adapt_k"))
+    main = summary[str(summary["learner"])]
+    assert isinstance(main, dict)
+    return sum(1 for k in main if k.startswith("return_post_adapt_k"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

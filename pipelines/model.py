@@ -6,6 +6,13 @@ discrete family the most likely action, ``[batch]`` int64; for a continuous fami
 the Gaussian policy, ``[batch, action_dim]`` float32 (unclipped: the env clips it to its action
 bounds, as it does every action). To adapt to a new task first, load the weights with
 :func:`metarl.checkpoint.load_learner` from the model's ``artifacts/`` folder.
+
+An RL² model is recurrent: its input is the trial so far, as named tensors ``obs [B, T,
+obs_dim]``, ``prev_action [B, T]`` (int64, ``-1`` at the trial's first step; continuous:
+``[B, T, action_dim]`` float32, zeros at the first step), ``prev_reward [B, T]`` and
+``prev_done [B, T]`` (float32, 1.0 where the previous step ended an episode); the output is
+the greedy action at every step (the GRU run from a fresh state over the ``T`` steps), the last
+one being what to do now.
 """
 
 from __future__ import annotations
@@ -41,7 +48,15 @@ class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 
     # No type hints here: MLflow would read them as a (list-based) input schema.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        """Greedy action per observation row (an array, a DataFrame or ``{"obs": array}``)."""
+        """Greedy actions: per observation row, or per step of the trials given (RL²).
+
+        The input is an array, a DataFrame or ``{"obs": array}``; for RL², the named tensors
+        of the module docstring.
+        """
+        from metarl.algos.rl2 import RL2Learner
+
+        if isinstance(self.learner, RL2Learner):
+            return _predict_rl2(self.learner, model_input)
         if isinstance(model_input, dict):  # a named tensor signature gives {"obs": array}
             model_input = model_input["obs"]
         if hasattr(model_input, "to_numpy"):
@@ -53,6 +68,36 @@ class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         if policy.discrete:
             return out.argmax(-1).numpy().astype(np.int64)
         return out.numpy().astype(np.float32)
+
+
+def _predict_rl2(learner: Any, model_input: dict[str, Any]) -> np.ndarray:
+    model = learner.model
+    obs = torch.as_tensor(np.asarray(model_input["obs"], dtype=np.float32))
+    act_dtype = np.int64 if model.discrete else np.float32
+    prev_action = torch.as_tensor(np.asarray(model_input["prev_action"], dtype=act_dtype))
+    prev_reward = torch.as_tensor(np.asarray(model_input["prev_reward"], dtype=np.float32))
+    prev_done = torch.as_tensor(np.asarray(model_input["prev_done"], dtype=np.float32))
+    with torch.no_grad():
+        x = model.step_input(obs, prev_action, prev_reward, prev_done)
+        out, _, _ = model(x, model.initial_state(x.shape[0]))
+        actions = model.sample(out, torch.Generator(), greedy=True)
+    return actions.numpy().astype(act_dtype)
+
+
+def rl2_signature(obs_dim: int, action_dim: int = 0) -> ModelSignature:
+    """Tensor signature of an RL² model: the trial so far → the greedy action at each step."""
+    f32 = np.dtype(np.float32)
+    if action_dim == 0:
+        prev = TensorSpec(np.dtype(np.int64), (-1, -1), name="prev_action")
+        output = TensorSpec(np.dtype(np.int64), (-1, -1), name="action")
+    else:
+        prev = TensorSpec(f32, (-1, -1, action_dim), name="prev_action")
+        output = TensorSpec(f32, (-1, -1, action_dim), name="action")
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, -1, obs_dim), name="obs"), prev,
+                       TensorSpec(f32, (-1, -1), name="prev_reward"),
+                       TensorSpec(f32, (-1, -1), name="prev_done")]),
+        outputs=Schema([output]))
 
 
 def signature(obs_dim: int, action_dim: int = 0) -> ModelSignature:
@@ -83,6 +128,8 @@ def log_model(weights: Path, config: Path, obs_dim: int) -> Any:
 
     ckpt = read_config(config)
     action_dim = int(ckpt.get("action_dim", 0)) if ckpt.get("policy") == "gaussian" else 0
+    sig = (rl2_signature(obs_dim, action_dim) if ckpt.get("learner") == "rl2"
+           else signature(obs_dim, action_dim))
     entry = Path(__file__).with_name("pyfunc_entry.py")
     with warnings.catch_warnings():
         # The explicit tensor signature validates input; no example needed.
@@ -90,4 +137,4 @@ def log_model(weights: Path, config: Path, obs_dim: int) -> Any:
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(entry),
             artifacts={WEIGHTS: str(weights), CONFIG: str(config)},
-            signature=signature(obs_dim, action_dim), pip_requirements=requirements())
+            signature=sig, pip_requirements=requirements())

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from metarl.algos.maml import MAMLConfig
+from metarl.algos.rl2 import RL2Config
 from metarl.config import ConfigError, check, check_range, from_mapping
 from metarl.envs.bandit import BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamilyConfig
@@ -28,7 +29,7 @@ from metarl.envs.pendulum import PendulumFamilyConfig
 from metarl.envs.tabular_mdp import TabularMDPFamilyConfig
 from metarl.families import FAMILIES
 
-ALGORITHMS = ("maml",)
+ALGORITHMS = ("maml", "rl2")
 
 
 @dataclass(frozen=True)
@@ -83,24 +84,36 @@ class AlgoSection:
     """``algo``: which meta-learner and its hyperparameters."""
 
     name: str = "maml"
-    """Algorithm name (``maml``)."""
+    """Algorithm name: ``maml`` (gradient-based adaptation) or ``rl2`` (a recurrent policy
+    that adapts in context, across the episodes of a trial)."""
     maml: MAMLConfig = field(default_factory=MAMLConfig)
-    """MAML hyperparameters (for every family, unless ``family_overrides`` says otherwise)."""
-    family_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per task family, ``algo.<name>`` keys that replace the common values when that family
-    is chosen (e.g. ``nav2d: {init_std: 3.0, inner_lr: 0.1}``)."""
+    """MAML hyperparameters (for every family, unless ``family_overrides`` says otherwise).
+    The pretrained and from-scratch baselines use its network, batch sizes and step sizes
+    whichever algorithm is chosen."""
+    rl2: RL2Config = field(default_factory=RL2Config)
+    """RL² hyperparameters (GRU + PPO). A trial has ``evaluate.num_adapt_steps + 1`` episodes,
+    the trial the evaluator plays."""
+    family_overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per task family and algorithm, keys that replace the common values when that family is
+    chosen (e.g. ``nav2d: {maml: {init_std: 3.0, inner_lr: 0.1}}``)."""
 
     def __post_init__(self) -> None:
         check(self.name in ALGORITHMS, "name", self.name,
               f"unknown algorithm; choose one of {list(ALGORITHMS)}")
-        for fam, overrides in self.family_overrides.items():
-            check(fam in FAMILIES, f"family_overrides.{fam}", overrides,
+        for fam, per_algo in self.family_overrides.items():
+            check(fam in FAMILIES, f"family_overrides.{fam}", per_algo,
                   f"unknown family; choose among {sorted(FAMILIES)}")
-            check(isinstance(overrides, dict), f"family_overrides.{fam}", overrides,
-                  "expected a mapping of algorithm keys")
-            from_mapping(type(getattr(self, self.name)),
-                         {**dataclasses.asdict(getattr(self, self.name)), **overrides},
-                         prefix=f"family_overrides.{fam}")
+            check(isinstance(per_algo, dict), f"family_overrides.{fam}", per_algo,
+                  "expected a mapping from algorithm name to its keys, e.g. {maml: {...}}")
+            for algo, overrides in per_algo.items():
+                key = f"family_overrides.{fam}.{algo}"
+                check(algo in ALGORITHMS, key, overrides,
+                      f"unknown algorithm; choose one of {list(ALGORITHMS)}")
+                check(isinstance(overrides, dict), key, overrides,
+                      "expected a mapping of algorithm keys")
+                from_mapping(type(getattr(self, algo)),
+                             {**dataclasses.asdict(getattr(self, algo)), **overrides},
+                             prefix=key)
 
 
 @dataclass(frozen=True)
@@ -137,9 +150,10 @@ class TuneSection:
     storage: str = "tuning/study.journal"
     """Journal file path (relative to the project) or a database URL (e.g. postgresql://...)."""
     inner_lr: tuple[float, float] = (0.1, 1.0)
-    """Log-uniform search range of ``algo.maml.inner_lr``."""
+    """Log-uniform search range of ``algo.maml.inner_lr`` (MAML only)."""
     outer_lr: tuple[float, float] = (1e-3, 1e-2)
-    """Log-uniform search range of ``algo.maml.outer_lr``."""
+    """Log-uniform search range of the meta-learning rate: ``algo.maml.outer_lr``, or
+    ``algo.rl2.lr`` for RL²."""
 
     def __post_init__(self) -> None:
         check(self.n_trials >= 0, "n_trials", self.n_trials, "must be >= 0")
@@ -245,4 +259,5 @@ def load_config(path: Path | str) -> PipelineConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError("params", str(path), f"malformed YAML{where}; fix the syntax") from None
     config = from_mapping(PipelineConfig, data)
-    return config.with_algo_overrides(config.algo.family_overrides.get(config.task.family, {}))
+    per_algo = config.algo.family_overrides.get(config.task.family, {})
+    return config.with_algo_overrides(per_algo.get(config.algo.name, {}))

@@ -32,6 +32,8 @@ def tiny_params() -> dict[str, Any]:
     params["task"].update(num_train=6, num_val=3, num_test=3)
     params["task"]["cartpole"]["max_steps"] = 30
     params["algo"]["maml"].update(meta_batch_size=3, episodes_per_task=4, hidden_sizes=[8])
+    params["algo"]["rl2"].update(hidden_size=8, meta_batch_size=3, trials_per_task=2,
+                                 num_epochs=2, num_minibatches=2, bptt_length=10)
     params["tune"].update(n_trials=2, num_iterations=2, eval_every=1, episodes_per_task=3)
     params["train"]["num_iterations"] = 2
     params["evaluate"].update(seeds=[0, 1], num_adapt_steps=2, episodes_per_task=3)

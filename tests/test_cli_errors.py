@@ -156,7 +156,8 @@ def test_family_overrides_apply_to_the_chosen_family_only(project: Path) -> None
     from pipelines.settings import load_config
 
     params = tiny_params()
-    params["algo"]["family_overrides"] = {"nav2d": {"inner_lr": 0.05, "init_std": 3.0}}
+    params["algo"]["family_overrides"] = {"nav2d": {"maml": {"inner_lr": 0.05,
+                                                              "init_std": 3.0}}}
     write_params(project, params)
     assert load_config(project / "params.yaml").algo.maml.inner_lr == params["algo"]["maml"][
         "inner_lr"]
@@ -169,11 +170,19 @@ def test_family_overrides_apply_to_the_chosen_family_only(project: Path) -> None
 def test_bad_family_override_names_the_key(project: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     params = tiny_params()
-    params["algo"]["family_overrides"] = {"nav2d": {"inner_lr": -1.0}}
+    params["algo"]["family_overrides"] = {"nav2d": {"maml": {"inner_lr": -1.0}}}
     write_params(project, params)
     assert run_cli(project, "stage", "tasks") == 2
-    assert "algo.family_overrides.nav2d.inner_lr=-1.0" in capsys.readouterr().err
+    assert "algo.family_overrides.nav2d.maml.inner_lr=-1.0" in capsys.readouterr().err
     params["algo"]["family_overrides"] = {"hopper": {}}
     write_params(project, params)
     assert run_cli(project, "stage", "tasks") == 2
     assert "algo.family_overrides.hopper" in capsys.readouterr().err
+    params["algo"]["family_overrides"] = {"nav2d": {"ppo": {}}}
+    write_params(project, params)
+    assert run_cli(project, "stage", "tasks") == 2
+    assert "algo.family_overrides.nav2d.ppo" in capsys.readouterr().err
+    params["algo"]["family_overrides"] = {"nav2d": {"rl2": {"bptt_length": -3}}}
+    write_params(project, params)
+    assert run_cli(project, "stage", "tasks") == 2
+    assert "algo.family_overrides.nav2d.rl2.bptt_length=-3" in capsys.readouterr().err

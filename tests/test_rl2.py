@@ -177,3 +177,118 @@ def test_cli_bench_rl2_prints_table_and_count(capsys: pytest.CaptureFixture[str]
     assert any("wall-clock: RL²" in line for line in out)
     assert main(["bench", "rl2", "--cells", "10x1"]) == 2
     assert "--cells '10x1'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# The meta-learner contract: RL² in the evaluator, continuous actions, checkpoints
+# --------------------------------------------------------------------------------------------
+
+def test_adapt_replays_to_the_state_the_acting_function_reached() -> None:
+    from metarl.algos.rl2 import RL2Learner
+    from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
+    from metarl.sampler import rollout
+
+    family = CartPoleFamily(CartPoleFamilyConfig(max_steps=30))
+    env = family.make_env(family.sample(3, np.random.default_rng(0)), 4)
+    learner = RL2Learner(_model(4, 2))
+    params = learner.initial_params(3)
+    for episode in range(2):  # the second episode starts from the adapted context
+        act = learner.explore(params)
+        batch = rollout(act, env, torch.Generator().manual_seed(episode))
+        lengths = batch.mask.sum(-1)
+        assert lengths.min() < lengths.max()  # episodes of different lengths
+        new = learner.adapt(params, batch)
+        assert act.h is not None
+        torch.testing.assert_close(new["h"], act.h)
+        assert torch.equal(new["prev_action"], act.prev_action)
+        torch.testing.assert_close(new["prev_reward"], act.prev_reward)
+        torch.testing.assert_close(new["prev_done"], torch.ones(3, 4))
+        assert float((new["h"] - params["h"]).abs().max()) > 0.0
+        params = new
+
+
+class ArmThatPays:
+    """Two arms, one pays 1 always and the other 0, in random order; one pull per episode."""
+
+    def __init__(self) -> None:
+        self.inner = BanditFamily(BanditFamilyConfig(num_arms=2, num_pulls=1))
+        self.name, self.max_steps = "arm_that_pays", 1
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+        first = rng.random(num_tasks) < 0.5
+        return [{"probs": [1.0, 0.0] if f else [0.0, 1.0]} for f in first]
+
+    def make_env(self, tasks: list[dict[str, Any]], num_envs: int,
+                 device: torch.device | str = "cpu") -> BatchedBandit:
+        return self.inner.make_env(tasks, num_envs, device)
+
+
+def test_evaluator_sees_rl2_adapt_across_the_episodes_of_a_trial() -> None:
+    # Episode 1 can only guess (0.5); from episode 2 on, the arm that paid (or the other one)
+    # is known: the adaptation curve must rise to ~1, which needs the previous action and
+    # reward carried from one episode to the next through `adapt`.
+    from metarl.evaluation import adaptation_curve
+    from metarl.tasks import TaskSet
+
+    family = ArmThatPays()
+    train = TaskSet(family.name, "train", 0, tuple(family.sample(64, np.random.default_rng(0))))
+    config = RL2Config(hidden_size=32, meta_batch_size=32, trials_per_task=8, lr=3e-3,
+                       num_minibatches=4, entropy_coef=0.01)
+    from metarl.algos.rl2 import train_rl2
+
+    algo = train_rl2(family, train, config, 3, 80, seed=0)  # type: ignore[arg-type]
+    test = family.sample(200, np.random.default_rng(1))
+    curve = adaptation_curve(algo.learner(), family, test, 2, 4, seed=0)  # type: ignore[arg-type]
+    means = curve.mean(1)
+    assert 0.35 < means[0] < 0.65, means
+    assert means[1] > 0.9 and means[2] > 0.9, means
+
+
+def test_rl2_continuous_actions_train_and_act() -> None:
+    from metarl.algos.rl2 import RL2Learner
+    from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
+    from metarl.sampler import rollout
+
+    family = Nav2DFamily(Nav2DFamilyConfig(max_steps=8))
+    config = RL2Config(hidden_size=16, meta_batch_size=4, trials_per_task=2, num_epochs=1,
+                       num_minibatches=2, bptt_length=5, init_std=0.5)
+    algo = RL2(family, None, None, 2, config, seed=0)
+    model = algo.model
+    assert not model.discrete and model.action_dim == 2 and model.input_dim == 2 + 2 + 2
+    torch.testing.assert_close(model.log_std.exp(), torch.full((2,), 0.05))  # 0.5 × 0.1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = algo.train_step()
+    assert np.isfinite(stats["trial_return"]) and stats["trial_return"] < 0
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    learner = algo.learner()
+    assert isinstance(learner, RL2Learner)
+    env = family.make_env(family.sample(2, np.random.default_rng(0)), 3)
+    batch = rollout(learner.explore(learner.initial_params(2)), env, torch.Generator())
+    assert batch.actions.shape == (2, 3, 8, 2) and batch.actions.dtype == torch.float32
+    ctx = learner.adapt(learner.initial_params(2), batch)
+    assert ctx["prev_action"].shape == (2, 3, 2)
+    # the action code is the action clipped to the bounds
+    x = model.step_input(torch.zeros(2), torch.tensor([5.0, -0.05]), torch.tensor(0.0),
+                         torch.tensor(0.0))
+    torch.testing.assert_close(x[2:4], torch.tensor([0.1, -0.05]))
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_rl2_checkpoint_round_trip(tmp_path: Any, continuous: bool) -> None:
+    from metarl.algos.rl2 import RL2Learner, model_for
+    from metarl.checkpoint import load_learner, rl2_config, save_params
+    from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
+
+    family: Any = (Nav2DFamily(Nav2DFamilyConfig()) if continuous
+                   else TabularMDPFamily(TabularMDPFamilyConfig()))
+    model = model_for(family, 16, torch.Generator().manual_seed(1))
+    save_params(dict(model.state_dict()), tmp_path / "rl2.pt")
+    loaded = load_learner(tmp_path / "rl2.pt", rl2_config(model))
+    assert isinstance(loaded, RL2Learner)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    assert loaded.model.action_low == model.action_low
+    wrong = rl2_config(model)
+    wrong["hidden_size"] = 8
+    with pytest.raises(ValueError, match="do not match the RL² architecture"):
+        load_learner(tmp_path / "rl2.pt", wrong)

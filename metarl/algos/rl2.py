@@ -3,7 +3,7 @@
 Duan et al. 2016, "RL²: Fast Reinforcement Learning via Slow Reinforcement Learning",
 https://arxiv.org/abs/1611.02779. The policy is a GRU whose input at every step is
 
-    (observation, one-hot previous action, previous reward, previous done flag)
+    (observation, previous action, previous reward, previous done flag)
 
 and whose hidden state is kept across all the episodes of a *trial* (several episodes of the
 same task) and reset only when a new trial starts; so the network itself is the learning
@@ -13,13 +13,18 @@ algorithm, and adapting to a task is just acting. It is meta-trained "slowly" wi
 One file, top to bottom:
 
 1. :class:`RL2Config`: every knob, with its meaning.
-2. :class:`RL2Policy`: the GRU with a policy head and a value head; :func:`step_input` builds
-   one step's input.
+2. :class:`RL2Policy`: the GRU with a policy head (categorical, or a Gaussian for continuous
+   actions) and a value head; :meth:`RL2Policy.step_input` builds one step's input (the previous
+   action one-hot, or the clipped action vector).
 3. :func:`collect_trials`: plays one trial in every ``[tasks × envs]`` slot of a batched env
    (one loop over time, auto-reset between episodes, a per-slot episode counter).
 4. :func:`ppo_loss` and :class:`RL2`: GAE, truncated back-propagation through time (the trial
    is cut into chunks of ``bptt_length`` steps that start from the hidden states recorded during
    the rollout, all chunks run in parallel), PPO epochs over minibatches of trials.
+5. :class:`RL2Learner` and :func:`train_rl2`: the trained policy on the ``MetaLearner``
+   contract, so the pipeline's tune / train / evaluate / register stages serve RL² as they
+   serve MAML. Its parameters are the trial's context (hidden state, previous action, reward,
+   done); "adapting" after an episode is carrying that context into the next episode.
 
 Trials: a bandit trial is ONE episode of ``n`` pulls (``episodes_per_trial = 1``); a tabular-MDP
 trial is ``n`` episodes of horizon 10 (``episodes_per_trial = n``), each restarting in state 0.
@@ -28,7 +33,9 @@ The discount runs across episode boundaries: the objective is the total reward o
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,10 +45,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from metarl.algos.base import clipped_surrogate_loss
+from metarl.algos.maml import task_batches
 from metarl.config import check
 from metarl.envs.base import BatchedEnv
-from metarl.policies import categorical_log_prob, sample_actions
+from metarl.logging import MetricLogger, NullLogger
+from metarl.policies import Params, categorical_log_prob, gaussian_log_prob, sample_actions
 from metarl.returns import gae
+from metarl.sampler import EpisodeBatch
+from metarl.tasks import TaskSet
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,9 @@ class RL2Config:
     reward_scale: float = 1.0
     """Rewards are multiplied by this for GAE and the value targets (not in the GRU input), to
     keep the value loss from swamping the policy gradient when trial returns are large."""
+    init_std: float = 0.5
+    """Continuous actions only: the Gaussian's initial standard deviation, times half the
+    action range (learned afterwards, state-independent)."""
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "meta_batch_size", "trials_per_task", "num_epochs",
@@ -90,7 +104,7 @@ class RL2Config:
         for name in ("discount", "gae_lambda"):
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, name, value, "must be in [0, 1]")
-        for name in ("lr", "clip_eps", "max_grad_norm", "reward_scale"):
+        for name in ("lr", "clip_eps", "max_grad_norm", "reward_scale", "init_std"):
             value = getattr(self, name)
             check(value > 0, name, value, "must be > 0")
         for name in ("value_coef", "entropy_coef"):
@@ -107,7 +121,7 @@ class RL2Config:
 
 def step_input(obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor,
                prev_done: torch.Tensor, num_actions: int) -> torch.Tensor:
-    """One step's GRU input ``[..., obs_dim + num_actions + 2]``.
+    """One step's GRU input ``[..., obs_dim + num_actions + 2]`` for a discrete family.
 
     Args:
         obs: ``[..., obs_dim]`` current observation.
@@ -121,51 +135,132 @@ def step_input(obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.
     """
     one_hot = F.one_hot(prev_action.clamp(min=0), num_actions).to(obs.dtype)
     one_hot = one_hot * (prev_action >= 0).unsqueeze(-1).to(obs.dtype)
-    return torch.cat([obs, one_hot, prev_reward.unsqueeze(-1).to(obs.dtype),
+    return _cat(obs, one_hot, prev_reward, prev_done)
+
+
+def _cat(obs: torch.Tensor, code: torch.Tensor, prev_reward: torch.Tensor,
+         prev_done: torch.Tensor) -> torch.Tensor:
+    return torch.cat([obs, code, prev_reward.unsqueeze(-1).to(obs.dtype),
                       prev_done.unsqueeze(-1).to(obs.dtype)], dim=-1)
 
 
 class RL2Policy(nn.Module):
-    """GRU over :func:`step_input` vectors, with a categorical policy head and a value head.
+    """GRU over step inputs, with a policy head and a value head.
+
+    The step input is ``(obs, previous action code, previous reward, previous done)``; the
+    action code is a one-hot for a discrete family (all zeros before the first action) and the
+    action vector, clipped to the action bounds, for a continuous one (zeros before the first).
+    The policy head gives logits (discrete) or the mean of a diagonal Gaussian with a learned,
+    state-independent ``log_std`` (continuous).
 
     Args:
         obs_dim: observation size.
-        num_actions: number of discrete actions.
+        num_actions: number of discrete actions (0 for a continuous family).
         hidden_size: GRU state width.
         generator: draws the initial parameters (PyTorch's default ranges), so that the same
             seed gives the same network.
+        action_dim: continuous action size (0 for a discrete family).
+        action_low, action_high: continuous action bounds (for the action code).
+        init_std: continuous only, the Gaussian's initial standard deviation.
 
     """
 
     def __init__(self, obs_dim: int, num_actions: int, hidden_size: int,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, action_dim: int = 0,
+                 action_low: Sequence[float] = (), action_high: Sequence[float] = (),
+                 init_std: float = 1.0) -> None:
         super().__init__()
-        self.obs_dim, self.num_actions, self.hidden_size = obs_dim, num_actions, hidden_size
-        self.input_dim = obs_dim + num_actions + 2
+        if (num_actions > 0) == (action_dim > 0):
+            raise ValueError(f"RL2Policy: give num_actions ({num_actions}) for a discrete "
+                             f"family or action_dim ({action_dim}) for a continuous one")
+        self.discrete = action_dim == 0
+        self.obs_dim, self.num_actions, self.action_dim = obs_dim, num_actions, action_dim
+        self.hidden_size = hidden_size
+        self.code_dim = num_actions if self.discrete else action_dim
+        self.input_dim = obs_dim + self.code_dim + 2
+        if not self.discrete and (len(action_low) != action_dim
+                                  or len(action_high) != action_dim):
+            raise ValueError(f"RL2Policy: action_low/action_high need {action_dim} values")
+        self.action_low = tuple(float(v) for v in action_low)
+        self.action_high = tuple(float(v) for v in action_high)
         self.gru = nn.GRU(self.input_dim, hidden_size, batch_first=True)
-        self.pi = nn.Linear(hidden_size, num_actions)
+        self.pi = nn.Linear(hidden_size, self.code_dim)
         self.v = nn.Linear(hidden_size, 1)
         with torch.no_grad():
             bound = 1.0 / math.sqrt(hidden_size)  # GRU's and the heads' default range
             for p in self.parameters():
                 p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
-            self.pi.weight.mul_(0.01)  # near-uniform initial policy
+            self.pi.weight.mul_(0.01)  # near-uniform (or zero-mean) initial policy
             self.pi.bias.zero_()
+        if not self.discrete:
+            if init_std <= 0:
+                raise ValueError(f"init_std={init_std}: must be > 0")
+            self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
 
+    # -- the step input ------------------------------------------------------------------------
+    def no_action(self, shape: tuple[int, ...], device: torch.device | str = "cpu"
+                  ) -> torch.Tensor:
+        """The "previous action" at the start of a trial: ``-1`` (discrete) or zeros."""
+        if self.discrete:
+            return torch.full(shape, -1, dtype=torch.long, device=device)
+        return torch.zeros(*shape, self.action_dim, device=device)
+
+    def step_input(self, obs: torch.Tensor, prev_action: torch.Tensor,
+                   prev_reward: torch.Tensor, prev_done: torch.Tensor) -> torch.Tensor:
+        """One step's input ``[..., input_dim]`` (see the class docstring)."""
+        if self.discrete:
+            return step_input(obs, prev_action, prev_reward, prev_done, self.num_actions)
+        low = torch.tensor(self.action_low, device=obs.device, dtype=obs.dtype)
+        high = torch.tensor(self.action_high, device=obs.device, dtype=obs.dtype)
+        return _cat(obs, torch.maximum(torch.minimum(prev_action.to(obs.dtype), high), low),
+                    prev_reward, prev_done)
+
+    # -- the network ---------------------------------------------------------------------------
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The hidden state at the start of a trial: zeros ``[batch, hidden_size]``."""
         return torch.zeros(batch, self.hidden_size, device=device)
+
+    def encode(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GRU states after each of ``L`` steps ``[B, L, hidden]`` and the last ``[B, hidden]``."""
+        out, h_last = self.gru(x, h.unsqueeze(0))
+        return out, h_last.squeeze(0)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run ``L`` steps: ``x [B, L, input_dim]``, ``h [B, hidden]``.
 
         Returns:
-            ``(logits [B, L, A], values [B, L], h_last [B, hidden])``.
+            ``(out [B, L, code_dim], values [B, L], h_last [B, hidden])``; ``out`` is the
+            logits (discrete) or the Gaussian's mean (continuous).
 
         """
-        out, h_last = self.gru(x, h.unsqueeze(0))
-        return self.pi(out), self.v(out).squeeze(-1), h_last.squeeze(0)
+        out, h_last = self.encode(x, h)
+        return self.pi(out), self.v(out).squeeze(-1), h_last
+
+    # -- the action distribution ---------------------------------------------------------------
+    def log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Log-probability (density) of ``actions`` under the head output ``out``."""
+        if self.discrete:
+            return categorical_log_prob(out, actions)
+        return gaussian_log_prob(out, self.log_std, actions)
+
+    def sample(self, out: torch.Tensor, generator: torch.Generator, greedy: bool = False
+               ) -> torch.Tensor:
+        """Actions from the head output: sampled, or the mode when ``greedy``."""
+        if self.discrete:
+            return out.argmax(-1) if greedy else sample_actions(out, generator)
+        if greedy:
+            return out
+        noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+        return out + torch.exp(self.log_std) * noise
+
+    def entropy(self, out: torch.Tensor) -> torch.Tensor:
+        """Entropy of the action distribution at every step, ``out.shape[:-1]``."""
+        if self.discrete:
+            log_pi = torch.log_softmax(out, -1)
+            return -(log_pi.exp() * log_pi).sum(-1)
+        per_step = (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
+        return per_step.expand(out.shape[:-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,13 +272,14 @@ class TrialBatch:
     """``B = N·E`` trials (task-major: trial ``i·E + j`` is task ``i``'s ``j``-th), ``T`` steps.
 
     Attributes:
-        inputs: ``[B, T, input_dim]`` the GRU inputs (see :func:`step_input`).
-        actions: ``[B, T]`` long.
+        inputs: ``[B, T, input_dim]`` the GRU inputs (see :meth:`RL2Policy.step_input`).
+        actions: ``[B, T]`` long (discrete) or ``[B, T, action_dim]`` float (continuous).
         log_probs: ``[B, T]`` log-probabilities of the actions under the acting policy.
         values: ``[B, T]`` value estimates while acting.
         rewards: ``[B, T]`` (0 on padding).
         dones: ``[B, T]`` 1.0 where the step ended an episode.
         mask: ``[B, T]`` 1.0 on steps of the trial, 0.0 once it has played all its episodes.
+        episode: ``[B, T]`` long, which episode of the trial each step belongs to.
         chunk_states: ``[B, C, hidden]`` hidden state before steps ``0, L, 2L, ...`` for
             truncated BPTT with chunks of ``L`` steps (``C = ceil(T / L)``).
         num_tasks: ``N``.
@@ -198,6 +294,7 @@ class TrialBatch:
     rewards: torch.Tensor
     dones: torch.Tensor
     mask: torch.Tensor
+    episode: torch.Tensor
     chunk_states: torch.Tensor
     num_tasks: int
     chunk_length: int
@@ -206,6 +303,13 @@ class TrialBatch:
     def trial_returns(self) -> torch.Tensor:
         """Undiscounted total reward of every trial, ``[N, E]``."""
         return self.rewards.sum(-1).reshape(self.num_tasks, -1)
+
+    def episode_returns(self, episodes_per_trial: int) -> torch.Tensor:
+        """Return of each episode of every trial, ``[B, episodes_per_trial]``."""
+        index = self.episode.clamp(max=episodes_per_trial - 1)
+        out = torch.zeros(self.rewards.shape[0], episodes_per_trial,
+                          device=self.rewards.device, dtype=self.rewards.dtype)
+        return out.scatter_add_(1, index, self.rewards * self.mask)
 
 
 class _TaskFamily(Protocol):
@@ -226,47 +330,49 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
     on. A slot stops (``mask`` 0) once its counter reaches ``episodes_per_trial``.
 
     Args:
-        model: the recurrent policy.
-        env: discrete batched env; its ``N × E`` slots are the trials.
+        model: the recurrent policy (its action kind must match ``env``'s).
+        env: batched env; its ``N × E`` slots are the trials.
         episodes_per_trial: episodes per trial (1 for a bandit trial).
         generator: source of env noise and action samples.
         chunk_length: record the hidden state every this many steps (0: only at the start).
-        greedy: take the most likely action instead of sampling.
+        greedy: take the most likely action (the Gaussian's mean) instead of sampling.
 
     """
-    if not env.discrete:
-        raise ValueError("collect_trials: RL² here supports discrete-action families only")
+    if env.discrete != model.discrete:
+        raise ValueError(f"collect_trials: the env's actions are "
+                         f"{'discrete' if env.discrete else 'continuous'}, the policy's not")
     obs = env.reset(generator).float()
     n, e = env.num_tasks, env.num_envs
     b, device = n * e, obs.device
     horizon = episodes_per_trial * env.max_steps
     chunk = chunk_length if chunk_length > 0 else horizon
     h = model.initial_state(b, device)
-    prev_action = torch.full((n, e), -1, dtype=torch.long, device=device)
+    prev_action = model.no_action((n, e), device)
     prev_reward = torch.zeros(n, e, device=device)
     prev_done = torch.zeros(n, e, device=device)
     age = torch.zeros(n, e, dtype=torch.long, device=device)
     episode = torch.zeros(n, e, dtype=torch.long, device=device)
     alive = torch.ones(n, e, dtype=torch.bool, device=device)
     buf: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "inputs", "actions", "log_probs", "values", "rewards", "dones", "mask", "states")}
+        "inputs", "actions", "log_probs", "values", "rewards", "dones", "mask", "episode",
+        "states")}
     for t in range(horizon):
         if t % chunk == 0:
             buf["states"].append(h)
-        x = step_input(obs, prev_action, prev_reward, prev_done, model.num_actions)
-        logits, value, h = model(x.reshape(b, 1, -1), h)
-        logits = logits.reshape(n, e, -1)
-        actions = logits.argmax(-1) if greedy else sample_actions(logits, generator)
+        x = model.step_input(obs, prev_action, prev_reward, prev_done)
+        out, value, h = model(x.reshape(b, 1, -1), h)
+        out = out.reshape(n, e, -1)
+        actions = model.sample(out, generator, greedy)
         _, reward, terminated = env.step(actions)
         age += 1
         done = terminated | (age >= env.max_steps)
         live = alive.float()
         for key, val in (("inputs", x), ("actions", actions),
-                         ("log_probs", categorical_log_prob(logits, actions)),
+                         ("log_probs", model.log_prob(out, actions)),
                          ("values", value.reshape(n, e)), ("rewards", reward.float() * live),
-                         ("dones", done.float() * live), ("mask", live)):
+                         ("dones", done.float() * live), ("mask", live), ("episode", episode)):
             buf[key].append(val)
-        episode += (done & alive).long()
+        episode = episode + (done & alive).long()
         alive = alive & (episode < episodes_per_trial)
         env.done |= done
         age.masked_fill_(done, 0)
@@ -280,7 +386,7 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
         return out.reshape(b, *out.shape[2:])
 
     return TrialBatch(stack("inputs"), stack("actions"), stack("log_probs"), stack("values"),
-                      stack("rewards"), stack("dones"), stack("mask"),
+                      stack("rewards"), stack("dones"), stack("mask"), stack("episode"),
                       torch.stack(buf["states"], dim=1), n, chunk)
 
 
@@ -290,7 +396,7 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
 
 def chunked_forward(model: RL2Policy, inputs: torch.Tensor, chunk_states: torch.Tensor,
                     length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``[B, T, A]`` and values ``[B, T]`` by truncated BPTT.
+    """Head outputs ``[B, T, code_dim]`` and values ``[B, T]`` by truncated BPTT.
 
     The ``T`` steps are cut into ``C = ceil(T / length)`` chunks; chunk ``c`` starts from
     ``chunk_states[:, c]`` (recorded while acting, no gradient), so gradients flow back at most
@@ -302,8 +408,8 @@ def chunked_forward(model: RL2Policy, inputs: torch.Tensor, chunk_states: torch.
         raise ValueError(f"chunk_states has {c} chunks; {steps} steps in chunks of {length} "
                          f"need {math.ceil(steps / length)}")
     x = F.pad(inputs, (0, 0, 0, c * length - steps)).reshape(b * c, length, d)
-    logits, values, _ = model(x, chunk_states.reshape(b * c, -1).detach())
-    return (logits.reshape(b, c * length, -1)[:, :steps],
+    out, values, _ = model(x, chunk_states.reshape(b * c, -1).detach())
+    return (out.reshape(b, c * length, -1)[:, :steps],
             values.reshape(b, c * length)[:, :steps])
 
 
@@ -315,9 +421,9 @@ def ppo_loss(model: RL2Policy, batch: TrialBatch, idx: torch.Tensor, adv: torch.
     over the valid steps; returns the loss and its parts as floats.
     """
     mask = batch.mask[idx]
-    logits, values = chunked_forward(model, batch.inputs[idx], batch.chunk_states[idx],
-                                     batch.chunk_length)
-    logp = categorical_log_prob(logits, batch.actions[idx])
+    out, values = chunked_forward(model, batch.inputs[idx], batch.chunk_states[idx],
+                                  batch.chunk_length)
+    logp = model.log_prob(out, batch.actions[idx])
     a = adv[idx]
     if config.normalize_advantages:
         count = mask.sum().clamp(min=1)
@@ -327,45 +433,79 @@ def ppo_loss(model: RL2Policy, batch: TrialBatch, idx: torch.Tensor, adv: torch.
     policy_loss = clipped_surrogate_loss(logp, batch.log_probs[idx], a, mask, config.clip_eps)
     count = mask.sum().clamp(min=1)
     value_loss = ((values - returns[idx]).square() * mask).sum() / count
-    log_pi = torch.log_softmax(logits, -1)
-    entropy = (-(log_pi.exp() * log_pi).sum(-1) * mask).sum() / count
+    entropy = (model.entropy(out) * mask).sum() / count
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
     return loss, {"policy_loss": float(policy_loss.detach()),
                   "value_loss": float(value_loss.detach()),
                   "entropy": float(entropy.detach())}
 
 
+def model_for(family: _TaskFamily, hidden_size: int, generator: torch.Generator,
+              init_std: float = 0.5) -> RL2Policy:
+    """An :class:`RL2Policy` sized for ``family``'s observations and actions.
+
+    A continuous family's Gaussian starts with standard deviation ``init_std`` times half the
+    widest action range.
+    """
+    env = family.make_env(family.sample(1, np.random.default_rng(0))[:1], 1)
+    if env.discrete:
+        return RL2Policy(env.obs_dim, env.num_actions, hidden_size, generator)
+    half_range = max(h - lo for lo, h in zip(env.action_low, env.action_high, strict=True)) / 2
+    return RL2Policy(env.obs_dim, 0, hidden_size, generator, action_dim=env.action_dim,
+                     action_low=env.action_low, action_high=env.action_high,
+                     init_std=init_std * half_range)
+
+
+TaskSampler = Callable[[], list[dict[str, Any]]]
+"""Draws one meta-batch of tasks."""
+
+
 class RL2:
-    """Meta-trains an :class:`RL2Policy` on a discrete task family.
+    """Meta-trains an :class:`RL2Policy` on a task family (discrete or continuous actions).
 
     Args:
-        family: samples tasks and builds batched envs (``BanditFamily``, ``TabularMDPFamily``).
-        obs_dim, num_actions: the family's observation size and number of actions.
+        family: samples tasks and builds batched envs.
+        obs_dim, num_actions: the family's observation size and number of discrete actions;
+            ``None`` reads both (and a continuous family's action size and bounds) from an env
+            of ``family``.
         episodes_per_trial: episodes per trial (bandit: 1; tabular MDP: ``num_episodes``).
         config: hyperparameters.
         seed: seeds the network, the training tasks and every rollout.
         device: torch device.
+        task_sampler: draws each iteration's tasks (default: ``meta_batch_size`` fresh tasks
+            from ``family.sample``; the pipeline draws from its training task set).
 
     """
 
-    def __init__(self, family: _TaskFamily, obs_dim: int, num_actions: int,
+    def __init__(self, family: _TaskFamily, obs_dim: int | None, num_actions: int | None,
                  episodes_per_trial: int, config: RL2Config, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu",
+                 task_sampler: TaskSampler | None = None) -> None:
         check(isinstance(episodes_per_trial, int) and episodes_per_trial >= 1,
               "episodes_per_trial", episodes_per_trial, "must be an integer >= 1")
         self.family, self.config, self.device = family, config, device
         self.episodes_per_trial = episodes_per_trial
         self.generator = torch.Generator(device).manual_seed(seed)
         self.rng = np.random.default_rng(seed)
-        self.model = RL2Policy(obs_dim, num_actions, config.hidden_size,
-                               torch.Generator().manual_seed(seed)).to(device)
+        init = torch.Generator().manual_seed(seed)
+        if obs_dim is None or num_actions is None:
+            model = model_for(family, config.hidden_size, init, config.init_std)
+        else:
+            model = RL2Policy(obs_dim, num_actions, config.hidden_size, init)
+        self.model = model.to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=1e-5)
+        self.sample_tasks: TaskSampler = task_sampler or (
+            lambda: family.sample(config.meta_batch_size, self.rng))
 
     def train_step(self) -> dict[str, float]:
-        """One iteration: fresh tasks, one trial per slot, ``num_epochs`` PPO epochs."""
+        """One iteration: a meta-batch of tasks, one trial per slot, ``num_epochs`` PPO epochs.
+
+        Returns PPO's loss parts, ``trial_return`` (mean total reward of a trial) and
+        ``first_episode_return`` / ``last_episode_return`` (mean return of a trial's first and
+        last episode: the in-context adaptation).
+        """
         c = self.config
-        tasks = self.family.sample(c.meta_batch_size, self.rng)
-        env = self.family.make_env(tasks, c.trials_per_task, device=self.device)
+        env = self.family.make_env(self.sample_tasks(), c.trials_per_task, device=self.device)
         batch = collect_trials(self.model, env, self.episodes_per_trial, self.generator,
                                c.bptt_length)
         adv, returns = gae(batch.rewards * c.reward_scale, batch.values, c.discount,
@@ -382,7 +522,10 @@ class RL2:
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
                 self.optimizer.step()
+        per_episode = batch.episode_returns(self.episodes_per_trial).mean(0)
         stats["trial_return"] = float(batch.trial_returns.mean())
+        stats["first_episode_return"] = float(per_episode[0])
+        stats["last_episode_return"] = float(per_episode[-1])
         return stats
 
     def evaluate(self, tasks: list[dict[str, Any]], generator: torch.Generator,
@@ -392,3 +535,131 @@ class RL2:
         batch = collect_trials(self.model, env, self.episodes_per_trial, generator,
                                greedy=greedy)
         return batch.trial_returns[:, 0].double().cpu().numpy()
+
+    def learner(self) -> RL2Learner:
+        """The trained policy on the meta-learner contract (a copy of the current weights)."""
+        return RL2Learner(copy.deepcopy(self.model).eval())
+
+
+# --------------------------------------------------------------------------------------------
+# The meta-learner contract: "adapting" is carrying the hidden state into the next episode
+# --------------------------------------------------------------------------------------------
+
+class RecurrentAct:
+    """The acting function of an :class:`RL2Policy` inside one batched episode.
+
+    Built from a context (hidden state and previous action/reward/done per slot, see
+    :meth:`RL2Learner.initial_params`); each call advances the GRU one step, and
+    :func:`metarl.sampler.rollout` reports every step's reward and end flag through
+    :meth:`observe`. A slot whose episode has ended keeps its state.
+    """
+
+    def __init__(self, model: RL2Policy, context: Params, greedy: bool = False) -> None:
+        self.model, self.greedy = model, greedy
+        self.context = context
+        self.h: torch.Tensor | None = None
+        self.finished: torch.Tensor | None = None
+
+    def __call__(self, obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Actions for ``obs [N, E, obs_dim]``; advances the hidden state of running slots."""
+        n, e = obs.shape[:2]
+        if self.h is None:  # broadcast the context's slots ([N, 1] at a trial's start)
+            ctx = {k: v.to(obs.device).expand(n, e, *v.shape[2:]).clone()
+                   for k, v in self.context.items()}
+            self.h, self.prev_action = ctx["h"], ctx["prev_action"]
+            self.prev_reward, self.prev_done = ctx["prev_reward"], ctx["prev_done"]
+            self.finished = torch.zeros(n, e, dtype=torch.bool, device=obs.device)
+        assert self.finished is not None
+        x = self.model.step_input(obs, self.prev_action, self.prev_reward, self.prev_done)
+        out, _, h = self.model(x.reshape(n * e, 1, -1), self.h.reshape(n * e, -1))
+        actions = self.model.sample(out.reshape(n, e, -1), generator, self.greedy)
+        keep = self.finished.unsqueeze(-1)
+        self.h = torch.where(keep, self.h, h.reshape(n, e, -1))
+        self.prev_action = torch.where(keep if not self.model.discrete else self.finished,
+                                       self.prev_action, actions)
+        return actions
+
+    def observe(self, reward: torch.Tensor, done: torch.Tensor) -> None:
+        """The step's reward and whether it ended the episode (termination or horizon)."""
+        assert self.finished is not None
+        self.prev_reward = torch.where(self.finished, self.prev_reward, reward.float())
+        self.prev_done = torch.where(self.finished, self.prev_done, done.float())
+        self.finished = self.finished | done
+
+
+class RL2Learner:
+    """An :class:`RL2Policy` on the :class:`~metarl.algos.base.MetaLearner` contract.
+
+    Its "parameters" are a per-slot *context*: the GRU state ``h [N, E, hidden]`` and the
+    previous action, reward and done flag. ``adapt`` replays an episode through the GRU (the
+    same steps the acting function took) and returns the context at its end, so the next
+    episode continues the same trial: the adaptation curve of the evaluator is the return of
+    episode 1, 2, ... of a trial, each slot of a task being one trial.
+    """
+
+    def __init__(self, model: RL2Policy, greedy: bool = False) -> None:
+        self.model, self.greedy = model, greedy
+
+    def initial_params(self, num_tasks: int) -> Params:
+        """A fresh trial: zero state, no previous action, reward 0, done 0 (``[N, 1, ...]``)."""
+        device = next(self.model.parameters()).device
+        return {"h": torch.zeros(num_tasks, 1, self.model.hidden_size, device=device),
+                "prev_action": self.model.no_action((num_tasks, 1), device),
+                "prev_reward": torch.zeros(num_tasks, 1, device=device),
+                "prev_done": torch.zeros(num_tasks, 1, device=device)}
+
+    def explore(self, params: Params) -> RecurrentAct:
+        """Act from the context (sampling, unless built with ``greedy``)."""
+        return RecurrentAct(self.model, params, self.greedy)
+
+    act = explore
+
+    @torch.no_grad()
+    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
+        """The context after ``episodes`` (one per slot), replayed through the GRU."""
+        n, e, steps = episodes.mask.shape
+        device = episodes.obs.device
+        ctx = {k: v.to(device).expand(n, e, *v.shape[2:]) for k, v in params.items()}
+        prev_action = torch.cat([ctx["prev_action"].unsqueeze(2), episodes.actions[:, :, :-1]],
+                                dim=2)
+        prev_reward = torch.cat([ctx["prev_reward"].unsqueeze(2), episodes.rewards[:, :, :-1]],
+                                dim=2)
+        prev_done = torch.cat([ctx["prev_done"].unsqueeze(2),
+                               torch.zeros(n, e, steps - 1, device=device)], dim=2)
+        x = self.model.step_input(episodes.obs.float(), prev_action, prev_reward, prev_done)
+        states, _ = self.model.encode(x.reshape(n * e, steps, -1), ctx["h"].reshape(n * e, -1))
+        last = (episodes.mask.sum(-1).long() - 1).clamp(min=0)  # [N, E], the final step
+        pick = last.reshape(n * e, 1, 1).expand(-1, 1, states.shape[-1])
+        index = last.unsqueeze(-1)
+        if self.model.discrete:
+            action = episodes.actions.gather(2, index).squeeze(2)
+        else:
+            action = episodes.actions.gather(
+                2, index.unsqueeze(-1).expand(-1, -1, 1, episodes.actions.shape[-1])).squeeze(2)
+        return {"h": states.gather(1, pick).reshape(n, e, -1), "prev_action": action,
+                "prev_reward": episodes.rewards.gather(2, index).squeeze(2),
+                "prev_done": torch.ones(n, e, device=device)}
+
+
+def train_rl2(family: _TaskFamily, train_set: TaskSet, config: RL2Config,
+              episodes_per_trial: int, num_iterations: int, seed: int,
+              device: torch.device | str = "cpu", logger: MetricLogger | None = None,
+              hook: Callable[[int, RL2Learner], None] | None = None) -> RL2:
+    """Meta-train RL² on meta-batches drawn from ``train_set``; same seed ⇒ same weights (CPU).
+
+    Logs ``train/return_pre_adapt`` (a trial's first episode), ``train/return_post_adapt``
+    (its last) and PPO's loss parts every iteration; ``hook(it, learner)`` may raise to stop.
+    """
+    logger = logger or NullLogger()
+    draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
+    algo = RL2(family, None, None, episodes_per_trial, config, seed, device, task_sampler=draw)
+    for it in range(num_iterations):
+        stats = algo.train_step()
+        logger.log_metrics({"train/return_pre_adapt": stats["first_episode_return"],
+                            "train/return_post_adapt": stats["last_episode_return"],
+                            "train/trial_return": stats["trial_return"],
+                            **{f"train/{k}": stats[k]
+                               for k in ("policy_loss", "value_loss", "entropy")}}, step=it)
+        if hook is not None:
+            hook(it, algo.learner())
+    return algo

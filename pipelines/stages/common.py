@@ -50,10 +50,19 @@ def load_task_set(paths: Paths, split: str, config: PipelineConfig) -> TaskSet:
     return task_set
 
 
+def checkpoint_files(paths: Paths, name: str) -> tuple[Path, Path]:
+    """``models/<name>.pt`` and its config JSON.
+
+    The config is ``models/<name>.json`` when the learner has its own (RL²), else the shared
+    ``models/config.json`` (MAML and the MLP baselines).
+    """
+    own = paths.models / f"{name}.json"
+    return paths.models / f"{name}.pt", own if own.exists() else paths.models / "config.json"
+
+
 def load_checkpoint(paths: Paths, name: str) -> tuple[Any, dict[str, Any]]:
-    """The learner saved as ``models/<name>.pt`` and the shared config JSON."""
-    config_path = paths.models / "config.json"
-    weights = paths.models / f"{name}.pt"
+    """The learner saved as ``models/<name>.pt`` and its config JSON."""
+    weights, config_path = checkpoint_files(paths, name)
     for p in (config_path, weights):
         if not p.exists():
             raise StageError(f"{p}: checkpoint missing; run `metarl stage train` first")

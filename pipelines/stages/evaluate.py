@@ -1,7 +1,9 @@
 """Stage ``evaluate``: adaptation curves on the held-out test tasks, against baselines.
 
-Learners: ``maml`` (the meta-learned initialisation), ``pretrained`` (multi-task PPO, then the
-same fine-tuning steps), ``scratch`` (a random initialisation, then the same steps) and
+Learners: the meta-learner (``maml``: the meta-learned initialisation, adapted by
+policy-gradient steps; or ``rl2``: the recurrent policy, whose step ``k`` is episode ``k + 1``
+of one trial, the hidden state carried over), ``pretrained`` (multi-task PPO, then the same
+fine-tuning steps as MAML), ``scratch`` (a random initialisation, then the same steps) and
 ``random`` (uniform actions). Every learner sees the same tasks, seeds and start states.
 Scores are also normalised: (R - R_random) / (R_oracle - R_random), R_oracle being the mean
 over the test tasks of the family's oracle return (CartPole: the horizon, the best possible).
@@ -26,19 +28,21 @@ from pipelines.io import atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
 from pipelines.plots import plot_adaptation_curves
 from pipelines.settings import PipelineConfig
-from pipelines.stages.common import device, family, load_checkpoint, load_task_set
+from pipelines.stages.common import StageError, device, family, load_checkpoint, load_task_set
 
-LEARNERS = ("maml", "pretrained", "scratch", "random")
+BASELINES = ("pretrained", "scratch", "random")
 
 
 def learners(paths: Paths, config: PipelineConfig) -> dict[str, MetaLearner]:
-    """The trained learners and the baselines built on the same network and step size."""
-    maml, _ = load_checkpoint(paths, "maml")
+    """The meta-learner first, then the baselines built on the MLP network and step size."""
+    meta, _ = load_checkpoint(paths, config.algo.name)
     pretrained, _ = load_checkpoint(paths, "pretrained")
+    if not isinstance(pretrained, GradientAdaptedPolicy):
+        raise StageError("models/pretrained.pt: not an MLP policy; re-run `metarl stage train`")
     generator = torch.Generator().manual_seed(config.evaluate.seeds[0] + 7919)
-    scratch = GradientAdaptedPolicy(maml.policy, maml.policy.init_params(generator),
-                                    maml.inner_lr, maml.discount)
-    return {"maml": maml, "pretrained": pretrained, "scratch": scratch,
+    scratch = GradientAdaptedPolicy(pretrained.policy, pretrained.policy.init_params(generator),
+                                    pretrained.inner_lr, pretrained.discount)
+    return {config.algo.name: meta, "pretrained": pretrained, "scratch": scratch,
             "random": RandomLearner()}
 
 
@@ -48,9 +52,10 @@ def _normalized(value: float, random_value: float, oracle: float) -> float | Non
 
 
 def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]:
-    """Nested metrics per learner, plus flat ``meta_test/...`` keys for MAML."""
+    """Metrics per learner (the meta-learner first, named in ``learner``)."""
     random_mean = results["random"].mean[0]
-    out: dict[str, Any] = {"oracle_return": oracle if np.isfinite(oracle) else None,
+    out: dict[str, Any] = {"learner": next(iter(results)),
+                           "oracle_return": oracle if np.isfinite(oracle) else None,
                            "random_return": float(random_mean)}
     for name, s in results.items():
         k_max = len(s.mean) - 1
@@ -66,13 +71,17 @@ def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]
 
 
 def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """``meta_test/<learner>/<metric>`` floats for MLflow (CI bounds dropped)."""
+    """``meta_test/<learner>/<metric>`` floats for MLflow (CI bounds dropped).
+
+    The meta-learner's metrics also go in as ``meta_test/<metric>``.
+    """
     flat = {}
-    for name in LEARNERS:
+    main = summary["learner"]
+    for name in (main, *BASELINES):
         for key, value in summary.get(name, {}).items():
             if isinstance(value, float):
                 flat[f"meta_test/{name}/{key}"] = value
-                if name == "maml":
+                if name == main:
                     flat[f"meta_test/{key}"] = value
     for name, ref in summary.get("reference_baselines", {}).items():
         flat[f"meta_test/reference/{name}/return"] = ref["return"]
@@ -115,13 +124,16 @@ def _fmt(score: float | None) -> str:
 
 def report(summary: dict[str, Any], k_max: int, test_hash: str, seeds: tuple[int, ...]) -> str:
     """Markdown table of the meta-test results."""
+    main = summary["learner"]
+    steps = ("RL²'s step k is episode k + 1 of one trial (the hidden state carried over); "
+             if main == "rl2" else "")
     lines = [f"# Meta-test on held-out tasks (task set {test_hash}, seeds {list(seeds)})", "",
              "Mean episode return over test tasks (95% bootstrap CI over tasks); "
-             "normalised: random 0, oracle 1.", "",
+             "normalised: random 0, oracle 1. " + steps, "",
              "| learner | " + " | ".join(f"after {k} steps" for k in range(k_max + 1))
              + " | normalised (pre → post) |",
              "|---|" + "---|" * (k_max + 2)]
-    for name in LEARNERS:
+    for name in (main, *BASELINES):
         m = summary[name]
         cells = [f"{m['return_pre_adapt']:.1f} [{m['ci95_k0'][0]:.1f}, {m['ci95_k0'][1]:.1f}]"]
         cells += [f"{m[f'return_post_adapt_k{k}']:.1f} [{m[f'ci95_k{k}'][0]:.1f}, "

@@ -27,7 +27,13 @@ from pipelines.io import atomic_write_json
 from pipelines.model import log_model
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
-from pipelines.stages.common import StageError, device, family, load_task_set
+from pipelines.stages.common import (
+    StageError,
+    checkpoint_files,
+    device,
+    family,
+    load_task_set,
+)
 
 
 def champion_version(client: MlflowClient, name: str) -> Any | None:
@@ -44,7 +50,8 @@ def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: T
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp))
-        ckpt = read_config(next(local.rglob("config.json")))
+        ckpt = read_config(next(p for p in local.rglob("*.json")
+                                if p.name in ("config.json", "rl2.json")))
         if ckpt.get("family") != config.task.family:
             raise StageError(f"register.model_name={version.name!r}: its champion was trained "
                              f"on family {ckpt.get('family')!r}, not {config.task.family!r}; "
@@ -60,7 +67,7 @@ def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: T
 
 
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
-    """Register the trained MAML model; write metrics/register.json."""
+    """Register the trained meta-learner; write metrics/register.json."""
     fam, dev = family(config), device(config)
     test = load_task_set(paths, "test", config)
     metrics_path = paths.metrics / "meta_test.json"
@@ -70,12 +77,16 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     if summary.get("test_task_hash") != test.content_hash:
         raise StageError(f"{metrics_path}: test_task_hash={summary.get('test_task_hash')!r} "
                          f"is stale (test set is {test.content_hash}); re-run evaluate")
-    weights, config_path = paths.models / "maml.pt", paths.models / "config.json"
+    algo = config.algo.name
+    if algo not in summary:
+        raise StageError(f"{metrics_path}: no results for algo.name={algo!r} (it holds "
+                         f"{summary.get('learner')!r}); re-run `metarl stage evaluate`")
+    weights, config_path = checkpoint_files(paths, algo)
     ckpt = read_config(config_path)
     load_learner(weights, ckpt)  # fail now, not after registering, if the checkpoint is bad
-    new_score = summary["maml"]["normalized_post_adapt"]
+    new_score = summary[algo]["normalized_post_adapt"]
     if new_score is None:  # no oracle: the raw post-adaptation return (margin in return units)
-        new_score = summary["maml"][f"return_post_adapt_k{config.evaluate.num_adapt_steps}"]
+        new_score = summary[algo][f"return_post_adapt_k{config.evaluate.num_adapt_steps}"]
     new_score = float(new_score)
     name, margin = config.model_name, config.register.margin
     client = MlflowClient()

@@ -1,16 +1,24 @@
-"""Stage ``train``: meta-train MAML and, on the same budget, the multi-task baseline."""
+"""Stage ``train``: meta-train the chosen algorithm, and the multi-task baseline alike.
+
+MAML writes ``models/maml.pt``; RL² writes ``models/rl2.pt`` with its own ``models/rl2.json``.
+Both write ``models/pretrained.pt`` and ``models/config.json`` (the MLP network that the
+pretrained and from-scratch baselines share), the pretrained policy trained on as many
+episodes as the meta-learner saw.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 import mlflow
 
 from metarl.algos.maml import train_maml
 from metarl.algos.pretrain import pretrain_multitask
-from metarl.checkpoint import policy_config, save_params
+from metarl.algos.rl2 import train_rl2
+from metarl.checkpoint import policy_config, rl2_config, save_params
 from metarl.config import to_dict
 from pipelines.io import atomic_directory, atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
@@ -38,13 +46,23 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     train = load_task_set(paths, "train", config)
     tuned = read_best(paths.best_params, config.algo.name)
     config = config.with_algo_overrides(tuned)
-    cfg, iters = config.algo.maml, config.train.num_iterations
-    history = _History(iters, "meta-train maml")
+    cfg, iters, algo = config.algo.maml, config.train.num_iterations, config.algo.name
+    history = _History(iters, f"meta-train {algo}")
     try:
-        maml = train_maml(fam, train, cfg, iters, config.train.seed, dev, logger=history)
+        if algo == "rl2":
+            rl2_cfg = config.algo.rl2
+            trial = config.evaluate.num_adapt_steps + 1
+            rl2 = train_rl2(fam, train, rl2_cfg, trial, iters, config.train.seed, dev,
+                            logger=history)
+            episodes = iters * rl2_cfg.meta_batch_size * rl2_cfg.trials_per_task * trial
+        else:
+            maml = train_maml(fam, train, cfg, iters, config.train.seed, dev, logger=history)
+            episodes = iters * (cfg.num_inner_steps + 1) * cfg.meta_batch_size \
+                * cfg.episodes_per_task
     finally:
         history.close()
-    pre_iters = iters * (cfg.num_inner_steps + 1)  # same number of episodes as MAML
+    # the same number of episodes as the meta-learner
+    pre_iters = math.ceil(episodes / (cfg.meta_batch_size * cfg.episodes_per_task))
     pre_log = MlflowLogger(pre_iters, "pretrain multi-task")
     try:
         pretrained = pretrain_multitask(fam, train, cfg, pre_iters, config.train.seed, dev,
@@ -52,14 +70,19 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     finally:
         pre_log.close()
 
-    ckpt = policy_config(maml.policy, cfg.hidden_sizes, cfg.inner_lr, cfg.discount,
-                         family=config.task.family,
-                         family_config=to_dict(config.task.family_config()),
-                         algo=config.algo.name, algo_config=to_dict(cfg),
-                         train_task_hash=train.content_hash, tuned=tuned,
-                         seed=config.train.seed)
+    common = {"family": config.task.family,
+              "family_config": to_dict(config.task.family_config()), "algo": algo,
+              "train_task_hash": train.content_hash, "tuned": tuned, "seed": config.train.seed}
+    ckpt = policy_config(pretrained.policy, cfg.hidden_sizes, cfg.inner_lr, cfg.discount,
+                         algo_config=to_dict(cfg), **common)
     with atomic_directory(paths.models) as tmp:
-        save_params(maml.learner().params, tmp / "maml.pt")
+        if algo == "rl2":
+            save_params(dict(rl2.model.state_dict()), tmp / "rl2.pt")
+            atomic_write_json(tmp / "rl2.json", rl2_config(
+                rl2.model, algo_config=to_dict(config.algo.rl2), episodes_per_trial=trial,
+                **common))
+        else:
+            save_params(maml.learner().params, tmp / "maml.pt")
         save_params(pretrained.params, tmp / "pretrained.pt")
         atomic_write_json(tmp / "config.json", ckpt)
     buf = io.StringIO()

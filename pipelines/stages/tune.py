@@ -1,6 +1,8 @@
-"""Stage ``tune``: Optuna search over MAML's step sizes, scored on validation tasks only.
+"""Stage ``tune``: Optuna search over the step sizes, scored on validation tasks only.
 
-The objective trains with the same :func:`metarl.algos.maml.train_maml` as the train stage and
+MAML: ``inner_lr`` and ``outer_lr``; RL²: its learning rate ``lr`` (in ``tune.outer_lr``'s
+range). The objective trains with the same :func:`~metarl.algos.maml.train_maml` /
+:func:`~metarl.algos.rl2.train_rl2` as the train stage and
 scores with the same :func:`metarl.evaluation.adaptation_curve` as evaluate, on the *val*
 split. Intermediate scores go to a median pruner. The study persists (a journal file by
 default) under a name derived from everything that defines it, so a re-run resumes it and runs
@@ -18,8 +20,9 @@ import mlflow
 import optuna
 import yaml
 
-from metarl.algos.base import GradientAdaptedPolicy
+from metarl.algos.base import MetaLearner
 from metarl.algos.maml import train_maml
+from metarl.algos.rl2 import train_rl2
 from metarl.config import to_dict
 from metarl.evaluation import adaptation_curve
 from metarl.tasks import TaskFamily, TaskSet
@@ -30,7 +33,7 @@ from pipelines.stages.common import device, family, load_task_set
 from pipelines.tracking import MlflowLogger, flatten
 
 
-def validation_score(learner: GradientAdaptedPolicy, fam: TaskFamily, val: TaskSet,
+def validation_score(learner: MetaLearner, fam: TaskFamily, val: TaskSet,
                      episodes_per_task: int, seed: int, dev: str) -> float:
     """Mean return on the validation tasks after one adaptation step."""
     curve = adaptation_curve(learner, fam, val.tasks, 1, episodes_per_task, seed, dev)
@@ -52,6 +55,7 @@ def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
     """Name that changes whenever the search would mean something else."""
     tune = {k: v for k, v in to_dict(config.tune).items() if k not in ("n_trials", "storage")}
     identity = json.dumps({"tune": tune, "algo": to_dict(config.algo),
+                           "trial_episodes": config.evaluate.num_adapt_steps + 1,  # RL²'s trial
                            "train": config.train.seed, "tasks": [train.content_hash,
                                                                  val.content_hash]},
                           sort_keys=True)
@@ -66,7 +70,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     tune = config.tune
     study_storage = storage(config, paths)
     if tune.n_trials == 0:
-        _write_best(paths.best_params, {}, None)
+        _write_best(paths.best_params, config.algo.name, {}, None)
         return {"n_trials": 0}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(config, train, val)
@@ -78,15 +82,19 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     remaining = tune.n_trials - len(study.get_trials(deepcopy=False, states=done_states))
 
     def objective(trial: optuna.Trial) -> float:
-        overrides = {"inner_lr": trial.suggest_float("inner_lr", *tune.inner_lr, log=True),
-                     "outer_lr": trial.suggest_float("outer_lr", *tune.outer_lr, log=True)}
+        if config.algo.name == "rl2":
+            overrides = {"lr": trial.suggest_float("lr", *tune.outer_lr, log=True)}
+        else:
+            overrides = {
+                "inner_lr": trial.suggest_float("inner_lr", *tune.inner_lr, log=True),
+                "outer_lr": trial.suggest_float("outer_lr", *tune.outer_lr, log=True)}
         cfg = config.with_algo_overrides(overrides)
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
                               tags={"metarl.stage": "tune-trial", "optuna.study": name}):
             mlflow.log_params({f"algo.{config.algo.name}.{k}": v for k, v in overrides.items()})
             logger = MlflowLogger(tune.num_iterations, f"trial {trial.number}")
 
-            def report(it: int, learner: GradientAdaptedPolicy) -> None:
+            def report(it: int, learner: MetaLearner) -> None:
                 if (it + 1) % tune.eval_every and it + 1 != tune.num_iterations:
                     return
                 score = validation_score(learner, fam, val, tune.episodes_per_task,
@@ -98,8 +106,12 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                     raise optuna.TrialPruned(f"pruned at iteration {it + 1}: {score:.1f}")
 
             try:
-                train_maml(fam, train, cfg.algo.maml, tune.num_iterations, tune.seed, dev,
-                           logger=logger, hook=report)
+                if config.algo.name == "rl2":
+                    train_rl2(fam, train, cfg.algo.rl2, config.evaluate.num_adapt_steps + 1,
+                              tune.num_iterations, tune.seed, dev, logger=logger, hook=report)
+                else:
+                    train_maml(fam, train, cfg.algo.maml, tune.num_iterations, tune.seed, dev,
+                               logger=logger, hook=report)
             finally:
                 logger.close()
             return float(trial.user_attrs["last_score"])
@@ -107,7 +119,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
     best = {k: float(v) for k, v in study.best_params.items()}
-    _write_best(paths.best_params, best, study.best_value)
+    _write_best(paths.best_params, config.algo.name, best, study.best_value)
     summary = {"study": name, "n_trials": len(study.trials), "best_value": study.best_value,
                "best_params": best}
     if mlflow.active_run() is not None:
@@ -119,8 +131,8 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     return summary
 
 
-def _write_best(path: Path, best: dict[str, float], value: float | None) -> None:
-    doc = {"algo": {"maml": best}} if best else {"algo": {}}
+def _write_best(path: Path, algo: str, best: dict[str, float], value: float | None) -> None:
+    doc = {"algo": {algo: best}} if best else {"algo": {}}
     header = ("# Written by the tune stage (`metarl stage tune`); read by train.\n"
               f"# best validation return after one adaptation step: {value}\n")
     atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=True))

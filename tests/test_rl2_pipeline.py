@@ -1,0 +1,84 @@
+"""RL² through the pipeline's stages (``algo.name: rl2``), in process: tasks → tune → train →
+evaluate → register, then the registered recurrent model loaded back with ``mlflow.pyfunc``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from pipelines.runner import run_stage
+from tests.conftest import tiny_params, write_params
+
+
+@pytest.mark.parametrize(("family", "obs_dim", "action_dim"),
+                         [("cartpole", 4, 0), ("nav2d", 2, 2)])
+def test_rl2_runs_every_stage_and_registers_a_recurrent_model(
+        tmp_path: Path, family: str, obs_dim: int, action_dim: int) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    params = tiny_params()
+    params["task"]["family"] = family
+    params["task"][family]["max_steps"] = 40 if family == "cartpole" else 12
+    params["algo"]["name"] = "rl2"
+    write_params(root, params)
+    for stage in ("tasks", "tune", "train", "evaluate", "register"):
+        run_stage(stage, root)
+
+    best = yaml.safe_load((root / "tuning/best_params.yaml").read_text())
+    assert set(best["algo"]["rl2"]) == {"lr"}  # RL²'s learning rate, in tune.outer_lr's range
+    lo, hi = params["tune"]["outer_lr"]
+    assert lo <= best["algo"]["rl2"]["lr"] <= hi
+
+    ckpt = json.loads((root / "models/rl2.json").read_text())
+    assert (ckpt["learner"], ckpt["family"], ckpt["episodes_per_trial"]) == ("rl2", family, 3)
+    assert ckpt["algo_config"]["lr"] == best["algo"]["rl2"]["lr"]  # the tuned value is used
+    assert (root / "models/pretrained.pt").is_file() and (root / "models/config.json").is_file()
+    curve = (root / "plots/train_curve.csv").read_text().splitlines()
+    assert curve[0].startswith("iteration,train/return_pre_adapt,train/return_post_adapt")
+    assert len(curve) == 1 + params["train"]["num_iterations"]
+
+    summary = json.loads((root / "metrics/meta_test.json").read_text())
+    assert summary["learner"] == "rl2"
+    assert set(summary) >= {"rl2", "pretrained", "scratch", "random"} and "maml" not in summary
+    k = params["evaluate"]["num_adapt_steps"]
+    assert np.isfinite(summary["rl2"][f"return_post_adapt_k{k}"])
+    assert summary["rl2"]["normalized_post_adapt"] is not None
+    report = (root / "reports/meta_test.md").read_text()
+    assert "| rl2 |" in report and "episode k + 1 of one trial" in report
+
+    register = json.loads((root / "metrics/register.json").read_text())
+    assert register["model_name"] == f"metarl-{family}-rl2"
+    assert register["promoted"] and register["version"] == 1
+    assert register["score"] == pytest.approx(summary["rl2"]["normalized_post_adapt"])
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"models:/metarl-{family}-rl2@champion")
+    rng = np.random.default_rng(0)
+    b, t = 3, 5
+    if action_dim:
+        prev = rng.uniform(-0.1, 0.1, size=(b, t, action_dim)).astype(np.float32)
+        prev[:, 0] = 0.0
+    else:
+        prev = rng.integers(0, 2, size=(b, t)).astype(np.int64)
+        prev[:, 0] = -1
+    trial = {"obs": rng.normal(size=(b, t, obs_dim)).astype(np.float32), "prev_action": prev,
+             "prev_reward": rng.normal(size=(b, t)).astype(np.float32),
+             "prev_done": np.zeros((b, t), dtype=np.float32)}
+    actions = model.predict(trial)
+    assert actions.shape == ((b, t, action_dim) if action_dim else (b, t))
+    assert actions.dtype == (np.float32 if action_dim else np.int64)
+    # causal: the action at step 2 does not depend on what comes after it
+    later = {k: v.copy() for k, v in trial.items()}
+    later["obs"][:, 3:] += 5.0
+    np.testing.assert_array_equal(model.predict(later)[:, :3], actions[:, :3])
+
+    # the champion is re-evaluated as an RL² model when the next version arrives
+    run_stage("register", root)
+    again = json.loads((root / "metrics/register.json").read_text())
+    assert again["version"] == 2 and not again["promoted"]
+    assert again["champion_score_before"] == pytest.approx(register["score"])
