@@ -20,10 +20,12 @@ paper trained for far longer, so this is what RL² reaches with that compute, no
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 import numpy as np
@@ -48,7 +50,27 @@ DEFAULT_CELLS = ("10x5", "10x10", "10")
 
 BANDIT_CONFIG = RL2Config(hidden_size=64, meta_batch_size=128, trials_per_task=8, lr=1e-3,
                           entropy_coef=0.02)
-"""Bandit cells: 1024 trials per iteration, full BPTT (a trial is at most a few hundred steps)."""
+"""Bandit cells with n = 10 pulls: 1024 trials per iteration, full BPTT. Longer trials use
+:func:`bandit_config`."""
+
+
+def bandit_config(num_pulls: int) -> RL2Config:
+    """The bandit configuration for trials of ``num_pulls`` pulls.
+
+    Rewards are scaled by ``10 / n`` for the value targets (with unscaled rewards the value
+    loss of a 100-pull trial swamped the policy gradient under the 0.5 gradient-norm clip:
+    100x5 stayed at the random 50 for 180 iterations; with 0.1 it reached 67 by then). Trials
+    per iteration shrink as trials grow (1024 / 512 / 256 for n = 10 / 100 / 500), and trials
+    of more than 100 steps back-propagate through chunks of 100.
+    """
+    if num_pulls <= 10:
+        return BANDIT_CONFIG
+    return dataclasses.replace(
+        BANDIT_CONFIG, reward_scale=10.0 / num_pulls,
+        trials_per_task=4 if num_pulls <= 100 else 2,
+        bptt_length=0 if num_pulls <= 100 else 100)
+
+
 MDP_CONFIG = RL2Config(hidden_size=128, meta_batch_size=64, trials_per_task=4, lr=3e-3,
                        bptt_length=10, discount=0.9, reward_scale=0.1)
 """MDP cells: 256 trials per iteration, truncated BPTT over one episode (10 steps). Rewards
@@ -56,7 +78,9 @@ scaled by 0.1 for the value targets (with the paper's 0.99 and unscaled rewards 
 swamped the policy gradient and nothing was learned in this budget); discount 0.9, with which
 learning started several times sooner than with 0.99 (on our own validation tasks)."""
 DEFAULT_ITERATIONS = {"bandit": 600, "mdp": 200}
-"""Training iterations per seed and cell (about 2-3 minutes each on one CPU thread)."""
+"""Training iterations per seed and cell: about 2-3 minutes each for the quick cells on one
+CPU thread; n = 100 bandit cells take about 0.7 s and n = 500 about 2 s per iteration, MDP cells
+grow linearly with n (about 1.6 s per iteration at n = 25)."""
 
 BANDIT_BASELINES = ("Random", "Gittins", "UCB1", "TS", "Bayes-optimal", "Oracle")
 MDP_BASELINES = ("Random", "PSRL", "Oracle")
@@ -94,11 +118,68 @@ def _summary(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), 1.96 * float(values.std(ddof=1)) / math.sqrt(len(values))
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchRL2Params:
+    """``metarl bench rl2 --params FILE``: the bench's options as a YAML file (DVC params).
+
+    ``benchmarks/rl2/params.yaml`` holds them for ``dvc exp run benchmarks/rl2/dvc.yaml``.
+    """
+
+    table: str = "all"
+    """``bandit``, ``mdp`` or ``all``."""
+    cells: tuple[str, ...] = DEFAULT_CELLS
+    """``NxK`` bandit cells and ``N`` MDP cells."""
+    seeds: tuple[int, ...] = (0,)
+    """Training seeds, one model each."""
+    iterations: int | None = None
+    """PPO iterations per seed (null: 600 bandit, 200 MDP)."""
+    instances: int = 1000
+    """Test instances per cell."""
+    instance_seed: int = 0
+    """Seed of the test instances (as ``bench baselines --seed``)."""
+    device: str = "cpu"
+    """Torch device."""
+
+
+def read_params(path: Path) -> BenchRL2Params:
+    """The bench's options from a YAML file; a bad key or value names itself."""
+    import yaml
+
+    from metarl.config import ConfigError, from_mapping
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError("--params", str(path), f"cannot read the YAML file ({err})") from None
+    return from_mapping(BenchRL2Params, data)
+
+
+def results_json(rows: list[Row], reached: dict[str, list[int]]) -> dict[str, object]:
+    """The table as nested numbers (DVC metrics).
+
+    Per cell: RL² (the mean over seeds, 95% half-width), the paper's RL² and our baselines;
+    then the count of cells at or above the paper.
+    """
+    cells: dict[str, dict[str, object]] = {}
+    for row in rows:
+        cell = cells.setdefault(f"{row.table} {row.cell}", {"paper_rl2": row.paper})
+        if row.method.startswith("RL2"):
+            cell["rl2"], cell["rl2_half_width"] = row.ours, row.half_width  # the last: mean
+        else:
+            cell[row.method] = row.ours
+    return {"cells": cells,
+            "at_or_above_paper": {"bandit": reached["bandit"][0],
+                                  "bandit_cells": reached["bandit"][1],
+                                  "mdp": reached["mdp"][0], "mdp_cells": reached["mdp"][1]}}
+
+
 def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), instances: int = 1000, iterations: int | None = None,
               instance_seed: int = 0, device: str = "cpu", out: TextIO | None = None,
-              progress: TextIO | None = None) -> list[Row]:
+              progress: TextIO | None = None, json_path: Path | None = None) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
+
+    With ``json_path``, also write :func:`results_json` there (atomically).
 
     Args:
         tables: ``bandit``, ``mdp`` or ``all``; restricts ``cells``.
@@ -110,6 +191,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         device: torch device.
         out: where the table goes (default stdout).
         progress: where per-seed training progress goes (default stderr).
+        json_path: where to write the results as JSON (none by default).
 
     Raises:
         ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances`` or ``iterations``.
@@ -142,7 +224,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         family = BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=n))
         test = family.sample(instances, np.random.default_rng(_seed(instance_seed, 1, n, k, 0)))
         paper = reference.get(("bandit", n, k, "RL2"))
-        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, BANDIT_CONFIG,
+        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_config(n),
                               iterations or DEFAULT_ITERATIONS["bandit"], test, seeds,
                               (instance_seed, n, k), paper, device, progress)
         base_start = time.perf_counter()
@@ -166,6 +248,10 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
     print(f"cells at or above the paper's RL² (ours rounded to 0.1): "
           f"{reached['bandit'][0]}/{reached['bandit'][1]} bandit, "
           f"{reached['mdp'][0]}/{reached['mdp'][1]} MDP", file=out, flush=True)
+    if json_path is not None:
+        from pipelines.io import atomic_write_json
+
+        atomic_write_json(Path(json_path), results_json(rows, reached))
     return rows
 
 

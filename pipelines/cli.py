@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from metarl.config import ConfigError
 
@@ -108,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--instance-seed", type=int, default=0,
                      help="seed of the test instances (as bench baselines --seed; default 0)")
     rl2.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
+                     help="read all the options above from a YAML file instead (keys: table, "
+                     "cells, seeds, iterations, instances, instance_seed, device), as "
+                     "benchmarks/rl2/params.yaml does for `dvc exp run benchmarks/rl2/dvc.yaml`")
+    rl2.add_argument("--json", type=Path, default=None, metavar="FILE",
+                     help="also write the table's numbers to FILE as JSON (DVC metrics)")
     return parser
 
 
@@ -115,6 +122,36 @@ def _k_max(summary: dict[str, object]) -> int:
     main = summary[str(summary["learner"])]
     assert isinstance(main, dict)
     return sum(1 for k in main if k.startswith("return_post_adapt_k"))
+
+
+def _bench(args: argparse.Namespace) -> None:
+    """``metarl bench <name>``."""
+    if args.bench == "baselines":
+        from pipelines.bench_baselines import bench_baselines
+
+        bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
+    elif args.bench == "rl2":
+        from pipelines.bench_rl2 import bench_rl2, read_params
+
+        if args.params is not None:
+            p = read_params(args.params)
+            bench_rl2(p.table, p.cells, p.seeds, p.instances, p.iterations,
+                      p.instance_seed, p.device, json_path=args.json)
+        else:
+            bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
+                      args.instance_seed, args.device, json_path=args.json)
+    elif args.bench == "maml":
+        from pipelines.bench_maml import bench_maml
+
+        for name in ("iterations", "eval_every", "test_tasks"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: "
+                                 "must be >= 1")
+        bench_maml(args.iterations, args.eval_every, args.seed, args.test_tasks)
+    else:
+        from pipelines.bench import bench_sampler
+
+        bench_sampler(args.sizes, args.steps, args.repeats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,27 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.flows import serve
 
             serve(args.root, args.params, cron=args.cron, name=args.name)
-        elif args.command == "bench" and args.bench == "baselines":
-            from pipelines.bench_baselines import bench_baselines
-
-            bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
-        elif args.command == "bench" and args.bench == "rl2":
-            from pipelines.bench_rl2 import bench_rl2
-
-            bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
-                      args.instance_seed, args.device)
-        elif args.command == "bench" and args.bench == "maml":
-            from pipelines.bench_maml import bench_maml
-
-            for name in ("iterations", "eval_every", "test_tasks"):
-                if getattr(args, name) < 1:
-                    raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: "
-                                     "must be >= 1")
-            bench_maml(args.iterations, args.eval_every, args.seed, args.test_tasks)
         elif args.command == "bench":
-            from pipelines.bench import bench_sampler
-
-            bench_sampler(args.sizes, args.steps, args.repeats)
+            _bench(args)
     except (ConfigError, ValueError, RuntimeError, OSError, MlflowException) as err:
         print(f"metarl: error: {err}", file=sys.stderr)
         return 2

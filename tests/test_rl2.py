@@ -292,3 +292,38 @@ def test_rl2_checkpoint_round_trip(tmp_path: Any, continuous: bool) -> None:
     wrong["hidden_size"] = 8
     with pytest.raises(ValueError, match="do not match the RL² architecture"):
         load_learner(tmp_path / "rl2.pt", wrong)
+
+
+def test_cli_bench_rl2_reads_params_file_and_writes_json(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from pipelines.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"cells": ["10"], "iterations": 1, "instances": 20}))
+    out = tmp_path / "results.json"
+    assert main(["bench", "rl2", "--params", str(params), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    cell = results["cells"]["mdp n=10"]
+    assert cell["paper_rl2"] == pytest.approx(156.2)
+    assert set(cell) >= {"rl2", "rl2_half_width", "Random", "PSRL", "Oracle"}
+    assert cell["Random"] < cell["PSRL"] < cell["Oracle"]
+    assert results["at_or_above_paper"] == {"bandit": 0, "bandit_cells": 0, "mdp": 0,
+                                            "mdp_cells": 1}
+    table = capsys.readouterr().out
+    assert f"{cell['rl2']:.1f}" in table  # the JSON holds the printed numbers
+    params.write_text(yaml.safe_dump({"cells": ["10"], "iteratons": 1}))
+    assert main(["bench", "rl2", "--params", str(params)]) == 2
+    assert "iteratons" in capsys.readouterr().err
+
+
+def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None:
+    from pipelines.bench_rl2 import BANDIT_CONFIG, bandit_config
+
+    assert bandit_config(10) == BANDIT_CONFIG
+    long, longer = bandit_config(100), bandit_config(500)
+    assert (long.reward_scale, long.trials_per_task, long.bptt_length) == (0.1, 4, 0)
+    assert (longer.reward_scale, longer.trials_per_task, longer.bptt_length) == (0.02, 2, 100)
