@@ -32,17 +32,41 @@ def adaptation_curve(
     Rollout ``k`` draws from its own generator seeded by ``(seed, k)``, so every learner gets
     the same start states at every step, however many random numbers its policy consumed.
     """
+    return adaptation_curves(learner, family, tasks, num_adapt_steps, episodes_per_task, seed,
+                             device)[0]
+
+
+def adaptation_curves(
+    learner: MetaLearner,
+    family: TaskFamily,
+    tasks: Sequence[dict[str, float]],
+    num_adapt_steps: int,
+    episodes_per_task: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`adaptation_curve` and, for envs that report success, the success rate.
+
+    Returns:
+        ``(returns [K+1, N], success [K+1, N] or None)``; the success rate is the share of a
+        task's episodes that succeeded (Meta-World's per-episode ``success``), for envs with a
+        ``success_rate()`` method, else None.
+
+    """
     env = family.make_env(list(tasks), episodes_per_task, device=device)
+    success_rate = getattr(env, "success_rate", None)
     params = {k: v.to(device) for k, v in learner.initial_params(len(tasks)).items()}
-    curve = []
+    curve, success = [], []
     for k in range(num_adapt_steps + 1):
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + k)
         batch = rollout(learner.explore(params) if k == 0 else learner.act(params), env,
                         generator)
         curve.append(batch.episode_returns.mean(-1).cpu().numpy())
+        if success_rate is not None:
+            success.append(success_rate().double().cpu().numpy())
         if k < num_adapt_steps:
             params = learner.adapt(params, batch)
-    return np.stack(curve)
+    return np.stack(curve), (np.stack(success) if success else None)
 
 
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, num_resamples: int = 2000,
@@ -62,6 +86,8 @@ class CurveSummary:
         per_task: ``[num_seeds, K+1, N]`` raw mean returns.
         mean: ``[K+1]`` mean over seeds and tasks.
         ci_low, ci_high: ``[K+1]`` 95% bootstrap interval over tasks (seed-averaged).
+        success: ``[K+1]`` mean success rate over seeds, tasks and episodes, for envs that
+            report success (Meta-World), else None.
 
     """
 
@@ -69,6 +95,7 @@ class CurveSummary:
     mean: np.ndarray
     ci_low: np.ndarray
     ci_high: np.ndarray
+    success: np.ndarray | None = None
 
 
 def meta_test(
@@ -83,15 +110,15 @@ def meta_test(
     """Adaptation curves of every learner on ``task_set`` over ``seeds``."""
     out = {}
     for name, learner in learners.items():
-        per_task = np.stack([
-            adaptation_curve(learner, family, task_set.tasks, num_adapt_steps,
-                             episodes_per_task, seed, device)
-            for seed in seeds
-        ])
+        runs = [adaptation_curves(learner, family, task_set.tasks, num_adapt_steps,
+                                  episodes_per_task, seed, device) for seed in seeds]
+        per_task = np.stack([returns for returns, _ in runs])
         by_task = per_task.mean(0)  # [K+1, N]
         rng = np.random.default_rng(0)
         cis = np.array([bootstrap_ci(row, rng) for row in by_task])
-        out[name] = CurveSummary(per_task, by_task.mean(1), cis[:, 0], cis[:, 1])
+        successes = [s for _, s in runs if s is not None]
+        success = np.stack(successes).mean(axis=(0, 2)) if successes else None
+        out[name] = CurveSummary(per_task, by_task.mean(1), cis[:, 0], cis[:, 1], success)
     return out
 
 

@@ -184,3 +184,43 @@ def test_metaworld_runs_tasks_train_evaluate(tmp_path: Path) -> None:
         assert np.isfinite(summary[name]["return_post_adapt_k1"]), name
         assert summary[name]["normalized_post_adapt"] is None
         assert 0 <= summary[name]["return_pre_adapt"] <= 200  # 20 steps of 0..10
+        for k in (0, 1):  # the share of episodes that succeeded, per adaptation step
+            assert 0.0 <= summary[name][f"success_rate_k{k}"] <= 1.0, name
+    assert "Success rate" in (tmp_path / "reports/meta_test.md").read_text()
+
+
+class _GoalSeeker:
+    """A 'learner' that drives the hand to the goal it is told (success 1), for the evaluator."""
+
+    def __init__(self, goals: torch.Tensor) -> None:
+        self.goals = goals  # [N, 3]
+
+    def initial_params(self, num_tasks: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def explore(self, params: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
+        def act(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            action = torch.zeros(*obs.shape[:2], 4)
+            action[..., :3] = (self.goals[:, None, :] - obs[..., :3]) * 50
+            return action
+        return act
+
+    act = explore
+
+    def adapt(self, params: dict[str, torch.Tensor], episodes: object) -> dict[str, torch.Tensor]:
+        return params
+
+
+@pytest.mark.usefixtures("metaworld")
+def test_evaluator_reports_the_success_rate_per_adaptation_step() -> None:
+    from metarl.algos.base import RandomLearner
+    from metarl.evaluation import adaptation_curves
+
+    fam = _family(max_steps=60)
+    tasks = fam.sample(3, np.random.default_rng(0))
+    goals = torch.tensor(np.stack([t["rand_vec"][3:] for t in tasks]), dtype=torch.float32)
+    returns, success = adaptation_curves(_GoalSeeker(goals), fam, tasks, 1, 2, seed=0)
+    assert returns.shape == (2, 3) and success is not None and success.shape == (2, 3)
+    assert (success == 1.0).all()
+    _, random_success = adaptation_curves(RandomLearner(), fam, tasks, 1, 2, seed=0)
+    assert random_success is not None and random_success.mean() < 0.5

@@ -67,6 +67,9 @@ def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]
             "normalized_pre_adapt": _normalized(s.mean[0], random_mean, oracle),
             "normalized_post_adapt": _normalized(s.mean[k_max], random_mean, oracle),
         }
+        if s.success is not None:  # Meta-World: the share of episodes that succeeded
+            out[name].update({f"success_rate_k{k}": float(s.success[k])
+                              for k in range(k_max + 1)})
     return out
 
 
@@ -125,11 +128,11 @@ def _fmt(score: float | None) -> str:
 def report(summary: dict[str, Any], k_max: int, test_hash: str, seeds: tuple[int, ...]) -> str:
     """Markdown table of the meta-test results."""
     main = summary["learner"]
-    steps = ("RL²'s step k is episode k + 1 of one trial (the hidden state carried over); "
+    steps = (" RL²'s step k is episode k + 1 of one trial (the hidden state carried over)."
              if main == "rl2" else "")
     lines = [f"# Meta-test on held-out tasks (task set {test_hash}, seeds {list(seeds)})", "",
              "Mean episode return over test tasks (95% bootstrap CI over tasks); "
-             "normalised: random 0, oracle 1. " + steps, "",
+             "normalised: random 0, oracle 1." + steps, "",
              "| learner | " + " | ".join(f"after {k} steps" for k in range(k_max + 1))
              + " | normalised (pre → post) |",
              "|---|" + "---|" * (k_max + 2)]
@@ -140,6 +143,13 @@ def report(summary: dict[str, Any], k_max: int, test_hash: str, seeds: tuple[int
                   f"{m[f'ci95_k{k}'][1]:.1f}]" for k in range(1, k_max + 1)]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(m['normalized_pre_adapt'])}"
                      f" → {_fmt(m['normalized_post_adapt'])} |")
+    if f"success_rate_k{k_max}" in summary[main]:
+        lines += ["", "Success rate (share of episodes reaching the env's success criterion):",
+                  "", "| learner | " + " | ".join(f"after {k} steps" for k in range(k_max + 1))
+                  + " |", "|---|" + "---|" * (k_max + 1)]
+        lines += [f"| {name} | " + " | ".join(f"{summary[name][f'success_rate_k{k}']:.2f}"
+                                              for k in range(k_max + 1)) + " |"
+                  for name in (main, *BASELINES)]
     refs = summary.get("reference_baselines") or {}
     if refs:
         lines += ["", "Classic baselines on the same tasks and seeds (they adapt within the trial, "
