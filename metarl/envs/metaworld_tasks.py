@@ -304,6 +304,10 @@ class MetaWorldML1Family:
         return BatchedMetaWorld(c.env_name, np.array([t["rand_vec"] for t in tasks]), num_envs,
                                 self.max_steps, c.reward_function_version, device)
 
+    def task_features(self, task: Task) -> list[float]:
+        """``rand_vec``: the object's start and the goal positions (for the oracle)."""
+        return [float(v) for v in task["rand_vec"]]
+
     def oracle_returns(self, tasks: list[Task]) -> np.ndarray:
         """No oracle: NaN per task (see the module docstring)."""
         return np.full(len(tasks), np.nan)

@@ -355,6 +355,10 @@ class AntDirFamily:
         return BatchedGymMuJoCo("Ant-v5", kwargs, np.array([t["angle"] for t in tasks]),
                                 ant_direction_reward, num_envs, self.max_steps, device)
 
+    def task_features(self, task: dict[str, float]) -> list[float]:
+        """``(cos θ, sin θ)``: the direction, continuous across 0 = 2π (for the oracle)."""
+        return [math.cos(task["angle"]), math.sin(task["angle"])]
+
     def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
         """No oracle: NaN per task (see the module docstring)."""
         return _no_oracle(tasks)

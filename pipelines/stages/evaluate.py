@@ -7,8 +7,10 @@ fine-tuning steps as MAML), ``scratch`` (a random initialisation, then the same 
 ``random`` (uniform actions). Every learner sees the same tasks, seeds and start states.
 Scores are also normalised: (R - R_random) / (R_oracle - R_random), R_oracle being the mean
 over the test tasks of the family's oracle return (CartPole: the horizon, the best possible).
-A family without an oracle (the MuJoCo ones: ``oracle_returns`` is NaN) gets raw returns only:
-``oracle_return`` and every normalised score are null.
+A family without a closed-form oracle (MuJoCo, Meta-World: ``oracle_returns`` is NaN) is
+normalised with the task-conditioned policy the train stage trained as its oracle
+(``oracle_kind: task-conditioned``, see :mod:`metarl.baselines.task_conditioned`); without
+that checkpoint, raw returns only (``oracle_return`` and every normalised score null).
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ import torch
 
 from metarl.algos.base import GradientAdaptedPolicy, MetaLearner, RandomLearner
 from metarl.baselines.reference import reference_returns
+from metarl.baselines.task_conditioned import TaskConditionedFamily
 from metarl.evaluation import CurveSummary, bootstrap_ci, meta_test, normalized
 from pipelines.io import atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
 from pipelines.plots import plot_adaptation_curves
 from pipelines.settings import PipelineConfig
-from pipelines.stages.common import StageError, device, family, load_checkpoint, load_task_set
+from pipelines.stages.common import (
+    StageError,
+    checkpoint_files,
+    device,
+    family,
+    load_checkpoint,
+    load_task_set,
+)
 
 BASELINES = ("pretrained", "scratch", "random")
 
@@ -44,6 +54,18 @@ def learners(paths: Paths, config: PipelineConfig) -> dict[str, MetaLearner]:
                                     pretrained.inner_lr, pretrained.discount)
     return {config.algo.name: meta, "pretrained": pretrained, "scratch": scratch,
             "random": RandomLearner()}
+
+
+def trained_oracle_return(paths: Paths, fam: Any, test: Any, config: PipelineConfig,
+                          dev: str) -> float:
+    """Mean return on the test tasks of the task-conditioned policy trained as the oracle."""
+    learner, ckpt = load_checkpoint(paths, "oracle")
+    conditioned = TaskConditionedFamily(fam, mean=ckpt["feature_mean"],
+                                        scale=ckpt["feature_scale"])
+    ev = config.evaluate
+    res = meta_test({"oracle": learner}, conditioned, test, 0, ev.episodes_per_task, ev.seeds,
+                    dev)
+    return float(res["oracle"].mean[0])
 
 
 def _normalized(value: float, random_value: float, oracle: float) -> float | None:
@@ -168,7 +190,12 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     results = meta_test(learners(paths, config), fam, test, ev.num_adapt_steps,
                         ev.episodes_per_task, ev.seeds, dev)
     oracle = float(fam.oracle_returns(list(test.tasks)).mean())
+    oracle_kind: str | None = "closed-form" if np.isfinite(oracle) else None
+    if oracle_kind is None and checkpoint_files(paths, "oracle")[0].exists():
+        oracle, oracle_kind = trained_oracle_return(paths, fam, test, config, dev), \
+            "task-conditioned"
     summary = summarize(results, oracle)
+    summary["oracle_kind"] = oracle_kind
     summary["reference_baselines"] = reference_summary(
         fam, test, ev.seeds, dev, summary["random_return"], oracle)
     summary["test_task_hash"] = test.content_hash

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from metarl.algos.base import RandomLearner
+from metarl.baselines.task_conditioned import has_closed_form_oracle
 from metarl.checkpoint import load_learner, read_config
 from metarl.evaluation import meta_test, normalized
 from metarl.tasks import TaskFamily, TaskSet
@@ -84,8 +85,11 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     weights, config_path = checkpoint_files(paths, algo)
     ckpt = read_config(config_path)
     load_learner(weights, ckpt)  # fail now, not after registering, if the checkpoint is bad
+    # The gate compares like with like: the normalised score where the family has a
+    # closed-form oracle, else the raw post-adaptation return (margin in return units), as
+    # score_version computes for the champion.
     new_score = summary[algo]["normalized_post_adapt"]
-    if new_score is None:  # no oracle: the raw post-adaptation return (margin in return units)
+    if not has_closed_form_oracle(fam, test.tasks) or new_score is None:
         new_score = summary[algo][f"return_post_adapt_k{config.evaluate.num_adapt_steps}"]
     new_score = float(new_score)
     name, margin = config.model_name, config.register.margin

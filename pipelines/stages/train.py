@@ -18,6 +18,7 @@ import mlflow
 from metarl.algos.maml import train_maml
 from metarl.algos.pretrain import pretrain_multitask
 from metarl.algos.rl2 import train_rl2
+from metarl.baselines.task_conditioned import TaskConditionedFamily, has_closed_form_oracle
 from metarl.checkpoint import policy_config, rl2_config, save_params
 from metarl.config import to_dict
 from pipelines.io import atomic_directory, atomic_write_json, atomic_write_text
@@ -70,6 +71,16 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     finally:
         pre_log.close()
 
+    oracle = None
+    if not has_closed_form_oracle(fam, train.tasks):  # MuJoCo, Meta-World: train the oracle
+        conditioned = TaskConditionedFamily(fam, train.tasks)
+        oracle_log = MlflowLogger(pre_iters, "oracle (task-conditioned)")
+        try:
+            oracle = pretrain_multitask(conditioned, train, cfg, pre_iters, config.train.seed,
+                                        dev, logger=oracle_log)
+        finally:
+            oracle_log.close()
+
     common = {"family": config.task.family,
               "family_config": to_dict(config.task.family_config()), "algo": algo,
               "train_task_hash": train.content_hash, "tuned": tuned, "seed": config.train.seed}
@@ -85,6 +96,13 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
             save_params(maml.learner().params, tmp / "maml.pt")
         save_params(pretrained.params, tmp / "pretrained.pt")
         atomic_write_json(tmp / "config.json", ckpt)
+        if oracle is not None:
+            save_params(oracle.params, tmp / "oracle.pt")
+            atomic_write_json(tmp / "oracle.json", policy_config(
+                oracle.policy, cfg.hidden_sizes, cfg.inner_lr, cfg.discount,
+                algo_config=to_dict(cfg), oracle="task-conditioned",
+                feature_mean=conditioned.mean.tolist(), feature_scale=conditioned.scale.tolist(),
+                **common))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history.rows[0]))
     writer.writeheader()
