@@ -127,12 +127,18 @@ def reference_summary(fam: Any, test: Any, seeds: tuple[int, ...], dev: str,
 
 
 def curve_csv(results: dict[str, CurveSummary]) -> str:
-    """Wide CSV, one row per adaptation step: ``<learner>`` mean return and its CI bounds."""
+    """Wide CSV, one row per adaptation step: ``<learner>`` mean return and its CI bounds.
+
+    The meta-learner (the first learner, ``maml`` or ``rl2``) is the column ``meta_learner``,
+    so ``dvc plots`` draws the same columns whichever algorithm ran (``learner`` in
+    ``metrics/meta_test.json`` says which).
+    """
     buf = io.StringIO()
     writer = csv.writer(buf)
     header = ["adapt_step"]
-    for name in results:
-        header += [name, f"{name}_ci_low", f"{name}_ci_high"]
+    for i, name in enumerate(results):
+        column = "meta_learner" if i == 0 else name
+        header += [column, f"{column}_ci_low", f"{column}_ci_high"]
     writer.writerow(header)
     for k in range(len(next(iter(results.values())).mean)):
         row = [str(k)]
