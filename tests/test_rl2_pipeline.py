@@ -85,3 +85,28 @@ def test_rl2_runs_every_stage_and_registers_a_recurrent_model(
     again = json.loads((root / "metrics/register.json").read_text())
     assert again["version"] == 2 and not again["promoted"]
     assert again["champion_score_before"] == pytest.approx(register["score"])
+
+
+@pytest.mark.parametrize("family", ["bandit", "tabular_mdp", "pendulum"])
+def test_rl2_trains_and_evaluates_on_the_other_families(tmp_path: Path, family: str) -> None:
+    params = tiny_params()
+    params["task"]["family"] = family
+    if family == "bandit":
+        params["task"]["bandit"]["num_pulls"] = 10
+    elif family == "tabular_mdp":
+        params["task"]["tabular_mdp"]["num_episodes"] = 2
+    else:
+        params["task"]["pendulum"].update(max_steps=10, oracle_episodes=2)
+    params["algo"]["name"] = "rl2"
+    write_params(tmp_path, params)
+    for stage in ("tasks", "train", "evaluate"):
+        run_stage(stage, tmp_path)
+    summary = json.loads((tmp_path / "metrics/meta_test.json").read_text())
+    k = params["evaluate"]["num_adapt_steps"]
+    assert summary["learner"] == "rl2" and summary["oracle_kind"] == "closed-form"
+    for name in ("rl2", "pretrained", "scratch", "random"):
+        assert np.isfinite(summary[name][f"return_post_adapt_k{k}"]), name
+    if family != "pendulum":  # the classic baselines are reported beside RL²
+        assert summary["reference_baselines"]
+    ckpt = json.loads((tmp_path / "models/rl2.json").read_text())
+    assert ckpt["policy"] == ("gaussian" if family == "pendulum" else "categorical")
