@@ -2,6 +2,11 @@
 
 Loading uses ``torch.load(..., weights_only=True)`` so a checkpoint from a registry or a user
 cannot execute code.
+
+A learner with meta-learned per-parameter step sizes (Meta-SGD, ``algo.maml.learn_inner_lr``)
+stores them in the same weights file under ``inner_lr.<parameter name>``
+(:func:`learner_weights`); a weights file without such keys adapts with the config's float
+``inner_lr`` as before.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from metarl.algos.rl2 import RL2Learner, RL2Policy
 from metarl.policies import POLICY_KINDS, GaussianMLPPolicy, MLPPolicy, Params, make_policy_for
 
 FORMAT_VERSION = 1
+
+INNER_LR_PREFIX = "inner_lr."
+"""Weights-file key prefix of learned per-parameter inner step sizes (Meta-SGD)."""
 
 
 def policy_config(policy: MLPPolicy, hidden_sizes: tuple[int, ...], inner_lr: float,
@@ -41,6 +49,18 @@ def rl2_config(model: RL2Policy, **extra: Any) -> dict[str, Any]:
             "obs_dim": model.obs_dim, "num_actions": model.num_actions,
             "action_dim": model.action_dim, "action_low": list(model.action_low),
             "action_high": list(model.action_high), "hidden_size": model.hidden_size, **extra}
+
+
+def learner_weights(learner: GradientAdaptedPolicy) -> Params:
+    """The tensors to save for ``learner`` (with :func:`save_params`).
+
+    Its parameters, plus its step sizes under ``inner_lr.<name>`` when they are learned per
+    parameter (Meta-SGD); a fixed-``alpha`` learner gives exactly its parameters.
+    """
+    weights = dict(learner.params)
+    if isinstance(learner.inner_lr, dict):
+        weights.update({INNER_LR_PREFIX + k: v for k, v in learner.inner_lr.items()})
+    return weights
 
 
 def save_params(params: Params, path: Path) -> None:
@@ -87,14 +107,23 @@ def load_learner(weights_path: Path, config: dict[str, Any]
                              int(config.get("num_actions", 0)), int(config.get("action_dim", 0)),
                              tuple(int(h) for h in config["hidden_sizes"]),
                              float(config.get("init_std", 1.0)))
-    params = load_params(weights_path)
+    weights = load_params(weights_path)
+    params = {k: v for k, v in weights.items() if not k.startswith(INNER_LR_PREFIX)}
     expected = dict(policy.named_parameters())
     if set(params) != set(expected) or any(params[k].shape != v.shape
                                            for k, v in expected.items()):
         raise ValueError(f"{weights_path}: parameters do not match the architecture in its "
                          f"config (policy={kind!r}, hidden_sizes, obs_dim, {size_key})")
-    return GradientAdaptedPolicy(policy, params, float(config["inner_lr"]),
-                                 float(config["discount"]))
+    inner_lr: float | Params = float(config["inner_lr"])
+    learned = {k[len(INNER_LR_PREFIX):]: v for k, v in weights.items()
+               if k.startswith(INNER_LR_PREFIX)}
+    if learned:
+        if set(learned) != set(params) or any(learned[k].shape != v.shape
+                                              for k, v in params.items()):
+            raise ValueError(f"{weights_path}: its learned step sizes ({INNER_LR_PREFIX}*) do "
+                             "not match its parameters")
+        inner_lr = learned
+    return GradientAdaptedPolicy(policy, params, inner_lr, float(config["discount"]))
 
 
 def _load_rl2(weights_path: Path, config: dict[str, Any]) -> RL2Learner:

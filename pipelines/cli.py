@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="evaluate on the held-out goals every this many iterations")
     maml.add_argument("--seed", type=int, default=0, help="seed of goals, init and rollouts")
     maml.add_argument("--test-tasks", type=int, default=40, help="held-out goals (default: 40)")
+    maml.add_argument("--meta-sgd", action="store_true",
+                      help="Meta-SGD: learn a per-parameter inner step size, starting at alpha "
+                      "0.1 (a separate configuration, not the fixed-alpha protocol)")
     baselines = bench_sub.add_parser(
         "baselines", help="RL²'s Table 1 (bandits) and Table 2 (tabular MDPs) baselines",
         description="Reproduce the baseline columns of RL² (Duan et al. 2016) Tables 1 and 2 "
@@ -147,7 +150,8 @@ def _bench(args: argparse.Namespace) -> None:
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: "
                                  "must be >= 1")
-        bench_maml(args.iterations, args.eval_every, args.seed, args.test_tasks)
+        bench_maml(args.iterations, args.eval_every, args.seed, args.test_tasks,
+                   meta_sgd=args.meta_sgd)
     else:
         from pipelines.bench import bench_sampler
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipelines.bench_maml import bench_maml
+from pipelines.bench_maml import BENCH_CONFIG, bench_maml
 from pipelines.cli import main
 
 
@@ -42,3 +42,22 @@ def test_maml_learns_2d_navigation_in_30_iterations() -> None:
     assert final.test_post > final.test_pre + 15, final
     assert final.test_post > -20, final
     assert final.normalized_post > 0.65, final
+
+
+def test_bench_maml_meta_sgd_flag_learns_step_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "maml", "--iterations", "2", "--eval-every", "2", "--test-tasks", "3",
+                 "--meta-sgd"]) == 0
+    out = capsys.readouterr().out
+    assert "Meta-SGD: per-parameter alpha learned from 0.1" in out
+    rows = [line for line in out.splitlines() if re.match(r"^\s+\d+ \|", line)]
+    assert [int(r.split("|")[0]) for r in rows] == [2]
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("final checkpoint (iteration 2)")
+    assert lines[-2].startswith("learned inner step sizes: mean ")
+    assert "log_std's: " in lines[-2]
+
+
+def test_bench_maml_default_keeps_the_fixed_step_size() -> None:
+    assert not BENCH_CONFIG.learn_inner_lr
+    result = bench_maml(num_iterations=1, eval_every=1, num_test_tasks=2, meta_sgd=True)
+    assert result["config"].learn_inner_lr and result["config"].inner_lr == 0.1

@@ -10,14 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from metarl.algos.base import GradientAdaptedPolicy
 from metarl.checkpoint import (
     FORMAT_VERSION,
+    INNER_LR_PREFIX,
+    learner_weights,
     load_learner,
     load_params,
     policy_config,
     save_params,
 )
+from metarl.envs.nav2d import BatchedNav2D, Nav2DFamilyConfig
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, act_fn, expand_params
+from metarl.sampler import rollout
 
 torch.set_num_threads(1)
 
@@ -137,3 +142,58 @@ def test_config_without_policy_kind_loads_as_categorical(tmp_path: Path) -> None
         load_learner(path, {**config, "policy": "beta"})
     with pytest.raises(ValueError, match="do not match the architecture"):
         load_learner(path, {**config, "policy": "gaussian", "action_dim": 2})
+
+
+def test_learned_step_sizes_round_trip_and_drive_adaptation(tmp_path: Path) -> None:
+    # Meta-SGD: per-parameter step sizes saved as inner_lr.<name> in the same weights file.
+    policy = GaussianMLPPolicy(2, 2, (8,), init_std=0.3)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(2)
+    step_sizes = {k: 0.05 + 0.2 * torch.rand(v.shape, generator=gen) for k, v in params.items()}
+    original = GradientAdaptedPolicy(policy, params, step_sizes, 0.99)
+    weights = learner_weights(original)
+    assert set(weights) == set(params) | {INNER_LR_PREFIX + k for k in params}
+    path = tmp_path / "maml.pt"
+    save_params(weights, path)
+    config = policy_config(policy, (8,), inner_lr=0.1, discount=0.99)
+    learner = load_learner(path, config)
+    assert isinstance(learner, GradientAdaptedPolicy) and isinstance(learner.inner_lr, dict)
+    assert set(learner.params) == set(params) and set(learner.inner_lr) == set(params)
+    for k in params:
+        assert torch.equal(learner.params[k], params[k])
+        assert torch.equal(learner.inner_lr[k], step_sizes[k])
+    # Same adaptation as the saved learner, and not the config's float alpha.
+    env = BatchedNav2D([[0.3, -0.2], [-0.4, 0.1]], num_envs=3,
+                       config=Nav2DFamilyConfig(max_steps=10))
+    start = learner.initial_params(2)
+    episodes = rollout(learner.explore(start), env, torch.Generator().manual_seed(3))
+    loaded, saved = learner.adapt(start, episodes), original.adapt(start, episodes)
+    fixed = GradientAdaptedPolicy(policy, params, 0.1, 0.99).adapt(start, episodes)
+    for k in params:
+        assert torch.equal(loaded[k], saved[k])
+    assert any(not torch.allclose(loaded[k], fixed[k]) for k in params)
+    # A fixed-alpha learner saves exactly its parameters, and loads with the float alpha.
+    fixed_learner = GradientAdaptedPolicy(policy, params, 0.1, 0.99)
+    plain = learner_weights(fixed_learner)
+    assert set(plain) == set(params) and all(plain[k] is params[k] for k in params)
+    save_params(plain, tmp_path / "plain.pt")
+    assert load_learner(tmp_path / "plain.pt", config).inner_lr == 0.1
+    # Step sizes that do not match the parameters are refused.
+    bad = dict(weights)
+    bad[INNER_LR_PREFIX + "log_std"] = torch.ones(3)
+    save_params(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="learned step sizes"):
+        load_learner(tmp_path / "bad.pt", config)
+    partial = {k: v for k, v in weights.items() if k != INNER_LR_PREFIX + "net.0.bias"}
+    save_params(partial, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="learned step sizes"):
+        load_learner(tmp_path / "partial.pt", config)
+
+
+def test_per_parameter_step_sizes_must_match_the_parameters() -> None:
+    policy = CategoricalMLPPolicy(4, 2, (8,))
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="keys and shapes"):
+        GradientAdaptedPolicy(policy, params, {k: torch.ones(1) for k in params}, 0.99)
+    with pytest.raises(ValueError, match="keys and shapes"):
+        GradientAdaptedPolicy(policy, params, {"net.0.weight": torch.ones(8, 4)}, 0.99)

@@ -110,3 +110,23 @@ def test_rl2_trains_and_evaluates_on_the_other_families(tmp_path: Path, family: 
         assert summary["reference_baselines"]
     ckpt = json.loads((tmp_path / "models/rl2.json").read_text())
     assert ckpt["policy"] == ("gaussian" if family == "pendulum" else "categorical")
+
+
+def test_meta_sgd_step_sizes_survive_the_train_stage(tmp_path: Path) -> None:
+    # MAML with learned per-parameter step sizes: the checkpoint keeps them (inner_lr.<name>),
+    # and evaluate adapts with them, not with the float.
+    from pipelines.paths import Paths
+    from pipelines.stages.common import load_checkpoint
+
+    params = tiny_params()
+    params["algo"]["maml"]["learn_inner_lr"] = True
+    write_params(tmp_path, params)
+    for stage in ("tasks", "train"):
+        run_stage(stage, tmp_path)
+    learner, _ = load_checkpoint(Paths(tmp_path), "maml")
+    assert isinstance(learner.inner_lr, dict)
+    assert set(learner.inner_lr) == set(learner.params)
+    assert any(float((v - params["algo"]["maml"]["inner_lr"]).abs().max()) > 0
+               for v in learner.inner_lr.values())  # learned, not the initial value
+    pretrained, _ = load_checkpoint(Paths(tmp_path), "pretrained")
+    assert isinstance(pretrained.inner_lr, float)

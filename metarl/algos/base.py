@@ -16,6 +16,15 @@ from metarl.policies import ActFn, MLPPolicy, Params, act_fn, expand_params
 from metarl.returns import advantages
 from metarl.sampler import EpisodeBatch
 
+StepSize = float | Params
+"""An inner step size: one float for every parameter, or (Meta-SGD) a tensor per parameter,
+each the parameter's shape (no task dim), multiplying its gradient elementwise."""
+
+
+def _scaled(lr: StepSize, key: str, grad: torch.Tensor) -> torch.Tensor:
+    """``lr * grad`` for parameter ``key``; a per-parameter ``lr[key]`` broadcasts over tasks."""
+    return lr[key] * grad if isinstance(lr, dict) else lr * grad
+
 
 class MetaLearner(Protocol):
     """What the meta-test evaluator needs from an algorithm or a baseline."""
@@ -77,10 +86,14 @@ def inner_step(
     params: Params,
     batch: EpisodeBatch,
     adv: torch.Tensor,
-    lr: float,
+    lr: StepSize,
     first_order: bool = True,
 ) -> Params:
     """One policy-gradient step per task: ``theta_i' = theta_i - lr * grad L_i(theta_i)``.
+
+    ``lr`` is a float, or a dict of per-parameter step-size tensors (Meta-SGD: elementwise
+    ``lr[k] * grad``, shared by the tasks); tensors that require grad get the meta-gradient
+    through the step, first or second order.
 
     ``params`` carry a leading task dim. Task ``i``'s loss depends on its slice ``theta_i``
     only, so the gradient of the SUM of the per-task losses with respect to the per-task
@@ -100,7 +113,7 @@ def inner_step(
         dims = tuple(range(1, logp.dim()))
         per_task = -(logp * adv * batch.mask).sum(dims) / batch.mask.sum(dims).clamp(min=1)
         grads = torch.autograd.grad(per_task.sum(), list(wrt.values()), create_graph=keep_graph)
-    return {k: params[k] - lr * g for k, g in zip(params, grads, strict=True)}
+    return {k: params[k] - _scaled(lr, k, g) for k, g in zip(params, grads, strict=True)}
 
 
 def inner_step_vmap(
@@ -108,7 +121,7 @@ def inner_step_vmap(
     params: Params,
     batch: EpisodeBatch,
     adv: torch.Tensor,
-    lr: float,
+    lr: StepSize,
     first_order: bool = True,
 ) -> Params:
     """Reference :func:`inner_step`: per-task ``vmap(grad(loss))`` of ``policy.log_prob``."""
@@ -119,7 +132,7 @@ def inner_step_vmap(
     grads = vmap(grad(task_loss))(params, batch.obs, batch.actions, adv, batch.mask)
     if first_order:
         grads = {k: g.detach() for k, g in grads.items()}
-    return {k: params[k] - lr * grads[k] for k in params}
+    return {k: params[k] - _scaled(lr, k, grads[k]) for k in params}
 
 
 class GradientAdaptedPolicy:
@@ -131,13 +144,19 @@ class GradientAdaptedPolicy:
     Args:
         policy: the network (its own parameters are not used; ``params`` are).
         params: shared initial parameters (no task dim).
-        inner_lr: step size of each adaptation step.
+        inner_lr: step size of each adaptation step: a float, or (Meta-SGD) a dict of
+            per-parameter step-size tensors, each the shape of its parameter.
         discount: discount of the returns in the adaptation loss.
 
     """
 
-    def __init__(self, policy: MLPPolicy, params: Params, inner_lr: float,
+    def __init__(self, policy: MLPPolicy, params: Params, inner_lr: StepSize,
                  discount: float) -> None:
+        if isinstance(inner_lr, dict) and (
+                set(inner_lr) != set(params)
+                or any(inner_lr[k].shape != v.shape for k, v in params.items())):
+            raise ValueError("inner_lr: per-parameter step sizes must have the keys and shapes "
+                             "of params")
         self.policy = policy
         self.params = params
         self.inner_lr = inner_lr

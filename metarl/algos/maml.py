@@ -16,6 +16,12 @@ differentiated.
 The same code serves discrete families (categorical policy) and continuous ones (Gaussian
 policy with a learned ``log_std``, which the inner step adapts too); the losses only see
 log-probabilities of the taken actions.
+
+Meta-SGD (Li et al. 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning",
+https://arxiv.org/abs/1707.09835), with ``learn_inner_lr``: the inner step size is a tensor per
+parameter (elementwise, ``log_std`` included), initialised at ``inner_lr`` and meta-learned by
+the same outer optimiser through the inner steps, ``theta' = theta - alpha * grad`` (``*``
+elementwise). The meta-learner then adapts with the learned ``alpha``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 
 from metarl.algos.base import (
     GradientAdaptedPolicy,
+    StepSize,
     clipped_surrogate_loss,
     inner_step,
     log_probs,
@@ -50,7 +57,11 @@ class MAMLConfig:
     """Initial standard deviation of a Gaussian policy, as a fraction of half the env's action
     range (continuous families only; 1.0 = the clip itself, e.g. 0.1 for nav2d, 2 for pendulum)."""
     inner_lr: float = 0.5
-    """Step size alpha of each inner policy-gradient step."""
+    """Step size alpha of each inner policy-gradient step (the initial one with
+    ``learn_inner_lr``)."""
+    learn_inner_lr: bool = False
+    """Meta-SGD: meta-learn a per-parameter (elementwise) inner step size, initialised at
+    ``inner_lr``, with the outer optimiser; adaptation at meta-test uses the learned one."""
     num_inner_steps: int = 1
     """Inner (adaptation) steps during meta-training."""
     first_order: bool = False
@@ -104,10 +115,13 @@ def adapted_params(
     policy: MLPPolicy,
     theta: Params,
     inner_batches: list[tuple[EpisodeBatch, torch.Tensor]],
-    lr: float,
+    lr: StepSize,
     first_order: bool,
 ) -> Params:
-    """``theta`` after the inner steps on fixed ``(episodes, advantages)``, differentiably."""
+    """``theta`` after the inner steps on fixed ``(episodes, advantages)``, differentiably.
+
+    ``lr``: a float, or per-parameter step-size tensors (Meta-SGD), differentiated through too.
+    """
     params = expand_params(theta, inner_batches[0][0].obs.shape[0])
     for batch, adv in inner_batches:
         params = inner_step(policy, params, batch, adv, lr, first_order=first_order)
@@ -122,9 +136,14 @@ def maml_objective(
     post_adv: torch.Tensor,
     old_logp: torch.Tensor,
     config: MAMLConfig,
+    inner_lr: StepSize | None = None,
 ) -> torch.Tensor:
-    """The meta-loss: clipped surrogate of the adapted policies on the post-update episodes."""
-    params = adapted_params(policy, theta, inner_batches, config.inner_lr, config.first_order)
+    """The meta-loss: clipped surrogate of the adapted policies on the post-update episodes.
+
+    ``inner_lr``: the step size (Meta-SGD: per-parameter tensors); default ``config.inner_lr``.
+    """
+    lr = config.inner_lr if inner_lr is None else inner_lr
+    params = adapted_params(policy, theta, inner_batches, lr, config.first_order)
     logp = policy.task_log_prob(params, post.obs, post.actions)
     return clipped_surrogate_loss(logp, old_logp, post_adv, post.mask, config.clip_eps)
 
@@ -148,13 +167,29 @@ class MAML:
         init = policy.init_params(torch.Generator().manual_seed(seed))
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.theta = {k: v.to(self.device).requires_grad_() for k, v in init.items()}
-        self.optimizer = torch.optim.Adam(self.theta.values(), lr=config.outer_lr)
+        self.inner_lr: StepSize = config.inner_lr
+        """The inner step size: ``config.inner_lr``, or (``learn_inner_lr``) a meta-learned
+        tensor per parameter, initialised at ``config.inner_lr``."""
+        meta_params = list(self.theta.values())
+        if config.learn_inner_lr:
+            self.inner_lr = {k: torch.full_like(v, config.inner_lr).requires_grad_()
+                             for k, v in self.theta.items()}
+            meta_params += list(self.inner_lr.values())
+        self.meta_params = meta_params
+        """What the outer optimiser updates: ``theta``, then the learned step sizes if any."""
+        self.optimizer = torch.optim.Adam(meta_params, lr=config.outer_lr)
+
+    def detached_inner_lr(self) -> StepSize:
+        """The current inner step size, detached (a copy when learned)."""
+        if isinstance(self.inner_lr, dict):
+            return {k: v.detach().clone() for k, v in self.inner_lr.items()}
+        return self.inner_lr
 
     def learner(self) -> GradientAdaptedPolicy:
-        """The meta-learned policy as a :class:`~metarl.algos.base.MetaLearner`."""
+        """The meta-learned policy (and step sizes) as a :class:`~metarl.algos.base.MetaLearner`."""
         return GradientAdaptedPolicy(self.policy, {k: v.detach().clone()
                                                    for k, v in self.theta.items()},
-                                     self.config.inner_lr, self.config.discount)
+                                     self.detached_inner_lr(), self.config.discount)
 
     def meta_train_step(self, family: TaskFamily, tasks: list[dict[str, float]]
                         ) -> dict[str, float]:
@@ -163,30 +198,38 @@ class MAML:
         env = family.make_env(tasks, cfg.episodes_per_task, device=self.device)
         params = expand_params({k: v.detach() for k, v in self.theta.items()}, len(tasks))
         inner_batches = []
+        lr = self.detached_inner_lr()
         for _ in range(cfg.num_inner_steps):
             batch = rollout(act_fn(self.policy, params), env, self.generator)
             adv = advantages(batch, cfg.discount)
             inner_batches.append((batch, adv))
             params = {k: v.detach() for k, v in
-                      inner_step(self.policy, params, batch, adv, cfg.inner_lr).items()}
+                      inner_step(self.policy, params, batch, adv, lr).items()}
         post = rollout(act_fn(self.policy, params), env, self.generator)
         post_adv = advantages(post, cfg.discount)
         with torch.no_grad():
             old_logp = log_probs(self.policy, params, post)
         for _ in range(cfg.num_outer_steps):
             loss = maml_objective(self.policy, self.theta, inner_batches, post, post_adv,
-                                  old_logp, cfg)
+                                  old_logp, cfg, self.inner_lr)
             self.optimizer.zero_grad()
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.theta.values(), cfg.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.meta_params, cfg.max_grad_norm)
             self.optimizer.step()
         steps = sum(b.num_steps for b, _ in inner_batches) + post.num_steps
+        extra = {}
+        if isinstance(self.inner_lr, dict):
+            flat = torch.cat([v.detach().flatten() for v in self.inner_lr.values()])
+            extra = {"train/inner_lr_mean": float(flat.mean()),
+                     "train/inner_lr_min": float(flat.min()),
+                     "train/inner_lr_max": float(flat.max())}
         return {
             "train/return_pre_adapt": float(inner_batches[0][0].episode_returns.mean()),
             "train/return_post_adapt": float(post.episode_returns.mean()),
             "train/outer_loss": float(loss.detach()),
             "train/grad_norm": float(grad_norm),
             "train/env_steps": float(steps),
+            **extra,
         }
 
 

@@ -19,7 +19,7 @@ from metarl.algos.maml import train_maml
 from metarl.algos.pretrain import pretrain_multitask
 from metarl.algos.rl2 import train_rl2
 from metarl.baselines.task_conditioned import TaskConditionedFamily, has_closed_form_oracle
-from metarl.checkpoint import policy_config, rl2_config, save_params
+from metarl.checkpoint import learner_weights, policy_config, rl2_config, save_params
 from metarl.config import to_dict
 from pipelines.io import atomic_directory, atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
@@ -93,7 +93,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                 rl2.model, algo_config=to_dict(config.algo.rl2), episodes_per_trial=trial,
                 **common))
         else:
-            save_params(maml.learner().params, tmp / "maml.pt")
+            save_params(learner_weights(maml.learner()), tmp / "maml.pt")
         save_params(pretrained.params, tmp / "pretrained.pt")
         atomic_write_json(tmp / "config.json", ckpt)
         if oracle is not None:
