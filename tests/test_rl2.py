@@ -321,9 +321,11 @@ def test_cli_bench_rl2_reads_params_file_and_writes_json(
 
 
 def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None:
-    from pipelines.bench_rl2 import BANDIT_CONFIG, bandit_config
+    from pipelines.bench_rl2 import BANDIT_CONFIG, bandit_config, default_iterations
 
     assert bandit_config(10) == BANDIT_CONFIG
+    assert [default_iterations("bandit", n) for n in (10, 100, 500)] == [400, 300, 150]
+    assert default_iterations("mdp", 25) == 200
     long, longer = bandit_config(100), bandit_config(500)
     assert (long.reward_scale, long.trials_per_task, long.bptt_length) == (0.1, 4, 0)
     assert (longer.reward_scale, longer.trials_per_task, longer.bptt_length) == (0.02, 2, 100)
