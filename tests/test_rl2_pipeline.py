@@ -130,3 +130,21 @@ def test_meta_sgd_step_sizes_survive_the_train_stage(tmp_path: Path) -> None:
                for v in learner.inner_lr.values())  # learned, not the initial value
     pretrained, _ = load_checkpoint(Paths(tmp_path), "pretrained")
     assert isinstance(pretrained.inner_lr, float)
+
+
+def test_no_normalised_score_when_random_already_scores_the_oracle(tmp_path: Path) -> None:
+    # CartPole with a 3-step horizon: every policy survives 3 steps, random = oracle = 3, so
+    # normalising would divide by zero; the scores are null and the gate compares raw returns.
+    params = tiny_params()
+    params["task"]["cartpole"]["max_steps"] = 3
+    params["register"]["model_name"] = "test-degenerate"
+    write_params(tmp_path, params)
+    for stage in ("tasks", "train", "evaluate", "register", "register"):
+        run_stage(stage, tmp_path)
+    summary = json.loads((tmp_path / "metrics/meta_test.json").read_text())
+    assert summary["oracle_return"] == summary["random_return"] == 3.0
+    assert summary["maml"]["normalized_post_adapt"] is None
+    assert "NaN" not in (tmp_path / "metrics/meta_test.json").read_text()
+    register = json.loads((tmp_path / "metrics/register.json").read_text())
+    assert register["score"] == 3.0 and register["champion_score_before"] == 3.0
+    assert register["version"] == 2 and not register["promoted"]

@@ -69,8 +69,13 @@ def trained_oracle_return(paths: Paths, fam: Any, test: Any, config: PipelineCon
 
 
 def _normalized(value: float, random_value: float, oracle: float) -> float | None:
-    """The normalised score, or None when the family has no oracle (NaN)."""
-    return float(normalized(value, random_value, oracle)) if np.isfinite(oracle) else None
+    """The normalised score, or None when there is nothing to normalise by.
+
+    That is: the family has no oracle (NaN), or random already scores the oracle's return.
+    """
+    if not np.isfinite(oracle) or abs(oracle - random_value) < 1e-9:
+        return None
+    return float(normalized(value, random_value, oracle))
 
 
 def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]:

@@ -62,7 +62,9 @@ def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: T
     res = meta_test({"champion": learner, "random": RandomLearner()}, fam, test,
                     ev.num_adapt_steps, ev.episodes_per_task, ev.seeds, dev)
     oracle = float(fam.oracle_returns(list(test.tasks)).mean())
-    if not np.isfinite(oracle):  # no oracle (MuJoCo families): compare raw returns
+    if not np.isfinite(oracle) or abs(oracle - res["random"].mean[0]) < 1e-9:
+        # no closed-form oracle (MuJoCo, Meta-World), or random already at the oracle's
+        # return (nothing to normalise by): compare raw returns, as run() does
         return float(res["champion"].mean[-1])
     return float(normalized(res["champion"].mean[-1], res["random"].mean[0], oracle))
 
