@@ -12,6 +12,7 @@ from metarl.config import ConfigError
 
 EPILOG = """examples:
   dvc repro                           run the whole pipeline (only what changed)
+  dvc exp run -S algo.name=rl2        the same pipeline with RL² instead of MAML
   metarl stage train                  run one stage in this project
   metarl flow                         run all stages as a Prefect flow (no server needed)
   metarl serve --cron "0 3 * * *"     schedule the flow nightly (needs a Prefect server)
