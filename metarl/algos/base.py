@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch.func import grad, vmap
 
+from metarl.envs.base import BatchedEnv
 from metarl.policies import ActFn, MLPPolicy, Params, act_fn, expand_params
 from metarl.returns import advantages
 from metarl.sampler import EpisodeBatch
+from metarl.tasks import TaskFamily
 
 StepSize = float | Params
 """An inner step size: one float for every parameter, or (Meta-SGD) a tensor per parameter,
@@ -24,6 +27,21 @@ each the parameter's shape (no task dim), multiplying its gradient elementwise."
 def _scaled(lr: StepSize, key: str, grad: torch.Tensor) -> torch.Tensor:
     """``lr * grad`` for parameter ``key``; a per-parameter ``lr[key]`` broadcasts over tasks."""
     return lr[key] * grad if isinstance(lr, dict) else lr * grad
+
+
+def probe_env(family: TaskFamily) -> BatchedEnv:
+    """A one-slot env of ``family`` (one task drawn with seed 0), to read its spaces from."""
+    return family.make_env(family.sample(1, np.random.default_rng(0))[:1], num_envs=1)
+
+
+def half_action_range(env: BatchedEnv) -> float:
+    """Half the widest action range of a continuous env (1.0 for a discrete one).
+
+    The unit of the Gaussian policies' ``init_std``.
+    """
+    if env.discrete:
+        return 1.0
+    return max(h - lo for lo, h in zip(env.action_low, env.action_high, strict=True)) / 2
 
 
 class MetaLearner(Protocol):

@@ -36,8 +36,10 @@ from metarl.algos.base import (
     GradientAdaptedPolicy,
     StepSize,
     clipped_surrogate_loss,
+    half_action_range,
     inner_step,
     log_probs,
+    probe_env,
 )
 from metarl.config import check
 from metarl.logging import MetricLogger, NullLogger
@@ -104,11 +106,9 @@ def make_policy(family: TaskFamily, hidden_sizes: tuple[int, ...], init_std: flo
     Categorical for a discrete env; Gaussian (learned ``log_std``) for a continuous one, its
     initial standard deviation ``init_std`` times half the action range.
     """
-    env = family.make_env([family.sample(1, np.random.default_rng(0))[0]], num_envs=1)
-    half_range = (max(h - lo for lo, h in zip(env.action_low, env.action_high, strict=True)) / 2
-                  if not env.discrete else 1.0)
+    env = probe_env(family)
     return make_policy_for(env.discrete, env.obs_dim, env.num_actions, env.action_dim,
-                           hidden_sizes, init_std * half_range)
+                           hidden_sizes, init_std * half_action_range(env))
 
 
 def adapted_params(

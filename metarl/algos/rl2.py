@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarl.algos.base import clipped_surrogate_loss
+from metarl.algos.base import clipped_surrogate_loss, half_action_range, probe_env
 from metarl.algos.maml import task_batches
 from metarl.config import check
 from metarl.envs.base import BatchedEnv
@@ -447,13 +447,12 @@ def model_for(family: _TaskFamily, hidden_size: int, generator: torch.Generator,
     A continuous family's Gaussian starts with standard deviation ``init_std`` times half the
     widest action range.
     """
-    env = family.make_env(family.sample(1, np.random.default_rng(0))[:1], 1)
+    env = probe_env(family)  # type: ignore[arg-type]
     if env.discrete:
         return RL2Policy(env.obs_dim, env.num_actions, hidden_size, generator)
-    half_range = max(h - lo for lo, h in zip(env.action_low, env.action_high, strict=True)) / 2
     return RL2Policy(env.obs_dim, 0, hidden_size, generator, action_dim=env.action_dim,
                      action_low=env.action_low, action_high=env.action_high,
-                     init_std=init_std * half_range)
+                     init_std=init_std * half_action_range(env))
 
 
 TaskSampler = Callable[[], list[dict[str, Any]]]
