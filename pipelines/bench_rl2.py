@@ -14,8 +14,12 @@ averages each instance's return over the seeds. A cell counts as "at or above th
 RL² mean, rounded to the paper's one decimal, is at least the paper's RL² figure.
 
 Budget: the defaults (:func:`bandit_config`, :data:`MDP_CONFIG`, :func:`default_iterations`)
-are sized so that one seed of one quick cell takes about 2-3 minutes on one CPU thread; the
-paper trained for far longer, so this is what RL² reaches with that compute, not its ceiling.
+are sized for one CPU thread: one seed of a cell takes about 1 minute (n = 10 bandits) to 5
+minutes (n = 500 bandits), 2 to 30 minutes for the MDP cells. The paper trained for far longer,
+so this is what RL² reaches with that compute, not its ceiling. On a GPU, ``--bandit`` /
+``--mdp`` replace settings (e.g. ``meta_batch_size=1024 hidden_size=256``: 8 × the trials at
+about the CPU's seconds per iteration) and ``--time-budget`` bounds the training time;
+``benchmarks/rl2/gpu/README.md`` has what that reached.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 
 from metarl.algos.rl2 import RL2, RL2Config
+from metarl.config import from_mapping, to_dict
 from metarl.envs.bandit import BanditFamily, BanditFamilyConfig
 from metarl.envs.tabular_mdp import TabularMDPFamily, TabularMDPFamilyConfig
 from pipelines.bench_baselines import (
@@ -98,25 +103,34 @@ MDP_BASELINES = ("Random", "PSRL", "Oracle")
 def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
               obs_dim: int, num_actions: int, episodes_per_trial: int, config: RL2Config,
               iterations: int, test_tasks: list[dict], seeds: Sequence[int], keys: tuple[int, ...],
-              paper: float | None, device: str, progress: TextIO) -> list[Row]:
+              paper: float | None, device: str, progress: TextIO,
+              time_budget: float | None = None) -> list[Row]:
     rows, per_seed = [], []
     for s in seeds:
         start = time.perf_counter()
         algo = RL2(family, obs_dim, num_actions, episodes_per_trial, config,
                    seed=_seed(10, *keys, s), device=device)
+        done, stopped = 0, ""
         for i in range(iterations):
             stats = algo.train_step()
-            if (i + 1) % max(1, iterations // 5) == 0:
-                print(f"  {table} {cell} seed {s}: iteration {i + 1}/{iterations}, train trial "
-                      f"return {stats['trial_return']:.2f}, {time.perf_counter() - start:.0f} s",
+            done = i + 1
+            elapsed = time.perf_counter() - start
+            if done % max(1, iterations // 5) == 0:
+                print(f"  {table} {cell} seed {s}: iteration {done}/{iterations}, train trial "
+                      f"return {stats['trial_return']:.2f}, {elapsed:.0f} s",
                       file=progress, flush=True)
+            if time_budget is not None and elapsed >= time_budget and done < iterations:
+                stopped = f" (time budget {time_budget:.0f} s)"
+                print(f"  {table} {cell} seed {s}: stopped at iteration {done}{stopped}, train "
+                      f"trial return {stats['trial_return']:.2f}", file=progress, flush=True)
+                break
         returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
             _seed(11, *keys, s)))
         per_seed.append(returns)
         elapsed = time.perf_counter() - start
         mean, half = _summary(returns)
         rows.append(Row(table, cell, f"RL2 s{s}", mean, half, paper,
-                        f"{iterations} it, {elapsed:.0f} s train+eval"))
+                        f"{done} it{stopped}, {elapsed:.0f} s train+eval"))
     if len(seeds) > 1:
         mean, half = _summary(np.mean(per_seed, axis=0))
         rows.append(Row(table, cell, "RL2 mean", mean, half, paper, f"{len(seeds)} seeds"))
@@ -148,6 +162,50 @@ class BenchRL2Params:
     """Seed of the test instances (as ``bench baselines --seed``)."""
     device: str = "cpu"
     """Torch device."""
+    time_budget: float | None = None
+    """Seconds of training per seed and cell: stop early (before ``iterations``) once spent;
+    null: no limit. The table's note says how many iterations ran."""
+    bandit: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """RL² settings (keys of :class:`~metarl.algos.rl2.RL2Config`) that replace
+    :func:`bandit_config`'s in every bandit cell, e.g. ``{meta_batch_size: 512}``."""
+    mdp: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Likewise for the MDP cells (replacing :data:`MDP_CONFIG`'s)."""
+
+
+def with_overrides(config: RL2Config, overrides: dict[str, Any] | None, key: str) -> RL2Config:
+    """``config`` with the RL² settings in ``overrides`` replaced, validated.
+
+    Raises:
+        ConfigError: an unknown setting or a bad value, named ``<key>.<setting>``.
+
+    """
+    if not overrides:
+        return config
+    return from_mapping(RL2Config, {**to_dict(config), **overrides}, prefix=key)
+
+
+def parse_overrides(items: Sequence[str] | None, option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line items as a mapping.
+
+    Numbers are read as numbers (``3e-3`` too), anything else as a YAML scalar.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE, e.g. meta_batch_size=512")
+        value: Any
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                value = yaml.safe_load(text)
+        out[name] = value
+    return out
 
 
 def read_params(path: Path) -> BenchRL2Params:
@@ -185,7 +243,10 @@ def results_json(rows: list[Row], reached: dict[str, list[int]]) -> dict[str, ob
 def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), instances: int = 1000, iterations: int | None = None,
               instance_seed: int = 0, device: str = "cpu", out: TextIO | None = None,
-              progress: TextIO | None = None, json_path: Path | None = None) -> list[Row]:
+              progress: TextIO | None = None, json_path: Path | None = None,
+              bandit_overrides: dict[str, Any] | None = None,
+              mdp_overrides: dict[str, Any] | None = None,
+              time_budget: float | None = None) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
 
     With ``json_path``, also write :func:`results_json` there (atomically).
@@ -201,29 +262,34 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         out: where the table goes (default stdout).
         progress: where per-seed training progress goes (default stderr).
         json_path: where to write the results as JSON (none by default).
+        bandit_overrides: RL² settings replacing the defaults' in the bandit cells (see
+            :class:`BenchRL2Params`).
+        mdp_overrides: likewise for the MDP cells.
+        time_budget: seconds of training per seed and cell, then stop early (none by default).
 
     Raises:
         ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances`` or ``iterations``.
+        ConfigError: a bad RL² setting in the overrides.
 
     """
-    if tables not in ("bandit", "mdp", "all"):
-        raise ValueError(f"--table {tables!r}: choose bandit, mdp or all")
-    if instances < 2:
-        raise ValueError(f"--instances {instances}: need at least 2 for an interval")
-    if not seeds:
-        raise ValueError("--seeds: give at least one training seed")
-    if iterations is not None and iterations < 1:
-        raise ValueError(f"--iterations {iterations}: must be >= 1")
+    _check_options(tables, seeds, instances, iterations, time_budget)
     if not cells:
         cells = [c for c in DEFAULT_CELLS
                  if tables == "all" or (tables == "bandit") == ("x" in c)]
     bandit, mdp = parse_cells(cells, tables)
+    for n in {10, *(n for n, _ in bandit)}:  # validated even when no bandit cell runs
+        with_overrides(bandit_config(n), bandit_overrides, "bandit")
+    mdp_config = with_overrides(MDP_CONFIG, mdp_overrides, "mdp")
     out, progress = out or sys.stdout, progress or sys.stderr
     torch.set_num_threads(1)
     reference = load_reference()
     print(f"RL² (Duan et al. 2016) on Tables 1-2 cells: {instances} test instances per cell "
           f"(those of `metarl bench baselines --seed {instance_seed}`), training seeds "
           f"{list(seeds)}, torch threads 1, device {device}", file=out)
+    for name, overrides in (("bandit", bandit_overrides), ("MDP", mdp_overrides)):
+        if overrides:
+            print(f"{name} cells: RL² settings {overrides} (in place of the defaults')",
+                  file=out)
     print(HEADER, file=out)
     print("-" * len(HEADER), file=out, flush=True)
     rows: list[Row] = []
@@ -233,9 +299,10 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         family = BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=n))
         test = family.sample(instances, np.random.default_rng(_seed(instance_seed, 1, n, k, 0)))
         paper = reference.get(("bandit", n, k, "RL2"))
-        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_config(n),
+        config = with_overrides(bandit_config(n), bandit_overrides, "bandit")
+        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, config,
                               iterations or default_iterations("bandit", n), test, seeds,
-                              (instance_seed, n, k), paper, device, progress)
+                              (instance_seed, n, k), paper, device, progress, time_budget)
         base_start = time.perf_counter()
         cell_rows += [r for r in bandit_cell(n, k, instances, instance_seed, device, reference)
                       if r.method in BANDIT_BASELINES]
@@ -248,8 +315,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         paper = reference.get(("mdp", n, 0, "RL2"))
         c = mdp_family.config
         cell_rows = _rl2_rows("mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n,
-                              MDP_CONFIG, iterations or default_iterations("mdp", n), test, seeds,
-                              (instance_seed, n), paper, device, progress)
+                              mdp_config, iterations or default_iterations("mdp", n), test, seeds,
+                              (instance_seed, n), paper, device, progress, time_budget)
         base_start = time.perf_counter()
         cell_rows += [r for r in mdp_cell(n, instances, instance_seed, device, reference)
                       if r.method in MDP_BASELINES]
@@ -262,6 +329,20 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
 
         atomic_write_json(Path(json_path), results_json(rows, reached))
     return rows
+
+
+def _check_options(tables: str, seeds: Sequence[int], instances: int, iterations: int | None,
+                   time_budget: float | None) -> None:
+    if tables not in ("bandit", "mdp", "all"):
+        raise ValueError(f"--table {tables!r}: choose bandit, mdp or all")
+    if instances < 2:
+        raise ValueError(f"--instances {instances}: need at least 2 for an interval")
+    if not seeds:
+        raise ValueError("--seeds: give at least one training seed")
+    if iterations is not None and iterations < 1:
+        raise ValueError(f"--iterations {iterations}: must be >= 1")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"--time-budget {time_budget}: must be > 0 seconds")
 
 
 def _report(cell_rows: list[Row], reached: list[int], paper: float | None, start: float,

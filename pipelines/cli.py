@@ -24,7 +24,8 @@ EPILOG = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipelines.runner import STAGES
+    # names only: the bench commands must not need MLflow & co. (GPU machines, minimal installs)
+    from pipelines.settings import STAGE_NAMES as STAGES
 
     parser = argparse.ArgumentParser(
         prog="metarl", description="Meta-RL workbench: task sets, tuning, meta-training, "
@@ -114,9 +115,19 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--instance-seed", type=int, default=0,
                      help="seed of the test instances (as bench baselines --seed; default 0)")
     rl2.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    rl2.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                     help="stop training a seed early once this many seconds are spent (the "
+                     "table notes the iterations run; default: no limit)")
+    rl2.add_argument("--bandit", nargs="+", default=None, metavar="KEY=VALUE",
+                     help="RL² settings for the bandit cells in place of the defaults' (keys of "
+                     "RL2Config, e.g. --bandit meta_batch_size=512 lr=3e-3: a bigger batch "
+                     "for a GPU)")
+    rl2.add_argument("--mdp", nargs="+", default=None, metavar="KEY=VALUE",
+                     help="likewise for the MDP cells (e.g. --mdp hidden_size=256)")
     rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
                      help="read all the options above from a YAML file instead (keys: table, "
-                     "cells, seeds, iterations, instances, instance_seed, device), as "
+                     "cells, seeds, iterations, instances, instance_seed, device, time_budget, "
+                     "bandit, mdp), as "
                      "benchmarks/rl2/params.yaml does for `dvc exp run benchmarks/rl2/dvc.yaml`")
     rl2.add_argument("--json", type=Path, default=None, metavar="FILE",
                      help="also write the table's numbers to FILE as JSON (DVC metrics)")
@@ -136,15 +147,20 @@ def _bench(args: argparse.Namespace) -> None:
 
         bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
     elif args.bench == "rl2":
-        from pipelines.bench_rl2 import bench_rl2, read_params
+        from pipelines.bench_rl2 import bench_rl2, parse_overrides, read_params
 
         if args.params is not None:
             p = read_params(args.params)
             bench_rl2(p.table, p.cells, p.seeds, p.instances, p.iterations,
-                      p.instance_seed, p.device, json_path=args.json)
+                      p.instance_seed, p.device, json_path=args.json,
+                      bandit_overrides=p.bandit, mdp_overrides=p.mdp,
+                      time_budget=p.time_budget)
         else:
             bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
-                      args.instance_seed, args.device, json_path=args.json)
+                      args.instance_seed, args.device, json_path=args.json,
+                      bandit_overrides=parse_overrides(args.bandit, "--bandit"),
+                      mdp_overrides=parse_overrides(args.mdp, "--mdp"),
+                      time_budget=args.time_budget)
     elif args.bench == "maml":
         from pipelines.bench_maml import bench_maml
 
@@ -163,8 +179,11 @@ def _bench(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
-    from mlflow.exceptions import MlflowException
+    errors: tuple[type[Exception], ...] = (ConfigError, ValueError, RuntimeError, OSError)
+    if args.command != "bench":  # the benches run without MLflow installed
+        from mlflow.exceptions import MlflowException
 
+        errors += (MlflowException,)
     try:
         if args.command == "stage":
             from pipelines.runner import run_stage
@@ -188,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(args.root, args.params, cron=args.cron, name=args.name)
         elif args.command == "bench":
             _bench(args)
-    except (ConfigError, ValueError, RuntimeError, OSError, MlflowException) as err:
+    except errors as err:
         print(f"metarl: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.paths import Paths
-from pipelines.settings import PipelineConfig, load_config
+from pipelines.settings import STAGE_NAMES, PipelineConfig, load_config
 from pipelines.stages import evaluate, register, tasks, train, tune
 
 STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
@@ -24,6 +24,7 @@ STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
     "register": register.run,
 }
 """Stage name → stage function, in pipeline order."""
+assert tuple(STAGES) == STAGE_NAMES
 
 
 def configure_torch() -> None:

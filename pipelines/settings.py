@@ -30,6 +30,8 @@ from metarl.envs.tabular_mdp import TabularMDPFamilyConfig
 from metarl.families import FAMILIES
 
 ALGORITHMS = ("maml", "rl2")
+STAGE_NAMES = ("tasks", "tune", "train", "evaluate", "register")
+"""The pipeline's stages, in order (:mod:`pipelines.runner` maps them to functions)."""
 
 
 @dataclass(frozen=True)

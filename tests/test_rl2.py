@@ -329,3 +329,57 @@ def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None
     long, longer = bandit_config(100), bandit_config(500)
     assert (long.reward_scale, long.trials_per_task, long.bptt_length) == (0.1, 4, 0)
     assert (longer.reward_scale, longer.trials_per_task, longer.bptt_length) == (0.02, 2, 100)
+
+
+def test_bench_rl2_settings_overrides_and_time_budget(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from pipelines.bench_rl2 import bandit_config, parse_overrides, with_overrides
+    from pipelines.cli import main
+
+    wide = with_overrides(bandit_config(500), {"hidden_size": 256, "num_minibatches": 8},
+                          "bandit")
+    assert (wide.hidden_size, wide.num_minibatches) == (256, 8)
+    assert (wide.reward_scale, wide.bptt_length) == (0.02, 100)  # the rest kept
+    assert parse_overrides(["lr=3e-3", "hidden_size=256", "normalize_advantages=false"],
+                           "--bandit") == {"lr": 0.003, "hidden_size": 256,
+                                           "normalize_advantages": False}
+    with pytest.raises(ConfigError, match=r"mdp\.hidden_size=0"):
+        with_overrides(bandit_config(10), {"hidden_size": 0}, "mdp")
+
+    # a one-second budget stops a 10000-iteration run early, and the table says so
+    assert main(["bench", "rl2", "--cells", "10x5", "--iterations", "10000", "--instances",
+                 "20", "--time-budget", "1", "--bandit", "hidden_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert "bandit cells: RL² settings {'hidden_size': 8}" in out
+    row = next(line for line in out.splitlines() if " RL2 s0 " in line)
+    done = int(row.split("  ")[-1].split(" it ")[0].split()[-1])
+    assert 1 <= done < 10000 and "(time budget 1 s)" in row
+
+    for argv, expected in ((["--mdp", "lr=-1"], "mdp.lr=-1.0: must be > 0"),
+                           (["--bandit", "hidden=3"], "bandit.hidden=3: unknown key"),
+                           (["--mdp", "lr"], "--mdp 'lr': expected KEY=VALUE"),
+                           (["--time-budget", "0"], "--time-budget 0.0: must be > 0")):
+        assert main(["bench", "rl2", "--cells", "10", "--iterations", "1", *argv]) == 2
+        assert expected in capsys.readouterr().err
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"cells": ["10"], "mdp": {"hiden_size": 8}}))
+    assert main(["bench", "rl2", "--params", str(params)]) == 2
+    assert "mdp.hiden_size=8: unknown key" in capsys.readouterr().err
+
+
+def test_bench_commands_need_no_mlflow() -> None:
+    # GPU machines and minimal installs run the benches without the MLOps stack.
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('mlflow', 'optuna', 'prefect', 'dvc'): sys.modules[m] = None\n"
+            "from pipelines.cli import main\n"
+            "sys.exit(main(['bench', 'rl2', '--cells', '10', '--iterations', '1',"
+            " '--instances', '5']))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mdp    n=10        RL2 s0" in result.stdout
