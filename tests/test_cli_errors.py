@@ -129,6 +129,61 @@ def test_register_gate_and_failure_leave_registry_consistent(
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
 
 
+def test_register_failure_after_registering_rolls_back_and_retry_is_idempotent(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.stages.register as register
+
+    for stage in ("tasks", "train", "evaluate"):
+        assert run_cli(project, "stage", stage) == 0, capsys.readouterr().err
+    name = "metarl-cartpole-maml"
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+    def broken_write(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    # First registration fails after the version was created: the registered model is gone
+    # again (it did not exist before), and no register.json was written.
+    monkeypatch.setattr(register, "atomic_write_json", broken_write)
+    assert run_cli(project, "stage", "register") == 2
+    assert "disk full" in capsys.readouterr().err
+    assert client.search_registered_models(f"name='{name}'") == []
+    assert not (project / "metrics" / "register.json").exists()
+    monkeypatch.undo()
+
+    assert run_cli(project, "stage", "register") == 0
+    first = json.loads((project / "metrics" / "register.json").read_text())
+    assert first["promoted"] is True and first["reused_version"] is False
+    champion = client.get_model_version_by_alias(name, "champion").version
+
+    # The same checkpoint, test set and score again (a retry): the same version, no new one.
+    assert run_cli(project, "stage", "register") == 0
+    again = json.loads((project / "metrics" / "register.json").read_text())
+    assert again["version"] == first["version"] and again["reused_version"] is True
+    assert again["promoted"] is False
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+    # A better challenger whose registration fails at the alias: versions and both aliases
+    # are as they were.
+    metrics_path = project / "metrics" / "meta_test.json"
+    summary = json.loads(metrics_path.read_text())
+    summary["maml"]["normalized_post_adapt"] = first["score"] + 1.0
+    metrics_path.write_text(json.dumps(summary))
+    real_set = MlflowClient.set_registered_model_alias
+
+    def failing_champion(self: MlflowClient, model: str, alias: str, version: object) -> None:
+        if alias == "champion" and str(version) != str(champion):
+            raise OSError("registry unreachable")
+        real_set(self, model, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", failing_champion)
+    assert run_cli(project, "stage", "register") == 2
+    monkeypatch.undo()
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == [champion]
+    assert client.get_model_version_by_alias(name, "champion").version == champion
+    assert client.get_model_version_by_alias(name, "challenger").version == champion
+
+
 def test_params_file_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(tmp_path, "stage", "tasks") == 2
     assert "params=" in capsys.readouterr().err

@@ -80,10 +80,11 @@ def test_rl2_runs_every_stage_and_registers_a_recurrent_model(
     later["obs"][:, 3:] += 5.0
     np.testing.assert_array_equal(model.predict(later)[:, :3], actions[:, :3])
 
-    # the champion is re-evaluated as an RL² model when the next version arrives
+    # registering again re-evaluates the champion as an RL² model; the same checkpoint and
+    # score is the same registration, so no version is added
     run_stage("register", root)
     again = json.loads((root / "metrics/register.json").read_text())
-    assert again["version"] == 2 and not again["promoted"]
+    assert again["version"] == 1 and again["reused_version"] and not again["promoted"]
     assert again["champion_score_before"] == pytest.approx(register["score"])
 
 
@@ -147,4 +148,5 @@ def test_no_normalised_score_when_random_already_scores_the_oracle(tmp_path: Pat
     assert "NaN" not in (tmp_path / "metrics/meta_test.json").read_text()
     register = json.loads((tmp_path / "metrics/register.json").read_text())
     assert register["score"] == 3.0 and register["champion_score_before"] == 3.0
-    assert register["version"] == 2 and not register["promoted"]
+    assert register["version"] == 1 and register["reused_version"]
+    assert not register["promoted"]

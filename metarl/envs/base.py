@@ -45,3 +45,60 @@ class BatchedEnv(Protocol):
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advance every slot; return ``(obs, reward, terminated)``."""
         ...
+
+
+class StateBatch:
+    """Plumbing shared by the batched envs whose slots hold a float state ``[N, E, D]``.
+
+    Subclasses call :meth:`_init_batch` from ``__init__``, say how a start state is drawn
+    (:meth:`start_states`) and, where the observation is not the state itself, override
+    :meth:`observe`; :meth:`reset`, :meth:`reset_done` (auto-reset) and :meth:`set_state` come
+    from here. A reset draws one start state per slot from the generator whether or not the
+    slot ended, so the generator's use does not depend on which slots ended.
+    """
+
+    num_tasks: int
+    num_envs: int
+    max_steps: int
+    device: torch.device
+    dtype: torch.dtype
+    state: torch.Tensor
+    done: torch.Tensor
+
+    def _init_batch(self, num_tasks: int, num_envs: int, state_dim: int, max_steps: int,
+                    device: torch.device | str, dtype: torch.dtype, no_tasks: str) -> None:
+        """Check the batch size and allocate ``state`` (zeros) and ``done`` (all ended)."""
+        if num_tasks < 1:
+            raise ValueError(no_tasks)
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs}: must be >= 1")
+        self.num_tasks, self.num_envs, self.max_steps = num_tasks, num_envs, max_steps
+        self.device, self.dtype = torch.device(device), dtype
+        self.state = torch.zeros(num_tasks, num_envs, state_dim, dtype=dtype, device=self.device)
+        self.done = torch.ones(num_tasks, num_envs, dtype=torch.bool, device=self.device)
+
+    def start_states(self, generator: torch.Generator) -> torch.Tensor:
+        """A start state for every slot, ``[N, E, D]``."""
+        raise NotImplementedError
+
+    def observe(self) -> torch.Tensor:
+        """The observations of the current state (by default the state itself)."""
+        return self.state
+
+    def reset(self, generator: torch.Generator) -> torch.Tensor:
+        """Draw start states for all ``N × E`` slots; return the observations."""
+        return self.set_state(self.start_states(generator))
+
+    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+        """Redraw the start states of the ended slots only (auto-reset); return obs."""
+        self.state = torch.where(self.done.unsqueeze(-1), self.start_states(generator),
+                                 self.state)
+        self.done = torch.zeros_like(self.done)
+        return self.observe()
+
+    def set_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Put every slot in ``state`` (``[N, E, D]``), mark it live, return the observations."""
+        self.state = state.to(device=self.device, dtype=self.dtype).clone()
+        self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
+                                device=self.device)
+        return self.observe()

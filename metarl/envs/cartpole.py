@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from metarl.config import check, check_range
+from metarl.envs.base import StateBatch
 
 TAU = 0.02
 X_THRESHOLD = 2.4
@@ -45,7 +46,7 @@ class CartPoleTask:
         return asdict(self)
 
 
-class BatchedCartPole:
+class BatchedCartPole(StateBatch):
     """``N`` CartPole tasks × ``E`` episodes each, stepped together.
 
     Args:
@@ -72,15 +73,8 @@ class BatchedCartPole:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if not tasks:
-            raise ValueError("tasks: got an empty sequence; pass at least one CartPoleTask")
-        if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}: must be >= 1")
-        self.num_tasks = len(tasks)
-        self.num_envs = num_envs
-        self.max_steps = max_steps
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self._init_batch(len(tasks), num_envs, 4, max_steps, device, dtype,
+                         "tasks: got an empty sequence; pass at least one CartPoleTask")
 
         def column(name: str) -> torch.Tensor:
             values = [getattr(t, name) for t in tasks]
@@ -92,29 +86,12 @@ class BatchedCartPole:
         self.force_mag = column("force_mag")
         self.total_mass = self.pole_mass + column("cart_mass")
         self.polemass_length = self.pole_mass * self.length
-        self.state = torch.zeros(self.num_tasks, num_envs, 4, dtype=dtype, device=self.device)
-        self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
 
-    def reset(self, generator: torch.Generator) -> torch.Tensor:
+    def start_states(self, generator: torch.Generator) -> torch.Tensor:
         """Start states uniform in ``[-0.05, 0.05]^4``, as gymnasium draws them."""
         u = torch.rand(self.state.shape, generator=generator, dtype=self.dtype,
                        device=self.device)
-        return self.set_state(u * 0.1 - 0.05)
-
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
-        """Redraw start states for the slots that terminated (auto-reset); return obs."""
-        u = torch.rand(self.state.shape, generator=generator, dtype=self.dtype,
-                       device=self.device)
-        self.state = torch.where(self.done.unsqueeze(-1), u * 0.1 - 0.05, self.state)
-        self.done = torch.zeros_like(self.done)
-        return self.state
-
-    def set_state(self, state: torch.Tensor) -> torch.Tensor:
-        """Put every slot in ``state`` (``[N, E, 4]``), mark it live, return the observations."""
-        self.state = state.to(device=self.device, dtype=self.dtype).clone()
-        self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
-                                device=self.device)
-        return self.state
+        return u * 0.1 - 0.05
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Euler step of every slot; slots already terminated are left as they are.

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from metarl.config import check
+from metarl.envs.base import StateBatch
 from metarl.policies import ActFn, Params
 from metarl.sampler import EpisodeBatch, rollout
 
@@ -69,7 +70,7 @@ class Nav2DFamilyConfig:
               "must be >= 0 (0 disables early termination)")
 
 
-class BatchedNav2D:
+class BatchedNav2D(StateBatch):
     """``N`` goals × ``E`` episodes each, stepped together.
 
     Args:
@@ -91,41 +92,18 @@ class BatchedNav2D:
                  config: Nav2DFamilyConfig | None = None, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         config = config or Nav2DFamilyConfig()
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.goals = torch.as_tensor(goals, dtype=dtype).to(self.device).reshape(-1, 2)
-        if self.goals.shape[0] == 0:
-            raise ValueError("goals: got none; pass at least one [x, y] goal")
-        if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}: must be >= 1")
-        self.num_tasks = self.goals.shape[0]
-        self.num_envs = num_envs
-        self.max_steps = config.max_steps
+        self.goals = torch.as_tensor(goals, dtype=dtype).to(device).reshape(-1, 2)
+        self._init_batch(self.goals.shape[0], num_envs, 2, config.max_steps, device, dtype,
+                         "goals: got none; pass at least one [x, y] goal")
         self.clip = config.action_clip
         self.squared = config.reward == "squared_distance"
         self.tolerance = config.goal_tolerance
         self.action_low: tuple[float, ...] = (-self.clip, -self.clip)
         self.action_high: tuple[float, ...] = (self.clip, self.clip)
-        self.state = torch.zeros(self.num_tasks, num_envs, 2, dtype=dtype, device=self.device)
-        self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
 
-    def reset(self, generator: torch.Generator) -> torch.Tensor:
+    def start_states(self, generator: torch.Generator) -> torch.Tensor:
         """Every slot starts at the origin (``generator`` is not used: the start is fixed)."""
-        return self.set_state(torch.zeros_like(self.state))
-
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
-        """Put the terminated slots back at the origin; return the observations."""
-        self.state = torch.where(self.done.unsqueeze(-1), torch.zeros_like(self.state),
-                                 self.state)
-        self.done = torch.zeros_like(self.done)
-        return self.state
-
-    def set_state(self, state: torch.Tensor) -> torch.Tensor:
-        """Put every slot at ``state`` (``[N, E, 2]``), mark it live, return the observations."""
-        self.state = state.to(device=self.device, dtype=self.dtype).clone()
-        self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
-                                device=self.device)
-        return self.state
+        return torch.zeros_like(self.state)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Move every live slot by its clipped action.

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from metarl.config import check, check_range
+from metarl.envs.base import StateBatch
 from metarl.policies import ActFn, Params
 from metarl.sampler import EpisodeBatch, rollout
 
@@ -58,7 +59,7 @@ def angle_normalize(x: torch.Tensor) -> torch.Tensor:
     return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
-class BatchedPendulum:
+class BatchedPendulum(StateBatch):
     """``N`` pendulum tasks × ``E`` episodes each, stepped together.
 
     The state is ``(theta, theta_dot)`` with ``theta = 0`` upright; the observation is
@@ -82,15 +83,8 @@ class BatchedPendulum:
 
     def __init__(self, tasks: Sequence[PendulumTask], num_envs: int, max_steps: int = 200,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        if not tasks:
-            raise ValueError("tasks: got an empty sequence; pass at least one PendulumTask")
-        if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}: must be >= 1")
-        self.num_tasks = len(tasks)
-        self.num_envs = num_envs
-        self.max_steps = max_steps
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self._init_batch(len(tasks), num_envs, 2, max_steps, device, dtype,
+                         "tasks: got an empty sequence; pass at least one PendulumTask")
 
         def column(name: str) -> torch.Tensor:
             values = [getattr(t, name) for t in tasks]
@@ -100,31 +94,13 @@ class BatchedPendulum:
         # Written as gymnasium writes them, in float64, then cast: 3g/(2l) and 3/(m l²).
         self.gravity_coef = (3 * g / (2 * length)).to(device=self.device, dtype=dtype)
         self.torque_coef = (3.0 / (m * length**2)).to(device=self.device, dtype=dtype)
-        self.state = torch.zeros(self.num_tasks, num_envs, 2, dtype=dtype, device=self.device)
-        self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
 
-    def _draw(self, generator: torch.Generator) -> torch.Tensor:
+    def start_states(self, generator: torch.Generator) -> torch.Tensor:
+        """Angle uniform in ``[-π, π]``, speed in ``[-1, 1]``, as gymnasium draws them."""
         u = torch.rand(self.state.shape, generator=generator, dtype=self.dtype,
                        device=self.device)
         high = torch.tensor([math.pi, 1.0], dtype=self.dtype, device=self.device)
         return (u * 2 - 1) * high
-
-    def reset(self, generator: torch.Generator) -> torch.Tensor:
-        """Angle uniform in ``[-π, π]``, speed in ``[-1, 1]``, as gymnasium draws them."""
-        return self.set_state(self._draw(generator))
-
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
-        """Redraw the start states of the ended slots (auto-reset); return obs."""
-        self.state = torch.where(self.done.unsqueeze(-1), self._draw(generator), self.state)
-        self.done = torch.zeros_like(self.done)
-        return self.observe()
-
-    def set_state(self, state: torch.Tensor) -> torch.Tensor:
-        """Put every slot in ``state`` (``[N, E, 2]``: angle, speed); return the observations."""
-        self.state = state.to(device=self.device, dtype=self.dtype).clone()
-        self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
-                                device=self.device)
-        return self.observe()
 
     def observe(self) -> torch.Tensor:
         """``(cos theta, sin theta, theta_dot)``, ``[N, E, 3]``."""

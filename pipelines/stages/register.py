@@ -3,12 +3,19 @@
 Every new version gets ``@challenger``. It also gets ``@champion`` when there is none yet, or
 when its normalised post-adaptation score beats the current champion's by more than
 ``register.margin`` — the champion re-evaluated now, on the same test tasks, seeds and protocol
-(so a changed test set never compares apples with oranges). Everything that can fail runs
-before the registry is touched: a failure leaves it unchanged.
+(so a changed test set never compares apples with oranges).
+
+A failure leaves the registry as it was: everything that can fail without touching it runs
+first, and a failure after the version is created (setting an alias, writing
+``register.json``) deletes that version and puts the aliases back. The registration is also
+idempotent: a version carries a ``registration_key`` tag (a hash of the checkpoint, the test set
+and the score), and registering the same key again — a Prefect retry after a crash, a forced
+``dvc repro`` — reuses that version instead of adding one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -43,6 +50,48 @@ def champion_version(client: MlflowClient, name: str) -> Any | None:
         return client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None
+
+
+def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def registration_key(weights: Path, config_path: Path, test_hash: str, score: float) -> str:
+    """What identifies one registration: checkpoint bytes, test set and gate score."""
+    digest = hashlib.sha256()
+    for part in (weights.read_bytes(), config_path.read_bytes(), test_hash.encode(),
+                 f"{score:.6f}".encode()):
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:32]
+
+
+def _existing_version(client: MlflowClient, name: str, key: str) -> Any | None:
+    try:
+        found = client.search_model_versions(
+            f"name='{name}' and tags.registration_key='{key}'")
+    except MlflowException:
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _roll_back(client: MlflowClient, name: str, aliases: dict[str, str | None],
+               created: str | None, model_existed: bool) -> None:
+    """Put the aliases back and delete the version this call created (best effort)."""
+    try:
+        for alias, version in aliases.items():
+            if version is not None:
+                client.set_registered_model_alias(name, alias, version)
+            elif _alias(client, name, alias) is not None:
+                client.delete_registered_model_alias(name, alias)
+        if created is not None:
+            client.delete_model_version(name, created)
+        if not model_existed:
+            client.delete_registered_model(name)
+    except MlflowException:
+        pass  # the original error is the one to report
 
 
 def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: TaskSet,
@@ -101,19 +150,36 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                       if champion is not None else None)
     promote = champion_score is None or new_score > champion_score + margin
 
-    info = log_model(weights, config_path, int(ckpt["obs_dim"]))
-    version = mlflow.register_model(info.model_uri, name, tags={
-        "test_task_hash": test.content_hash, "normalized_post_adapt": f"{new_score:.4f}",
-        "family": config.task.family, "algo": config.algo.name})
-    client.set_registered_model_alias(name, "challenger", version.version)
-    if promote:
-        client.set_registered_model_alias(name, "champion", version.version)
-    result = {"model_name": name, "version": int(version.version), "promoted": promote,
-              "score": new_score, "champion_score_before": champion_score,
-              "champion_version_before": int(champion.version) if champion else None,
-              "margin": margin, "test_task_hash": test.content_hash}
-    atomic_write_json(paths.metrics / "register.json", result)
-    mlflow.log_metrics({"register/score": new_score, "register/promoted": float(promote)})
-    if champion_score is not None:
-        mlflow.log_metric("register/champion_score_before", champion_score)
+    key = registration_key(weights, config_path, test.content_hash, new_score)
+    aliases = {alias: _alias(client, name, alias) for alias in ("champion", "challenger")}
+    version = _existing_version(client, name, key)
+    created, model_existed = None, True
+    if version is None:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            model_existed = False
+        info = log_model(weights, config_path, int(ckpt["obs_dim"]))
+        version = mlflow.register_model(info.model_uri, name, tags={
+            "test_task_hash": test.content_hash, "normalized_post_adapt": f"{new_score:.4f}",
+            "family": config.task.family, "algo": config.algo.name, "registration_key": key})
+        created = str(version.version)
+    if champion is not None and str(version.version) == str(champion.version):
+        promote = False  # the same registration is already the champion
+    try:
+        client.set_registered_model_alias(name, "challenger", version.version)
+        if promote:
+            client.set_registered_model_alias(name, "champion", version.version)
+        result = {"model_name": name, "version": int(version.version), "promoted": promote,
+                  "score": new_score, "champion_score_before": champion_score,
+                  "champion_version_before": int(champion.version) if champion else None,
+                  "margin": margin, "test_task_hash": test.content_hash,
+                  "reused_version": created is None}
+        atomic_write_json(paths.metrics / "register.json", result)
+        mlflow.log_metrics({"register/score": new_score, "register/promoted": float(promote)})
+        if champion_score is not None:
+            mlflow.log_metric("register/champion_score_before", champion_score)
+    except BaseException:
+        _roll_back(client, name, aliases, created, model_existed)
+        raise
     return result
