@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
                      "benchmarks/rl2/params.yaml does for `dvc exp run benchmarks/rl2/dvc.yaml`")
     rl2.add_argument("--json", type=Path, default=None, metavar="FILE",
                      help="also write the table's numbers to FILE as JSON (DVC metrics)")
+    rl2.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                     help="also draw the cells as a PNG: ours with 95%% intervals, the paper's "
+                     "RL² and our Gittins / PSRL, each cell scaled random 0 to oracle 1 (its "
+                     "numbers go beside it as PNG-name.json unless --json says where)")
+    rl2.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                     help="train nothing: draw --plot from a --json file of an earlier run "
+                     "(e.g. benchmarks/rl2/results.json)")
     return parser
 
 
@@ -138,6 +145,23 @@ def _k_max(summary: dict[str, object]) -> int:
     main = summary[str(summary["learner"])]
     assert isinstance(main, dict)
     return sum(1 for k in main if k.startswith("return_post_adapt_k"))
+
+
+def _replot_rl2(results: Path, png: Path | None) -> None:
+    """Draw ``metarl bench rl2``'s JSON as a PNG."""
+    from pipelines.plots import plot_rl2_cells
+
+    if png is None:
+        raise ValueError("--replot: give --plot PNG, the file to draw")
+    try:
+        data = json.loads(Path(results).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--replot {str(results)!r}: cannot read the JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
+        raise ValueError(f"--replot {str(results)!r}: not a `metarl bench rl2 --json` file "
+                         "(no 'cells')")
+    plot_rl2_cells(data, png, f"RL² per cell ({Path(results).name})")
+    print(f"wrote {png}")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -149,18 +173,26 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.bench == "rl2":
         from pipelines.bench_rl2 import bench_rl2, parse_overrides, read_params
 
+        if args.replot is not None:
+            _replot_rl2(args.replot, args.plot)
+            return
+        json_path = args.json
+        if args.plot is not None and json_path is None:
+            json_path = args.plot.with_suffix(".json")
         if args.params is not None:
             p = read_params(args.params)
             bench_rl2(p.table, p.cells, p.seeds, p.instances, p.iterations,
-                      p.instance_seed, p.device, json_path=args.json,
+                      p.instance_seed, p.device, json_path=json_path,
                       bandit_overrides=p.bandit, mdp_overrides=p.mdp,
                       time_budget=p.time_budget)
         else:
             bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
-                      args.instance_seed, args.device, json_path=args.json,
+                      args.instance_seed, args.device, json_path=json_path,
                       bandit_overrides=parse_overrides(args.bandit, "--bandit"),
                       mdp_overrides=parse_overrides(args.mdp, "--mdp"),
                       time_budget=args.time_budget)
+        if args.plot is not None:
+            _replot_rl2(json_path, args.plot)
     elif args.bench == "maml":
         from pipelines.bench_maml import bench_maml
 

@@ -31,6 +31,10 @@ def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: 
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8, framealpha=0.8)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: "plt.Figure", path: Path) -> None:  # noqa: UP037 (matplotlib stubs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
     os.close(fd)
@@ -40,3 +44,66 @@ def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: 
     finally:
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
+
+
+def rl2_plot_points(results: dict[str, object]) -> list[dict[str, float | str | None]]:
+    """Per cell of ``metarl bench rl2``'s JSON, the scores normalised to Random 0, Oracle 1.
+
+    Each point: ``cell``, ``ours`` and its interval ``low``/``high``, the paper's RL²
+    ``paper`` (None where the paper has no figure) and our ``yardstick`` (Gittins for bandits,
+    PSRL for MDPs), all on the cell's own scale (our Random and Oracle on the same instances).
+    """
+    cells = results["cells"]
+    assert isinstance(cells, dict)
+    def order(cell: str) -> tuple[int, ...]:  # "bandit n=10 k=5" → (0, 10, 5); MDPs after
+        numbers = [int(part.split("=")[1]) for part in cell.split()[1:]]
+        return (int(not cell.startswith("bandit")), *numbers)
+
+    points: list[dict[str, float | str | None]] = []
+    for cell in sorted(cells, key=order):
+        values = cells[cell]
+        lo, hi = float(values["Random"]), float(values["Oracle"])
+
+        def norm(x: object, lo: float = lo, hi: float = hi) -> float | None:
+            return None if x is None else (float(x) - lo) / (hi - lo)  # type: ignore[arg-type]
+
+        ours, half = float(values["rl2"]), float(values["rl2_half_width"])
+        yardstick = values.get("Gittins", values.get("PSRL"))
+        points.append({"cell": cell, "ours": norm(ours), "low": norm(ours - half),
+                       "high": norm(ours + half), "paper": norm(values.get("paper_rl2")),
+                       "yardstick": norm(yardstick),
+                       "yardstick_name": "Gittins" if "Gittins" in values else "PSRL"})
+    return points
+
+
+def plot_rl2_cells(results: dict[str, object], path: Path, title: str) -> None:
+    """Forest plot of ``metarl bench rl2``'s results: one row per cell, normalised; atomic."""
+    points = rl2_plot_points(results)
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(points) + 2.0), dpi=120)
+    labelled: set[str] = set()
+
+    def label(text: str) -> str | None:
+        if text in labelled:
+            return None
+        labelled.add(text)
+        return text
+
+    for y, p in zip(range(len(points))[::-1], points, strict=True):
+        ours, low, high = (float(p[k]) for k in ("ours", "low", "high"))  # type: ignore[arg-type]
+        ax.errorbar([ours], [y], xerr=[[ours - low], [high - ours]], fmt="o", color="tab:blue",
+                    capsize=3, label=label("RL², ours (95% interval)"))
+        if p["paper"] is not None:
+            ax.plot([p["paper"]], [y], "x", color="tab:red", markersize=8,
+                    label=label("RL², paper"))
+        gittins = p["yardstick_name"] == "Gittins"
+        ax.plot([p["yardstick"]], [y], "D" if gittins else "s", color="tab:green",
+                markersize=5, label=label(f"{p['yardstick_name']}, ours"))
+    ax.set_yticks(list(range(len(points)))[::-1], [str(p["cell"]) for p in points], fontsize=8)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.axvline(1.0, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("return, normalised per cell: random 0, oracle (knows the task) 1")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

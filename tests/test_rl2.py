@@ -383,3 +383,43 @@ def test_bench_commands_need_no_mlflow() -> None:
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mdp    n=10        RL2 s0" in result.stdout
+
+
+def test_bench_rl2_plot_normalises_each_cell(tmp_path: Any,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipelines.cli import main
+    from pipelines.plots import rl2_plot_points
+
+    results = {"cells": {
+        "mdp n=10": {"paper_rl2": 156.2, "rl2": 120.0, "rl2_half_width": 2.0, "Random": 100.0,
+                     "PSRL": 140.0, "Oracle": 220.0},
+        "bandit n=100 k=5": {"paper_rl2": 78.7, "rl2": 76.0, "rl2_half_width": 1.0,
+                             "Random": 50.0, "Gittins": 78.0, "Oracle": 90.0},
+        "bandit n=10 k=5": {"paper_rl2": 6.7, "rl2": 6.6, "rl2_half_width": 0.1, "Random": 5.0,
+                            "Gittins": 6.6, "Oracle": 9.0}}}
+    points = rl2_plot_points(results)
+    assert [p["cell"] for p in points] == ["bandit n=10 k=5", "bandit n=100 k=5", "mdp n=10"]
+    mdp = points[2]
+    assert mdp["ours"] == pytest.approx(20 / 120) and mdp["low"] == pytest.approx(18 / 120)
+    assert mdp["paper"] == pytest.approx(56.2 / 120)
+    assert (mdp["yardstick_name"], mdp["yardstick"]) == ("PSRL", pytest.approx(40 / 120))
+    assert points[1]["yardstick_name"] == "Gittins"
+
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(results))
+    png = tmp_path / "plot.png"
+    assert main(["bench", "rl2", "--replot", str(source), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["bench", "rl2", "--replot", str(source)]) == 2
+    assert "--replot: give --plot PNG" in capsys.readouterr().err
+    source.write_text("{}")
+    assert main(["bench", "rl2", "--replot", str(source), "--plot", str(png)]) == 2
+    assert "no 'cells'" in capsys.readouterr().err
+    # a run draws its own plot, its numbers beside it
+    run_png = tmp_path / "run.png"
+    assert main(["bench", "rl2", "--cells", "10", "--iterations", "1", "--instances", "10",
+                 "--plot", str(run_png)]) == 0
+    assert run_png.is_file() and "mdp n=10" in json.loads(
+        run_png.with_suffix(".json").read_text())["cells"]
