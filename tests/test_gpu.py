@@ -100,19 +100,9 @@ def test_rl2_trains_and_evaluates_on_gpu(name: str) -> None:
 def test_rl2_learns_on_gpu() -> None:
     # The CPU test's "one arm pays 0.9, the other 0.1" bandit, trained on the GPU.
     from metarl.algos.rl2 import RL2, RL2Config
-    from metarl.envs.bandit import BanditFamily, BanditFamilyConfig
+    from tests.test_rl2 import FarApartBandits
 
-    class FarApart:
-        inner = BanditFamily(BanditFamilyConfig(num_arms=2, num_pulls=10))
-
-        def sample(self, num: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-            return [{"probs": [0.9, 0.1] if f else [0.1, 0.9]} for f in rng.random(num) < 0.5]
-
-        def make_env(self, tasks: list[dict[str, Any]], num_envs: int,
-                     device: Any = "cpu") -> Any:
-            return self.inner.make_env(tasks, num_envs, device)
-
-    family = FarApart()
+    family = FarApartBandits()
     config = RL2Config(hidden_size=32, meta_batch_size=32, trials_per_task=4, lr=3e-3)
     algo = RL2(family, 1, 2, 1, config, seed=0, device=CUDA)
     test = family.sample(500, np.random.default_rng(123))
