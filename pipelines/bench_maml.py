@@ -53,6 +53,12 @@ policy then runs away from the origin, return about -100); inner advantages not 
 0.70; ProMP's low-variance-curvature inner objective (credit for the pre-update sampling
 distribution) 0.69 at lr 0.01, and 0.785/0.79 with initial std 0.15, lr 3e-3 × 3 steps (its
 std fell to 0.085 but the score did not rise).
+Two more, 100 iterations (throwaway scripts, not options): a state-dependent std (a second
+output head added to the global ``log_std``, so the inner step can lower the std where the
+goal is) 0.781/0.780; the exact likelihood of the *clipped* action in the inner and outer
+objectives (Fujita & Maeda 2018, "Clipped Action Policy Gradient": the mass beyond ±0.1 as a
+point at the bound, lower-variance gradients) 0.803/0.793. Both land where every variant lands,
+and with the mean action too: the one-step estimate of the goal, not the noise, is the limit.
 
 Meta-SGD (``--meta-sgd``; Li et al. 2017, https://arxiv.org/abs/1707.09835): the same protocol
 except that the inner step size is a meta-learned tensor per parameter (elementwise,
