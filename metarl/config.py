@@ -8,6 +8,7 @@ example a parsed YAML section) and rejects unknown keys and ill-typed values wit
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -55,7 +56,8 @@ def check_range(key: str, value: object, *, positive: bool = False) -> None:
 _SCALARS: dict[type, tuple[Any, str]] = {
     bool: (lambda v: isinstance(v, bool), "expected true or false"),
     int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "expected an integer"),
-    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "expected a number"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+            "expected a finite number"),
     str: (lambda v: isinstance(v, str), "expected a string"),
 }
 

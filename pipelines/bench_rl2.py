@@ -203,7 +203,11 @@ def parse_overrides(items: Sequence[str] | None, option: str) -> dict[str, Any]:
             try:
                 value = float(text)
             except ValueError:
-                value = yaml.safe_load(text)
+                try:
+                    value = yaml.safe_load(text)
+                except yaml.YAMLError as err:
+                    raise ValueError(f"{option} {item!r}: cannot read the value {text!r} "
+                                     f"({str(err).splitlines()[0]})") from None
         out[name] = value
     return out
 

@@ -118,11 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                      help="stop training a seed early once this many seconds are spent (the "
                      "table notes the iterations run; default: no limit)")
-    rl2.add_argument("--bandit", nargs="+", default=None, metavar="KEY=VALUE",
+    rl2.add_argument("--bandit", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="RL² settings for the bandit cells in place of the defaults' (keys of "
                      "RL2Config, e.g. --bandit meta_batch_size=512 lr=3e-3: a bigger batch "
                      "for a GPU)")
-    rl2.add_argument("--mdp", nargs="+", default=None, metavar="KEY=VALUE",
+    rl2.add_argument("--mdp", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="likewise for the MDP cells (e.g. --mdp hidden_size=256)")
     rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
                      help="read all the options above from a YAML file instead (keys: table, "
@@ -160,7 +160,10 @@ def _replot_rl2(results: Path, png: Path | None) -> None:
     if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
         raise ValueError(f"--replot {str(results)!r}: not a `metarl bench rl2 --json` file "
                          "(no 'cells')")
-    plot_rl2_cells(data, png, f"RL² per cell ({Path(results).name})")
+    try:
+        plot_rl2_cells(data, png, f"RL² per cell ({Path(results).name})")
+    except ValueError as err:
+        raise ValueError(f"--replot {str(results)!r}: {err}") from None
     print(f"wrote {png}")
 
 

@@ -62,7 +62,13 @@ def rl2_plot_points(results: dict[str, object]) -> list[dict[str, float | str | 
     points: list[dict[str, float | str | None]] = []
     for cell in sorted(cells, key=order):
         values = cells[cell]
+        for key in ("Random", "Oracle", "rl2", "rl2_half_width"):
+            if not isinstance(values, dict) or not isinstance(values.get(key), int | float):
+                raise ValueError(f"cell {cell!r}: no number under {key!r}")
         lo, hi = float(values["Random"]), float(values["Oracle"])
+        if not hi > lo:
+            raise ValueError(f"cell {cell!r}: Oracle={hi} is not above Random={lo}; "
+                             "nothing to scale by")
 
         def norm(x: object, lo: float = lo, hi: float = hi) -> float | None:
             return None if x is None else (float(x) - lo) / (hi - lo)  # type: ignore[arg-type]

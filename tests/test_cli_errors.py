@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -150,6 +151,27 @@ def test_register_failure_after_registering_rolls_back_and_retry_is_idempotent(
     assert client.search_registered_models(f"name='{name}'") == []
     assert not (project / "metrics" / "register.json").exists()
     monkeypatch.undo()
+
+    # register_model itself fails after creating the version; or logging the metrics fails:
+    # same outcome, and register.json is written only on success.
+    real_register = register.mlflow.register_model
+
+    def half_register(*args: Any, **kwargs: Any) -> Any:
+        real_register(*args, **kwargs)
+        raise OSError("connection reset")
+
+    def broken_metrics(*args: Any, **kwargs: Any) -> None:
+        raise OSError("tracking server down")
+
+    for target, broken, message in ((register.mlflow, half_register, "connection reset"),
+                                    (register.mlflow, broken_metrics, "tracking server down")):
+        attr = "register_model" if broken is half_register else "log_metrics"
+        monkeypatch.setattr(target, attr, broken)
+        assert run_cli(project, "stage", "register") == 2
+        assert message in capsys.readouterr().err
+        monkeypatch.undo()
+        assert client.search_registered_models(f"name='{name}'") == []
+        assert not (project / "metrics" / "register.json").exists()
 
     assert run_cli(project, "stage", "register") == 0
     first = json.loads((project / "metrics" / "register.json").read_text())

@@ -358,6 +358,10 @@ def test_bench_rl2_settings_overrides_and_time_budget(
     assert 1 <= done < 10000 and "(time budget 1 s)" in row
 
     for argv, expected in ((["--mdp", "lr=-1"], "mdp.lr=-1.0: must be > 0"),
+                           (["--mdp", "lr=inf"], "mdp.lr=inf: expected a finite number"),
+                           (["--mdp", "lr=[1,"], "--mdp 'lr=[1,': cannot read the value"),
+                           (["--mdp", "hidden_size=0", "--mdp", "lr=1e-3"],  # both kept
+                            "mdp.hidden_size=0: must be an integer >= 1"),
                            (["--bandit", "hidden=3"], "bandit.hidden=3: unknown key"),
                            (["--mdp", "lr"], "--mdp 'lr': expected KEY=VALUE"),
                            (["--time-budget", "0"], "--time-budget 0.0: must be > 0")):
@@ -417,6 +421,10 @@ def test_bench_rl2_plot_normalises_each_cell(tmp_path: Any,
     source.write_text("{}")
     assert main(["bench", "rl2", "--replot", str(source), "--plot", str(png)]) == 2
     assert "no 'cells'" in capsys.readouterr().err
+    source.write_text(json.dumps({"cells": {"mdp n=10": {"rl2": 1.0, "rl2_half_width": 0.1,
+                                                          "Random": 1.0}}}))
+    assert main(["bench", "rl2", "--replot", str(source), "--plot", str(png)]) == 2
+    assert "cell 'mdp n=10': no number under 'Oracle'" in capsys.readouterr().err
     # a run draws its own plot, its numbers beside it
     run_png = tmp_path / "run.png"
     assert main(["bench", "rl2", "--cells", "10", "--iterations", "1", "--instances", "10",

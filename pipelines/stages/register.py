@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,29 +71,44 @@ def registration_key(weights: Path, config_path: Path, test_hash: str, score: fl
 
 
 def _existing_version(client: MlflowClient, name: str, key: str) -> Any | None:
+    """The ready version tagged with ``key``, or None (also when the search fails)."""
+    if "'" in name:  # cannot be quoted in a filter string; no reuse for such names
+        return None
     try:
         found = client.search_model_versions(
             f"name='{name}' and tags.registration_key='{key}'")
-    except MlflowException:
+    except MlflowException as err:
+        print(f"register: searching {name!r} for an earlier registration failed ({err}); "
+              "registering a new version", file=sys.stderr)
         return None
-    return max(found, key=lambda v: int(v.version)) if found else None
+    ready = [v for v in found if getattr(v, "status", "READY") == "READY"]
+    return max(ready, key=lambda v: int(v.version)) if ready else None
+
+
+def _quietly(step: Callable[..., Any], *args: Any) -> None:
+    try:
+        step(*args)
+    except MlflowException:
+        pass  # the error being rolled back for is the one to report
 
 
 def _roll_back(client: MlflowClient, name: str, aliases: dict[str, str | None],
                created: str | None, model_existed: bool) -> None:
-    """Put the aliases back and delete the version this call created (best effort)."""
-    try:
-        for alias, version in aliases.items():
-            if version is not None:
-                client.set_registered_model_alias(name, alias, version)
-            elif _alias(client, name, alias) is not None:
-                client.delete_registered_model_alias(name, alias)
-        if created is not None:
-            client.delete_model_version(name, created)
-        if not model_existed:
-            client.delete_registered_model(name)
-    except MlflowException:
-        pass  # the original error is the one to report
+    """Put the aliases back and delete what this call created; each step on its own."""
+    for alias, version in aliases.items():
+        if version is not None:
+            _quietly(client.set_registered_model_alias, name, alias, version)
+        elif _alias(client, name, alias) is not None:
+            _quietly(client.delete_registered_model_alias, name, alias)
+    if created is not None:
+        _quietly(client.delete_model_version, name, created)
+    if not model_existed:
+        try:  # only if no one else registered a version meanwhile
+            empty = not client.search_model_versions(f"name='{name}'")
+        except MlflowException:
+            empty = False
+        if empty:
+            _quietly(client.delete_registered_model, name)
 
 
 def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: TaskSet,
@@ -153,33 +170,39 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     key = registration_key(weights, config_path, test.content_hash, new_score)
     aliases = {alias: _alias(client, name, alias) for alias in ("champion", "challenger")}
     version = _existing_version(client, name, key)
-    created, model_existed = None, True
-    if version is None:
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            model_existed = False
-        info = log_model(weights, config_path, int(ckpt["obs_dim"]))
-        version = mlflow.register_model(info.model_uri, name, tags={
-            "test_task_hash": test.content_hash, "normalized_post_adapt": f"{new_score:.4f}",
-            "family": config.task.family, "algo": config.algo.name, "registration_key": key})
-        created = str(version.version)
-    if champion is not None and str(version.version) == str(champion.version):
-        promote = False  # the same registration is already the champion
+    reused = version is not None
     try:
+        client.get_registered_model(name)
+        model_existed = True
+    except MlflowException:
+        model_existed = False
+    created: str | None = None
+    try:
+        if version is None:
+            info = log_model(weights, config_path, int(ckpt["obs_dim"]))
+            version = mlflow.register_model(info.model_uri, name, tags={
+                "test_task_hash": test.content_hash,
+                "normalized_post_adapt": f"{new_score:.4f}", "family": config.task.family,
+                "algo": config.algo.name, "registration_key": key})
+            created = str(version.version)
+        if champion is not None and str(version.version) == str(champion.version):
+            promote = False  # the same registration is already the champion
         client.set_registered_model_alias(name, "challenger", version.version)
         if promote:
             client.set_registered_model_alias(name, "champion", version.version)
+        mlflow.log_metrics({"register/score": new_score, "register/promoted": float(promote)})
+        if champion_score is not None:
+            mlflow.log_metric("register/champion_score_before", champion_score)
         result = {"model_name": name, "version": int(version.version), "promoted": promote,
                   "score": new_score, "champion_score_before": champion_score,
                   "champion_version_before": int(champion.version) if champion else None,
                   "margin": margin, "test_task_hash": test.content_hash,
-                  "reused_version": created is None}
-        atomic_write_json(paths.metrics / "register.json", result)
-        mlflow.log_metrics({"register/score": new_score, "register/promoted": float(promote)})
-        if champion_score is not None:
-            mlflow.log_metric("register/champion_score_before", champion_score)
+                  "reused_version": reused}
+        atomic_write_json(paths.metrics / "register.json", result)  # last: only on success
     except BaseException:
+        if created is None and not reused:  # register_model failed part-way
+            leftover = _existing_version(client, name, key)
+            created = str(leftover.version) if leftover is not None else None
         _roll_back(client, name, aliases, created, model_existed)
         raise
     return result
