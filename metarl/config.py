@@ -56,8 +56,7 @@ def check_range(key: str, value: object, *, positive: bool = False) -> None:
 _SCALARS: dict[type, tuple[Any, str]] = {
     bool: (lambda v: isinstance(v, bool), "expected true or false"),
     int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "expected an integer"),
-    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-            "expected a finite number"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "expected a number"),
     str: (lambda v: isinstance(v, str), "expected a string"),
 }
 
@@ -104,6 +103,8 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
     if annotation in _SCALARS:
         is_valid, message = _SCALARS[annotation]
         check(is_valid(value), key, value, message)
+        if annotation is float:
+            check(math.isfinite(value), key, value, "expected a finite number, not inf or nan")
         return float(value) if annotation is float else value
     return value
 

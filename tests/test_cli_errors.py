@@ -33,6 +33,7 @@ def outputs(root: Path) -> set[str]:
         (lambda p: p["task"].update(num_test=0), "task.num_test", "0"),
         (lambda p: p["train"].update(num_iteration=5), "train.num_iteration", "5"),
         (lambda p: p["algo"]["maml"].update(inner_lr="fast"), "algo.maml.inner_lr", "'fast'"),
+        (lambda p: p["algo"]["maml"].update(inner_lr=float("inf")), "algo.maml.inner_lr", "inf"),
         (lambda p: p["evaluate"].update(seeds=[]), "evaluate.seeds", "()"),
     ],
 )

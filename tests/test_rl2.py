@@ -358,7 +358,7 @@ def test_bench_rl2_settings_overrides_and_time_budget(
     assert 1 <= done < 10000 and "(time budget 1 s)" in row
 
     for argv, expected in ((["--mdp", "lr=-1"], "mdp.lr=-1.0: must be > 0"),
-                           (["--mdp", "lr=inf"], "mdp.lr=inf: expected a finite number"),
+                           (["--mdp", "lr=inf"], "mdp.lr=inf: expected a finite number, not"),
                            (["--mdp", "lr=[1,"], "--mdp 'lr=[1,': cannot read the value"),
                            (["--mdp", "hidden_size=0", "--mdp", "lr=1e-3"],  # both kept
                             "mdp.hidden_size=0: must be an integer >= 1"),
