@@ -120,8 +120,8 @@ def _parser() -> argparse.ArgumentParser:
                      "table notes the iterations run; default: no limit)")
     rl2.add_argument("--bandit", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="RL² settings for the bandit cells in place of the defaults' (keys of "
-                     "RL2Config, e.g. --bandit meta_batch_size=512 lr=3e-3: a bigger batch "
-                     "for a GPU)")
+                     "RL2Config; repeatable), e.g. on a GPU --bandit meta_batch_size=1024 "
+                     "hidden_size=256 num_minibatches=8, the best of benchmarks/rl2/gpu")
     rl2.add_argument("--mdp", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="likewise for the MDP cells (e.g. --mdp hidden_size=256)")
     rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
