@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from metarl.evaluation import CurveSummary
 
@@ -34,7 +35,8 @@ def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: 
     _save(fig, path)
 
 
-def _save(fig: "plt.Figure", path: Path) -> None:  # noqa: UP037 (matplotlib stubs)
+def _save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG, atomically, and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
     os.close(fd)
@@ -55,6 +57,7 @@ def rl2_plot_points(results: dict[str, object]) -> list[dict[str, float | str | 
     """
     cells = results["cells"]
     assert isinstance(cells, dict)
+
     def order(cell: str) -> tuple[int, ...]:  # "bandit n=10 k=5" → (0, 10, 5); MDPs after
         numbers = [int(part.split("=")[1]) for part in cell.split()[1:]]
         return (int(not cell.startswith("bandit")), *numbers)

@@ -46,19 +46,21 @@ from pipelines.stages.common import (
 )
 
 
+def alias_version(client: MlflowClient, name: str, alias: str) -> Any | None:
+    """The version under ``@alias`` of model ``name``, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
 def champion_version(client: MlflowClient, name: str) -> Any | None:
     """The version under ``@champion``, or None."""
-    try:
-        return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
+    return alias_version(client, name, "champion")
 
 
-def _alias(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+def _version_str(version: Any | None) -> str | None:
+    return None if version is None else str(version.version)
 
 
 def registration_key(weights: Path, config_path: Path, test_hash: str, score: float) -> str:
@@ -98,7 +100,7 @@ def _roll_back(client: MlflowClient, name: str, aliases: dict[str, str | None],
     for alias, version in aliases.items():
         if version is not None:
             _quietly(client.set_registered_model_alias, name, alias, version)
-        elif _alias(client, name, alias) is not None:
+        elif alias_version(client, name, alias) is not None:
             _quietly(client.delete_registered_model_alias, name, alias)
     if created is not None:
         _quietly(client.delete_model_version, name, created)
@@ -168,7 +170,8 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     promote = champion_score is None or new_score > champion_score + margin
 
     key = registration_key(weights, config_path, test.content_hash, new_score)
-    aliases = {alias: _alias(client, name, alias) for alias in ("champion", "challenger")}
+    aliases = {"champion": _version_str(champion),
+               "challenger": _version_str(alias_version(client, name, "challenger"))}
     version = _existing_version(client, name, key)
     reused = version is not None
     try:
@@ -185,7 +188,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                 "normalized_post_adapt": f"{new_score:.4f}", "family": config.task.family,
                 "algo": config.algo.name, "registration_key": key})
             created = str(version.version)
-        if champion is not None and str(version.version) == str(champion.version):
+        if str(version.version) == aliases["champion"]:
             promote = False  # the same registration is already the champion
         client.set_registered_model_alias(name, "challenger", version.version)
         if promote:
