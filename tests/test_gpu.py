@@ -97,6 +97,22 @@ def test_rl2_trains_and_evaluates_on_gpu(name: str) -> None:
     assert returns.shape == (5,) and np.isfinite(returns).all()
 
 
+@pytest.mark.parametrize("critic", ["separate", "task"])
+def test_rl2_own_critic_trains_on_gpu(critic: str) -> None:
+    from metarl.algos.rl2 import RL2, RL2Config
+
+    family = _family("tabular_mdp")
+    config = RL2Config(hidden_size=16, meta_batch_size=4, trials_per_task=2, num_epochs=1,
+                       num_minibatches=2, bptt_length=7, critic=critic)
+    algo = RL2(family, None, None, 2, config, seed=0, device=CUDA)
+    assert algo.critic is not None
+    before = [p.clone() for p in algo.critic.parameters()]
+    stats = algo.train_step()
+    assert all(np.isfinite(v) for v in stats.values()), stats
+    assert all(p.device.type == torch.device(CUDA).type for p in algo.critic.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, algo.critic.parameters()))
+
+
 def test_rl2_learns_on_gpu() -> None:
     # The CPU test's "one arm pays 0.9, the other 0.1" bandit, trained on the GPU.
     from metarl.algos.rl2 import RL2, RL2Config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -11,10 +12,13 @@ import torch
 from metarl.algos.rl2 import (
     RL2,
     RL2Config,
+    RL2Critic,
     RL2Policy,
     chunked_forward,
     collect_trials,
+    from_chunks,
     step_input,
+    to_chunks,
 )
 from metarl.config import ConfigError
 from metarl.envs.bandit import BanditFamily, BanditFamilyConfig, BatchedBandit
@@ -116,6 +120,22 @@ def test_config_validation_names_the_field() -> None:
         RL2Config(bptt_length=-1)
     with pytest.raises(ConfigError, match="gae_lambda"):
         RL2Config(gae_lambda=1.5)
+    with pytest.raises(ConfigError, match=r"critic.*'oracle'.*shared"):
+        RL2Config(critic="oracle")
+
+
+def test_critic_chunks_restart_from_the_states_of_the_whole_trial() -> None:
+    critic = RL2Critic(6, 8, torch.Generator().manual_seed(0))
+    x = torch.randn(3, 11, 6, generator=torch.Generator().manual_seed(1))
+    values, states = critic.trial_values(x, 4)
+    assert values.shape == (3, 11) and states.shape == (3, 3, 8)  # ceil(11 / 4) chunks
+    assert float(states[:, 0].abs().max()) == 0.0  # a trial starts from a zero state
+    inputs = x.clone().requires_grad_()
+    chunked = from_chunks(critic(*to_chunks(inputs, states, 4)), 3, 11)
+    torch.testing.assert_close(chunked, values)  # same values as the whole trial at once
+    (grad,) = torch.autograd.grad(chunked[:, 9].sum(), inputs)
+    assert float(grad[:, :8].abs().max()) == 0.0  # step 9 is in chunk [8, 12)
+    assert float(grad[:, 8:10].abs().min()) > 0.0
 
 
 SMALL = RL2Config(hidden_size=16, meta_batch_size=8, trials_per_task=2, num_epochs=2,
@@ -163,6 +183,35 @@ def test_rl2_learns_an_easy_bandit() -> None:
     after = algo.evaluate(test, torch.Generator().manual_seed(0)).mean()
     assert 4.6 < before < 5.4  # random: 10 pulls × 0.5
     assert after > 7.0, (before, after)  # optimal about 8.6 (one exploratory pull)
+
+
+@pytest.mark.parametrize("critic", ["separate", "task"])
+def test_rl2_with_its_own_critic_learns_an_easy_bandit(critic: str) -> None:
+    # The critic sees the arm probabilities ("task"); the policy it trains does not.
+    family = FarApartBandits()
+    config = RL2Config(hidden_size=32, meta_batch_size=32, trials_per_task=4, lr=3e-3,
+                       critic=critic, bptt_length=4)
+    algo = RL2(family, 1, 2, 1, config, seed=0)
+    assert algo.critic is not None
+    assert algo.critic.gru.input_size == algo.model.input_dim + (2 if critic == "task" else 0)
+    critic_before = [p.clone() for p in algo.critic.parameters()]
+    test = family.sample(500, np.random.default_rng(123))
+    for _ in range(60):
+        algo.train_step()
+    after = algo.evaluate(test, torch.Generator().manual_seed(0)).mean()
+    assert after > 7.0, after
+    assert all(not torch.equal(a, b) for a, b in zip(critic_before, algo.critic.parameters()))
+    learner = algo.learner()  # the trained model is the policy alone
+    assert not any(isinstance(m, RL2Critic) for m in learner.model.modules())
+
+
+def test_task_critic_reads_a_tabular_mdp_s_tables() -> None:
+    family = TabularMDPFamily(TabularMDPFamilyConfig(num_states=4, num_actions=3, horizon=3))
+    algo = RL2(family, None, None, 2, dataclasses.replace(SMALL, critic="task"), seed=0)
+    assert algo.critic is not None  # reward means 4×3 and transitions 4×3×4 as features
+    assert algo.critic.gru.input_size == algo.model.input_dim + 4 * 3 + 4 * 3 * 4
+    stats = algo.train_step()
+    assert all(np.isfinite(v) for v in stats.values()), stats
 
 
 def test_cli_bench_rl2_prints_table_and_count(capsys: pytest.CaptureFixture[str]) -> None:

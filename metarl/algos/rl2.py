@@ -46,6 +46,7 @@ from torch import nn
 
 from metarl.algos.base import clipped_surrogate_loss, half_action_range, probe_env
 from metarl.algos.maml import task_batches
+from metarl.baselines.task_conditioned import task_features
 from metarl.config import check
 from metarl.envs.base import BatchedEnv
 from metarl.logging import MetricLogger, NullLogger
@@ -53,6 +54,9 @@ from metarl.policies import Params, categorical_log_prob, gaussian_log_prob, sam
 from metarl.returns import gae
 from metarl.sampler import EpisodeBatch
 from metarl.tasks import TaskSet
+
+CRITICS = ("shared", "separate", "task")
+"""The value functions :class:`RL2Config` can train (see ``RL2Config.critic``)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,11 @@ class RL2Config:
     init_std: float = 0.5
     """Continuous actions only: the Gaussian's initial standard deviation, times half the
     action range (learned afterwards, state-independent)."""
+    critic: str = "shared"
+    """The value function: ``shared``, a head on the policy's GRU (the paper); ``separate``, its
+    own GRU over the same step inputs; ``task``, its own GRU whose input also carries the task's
+    parameters (a privileged critic: it only shapes the advantages in training, the policy
+    still acts from its history alone, and it is not part of the trained model)."""
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "meta_batch_size", "trials_per_task", "num_epochs",
@@ -110,6 +119,7 @@ class RL2Config:
         for name in ("value_coef", "entropy_coef"):
             value = getattr(self, name)
             check(value >= 0, name, value, "must be >= 0")
+        check(self.critic in CRITICS, "critic", self.critic, f"must be one of {list(CRITICS)}")
         check(self.num_minibatches <= self.meta_batch_size * self.trials_per_task,
               "num_minibatches", self.num_minibatches,
               "must be <= meta_batch_size * trials_per_task (a minibatch holds whole trials)")
@@ -263,6 +273,43 @@ class RL2Policy(nn.Module):
         return per_step.expand(out.shape[:-1])
 
 
+class RL2Critic(nn.Module):
+    """A value function with its own GRU (``RL2Config.critic`` ``separate`` or ``task``).
+
+    It reads the trials' step inputs (with the task's features appended for a privileged
+    critic) from a zero state at the start of each trial and gives a value per step; it is
+    trained on the same targets as the shared head, with the same truncated BPTT, and never
+    used to act.
+    """
+
+    def __init__(self, input_dim: int, hidden_size: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.gru = nn.GRU(input_dim, hidden_size, batch_first=True)
+        self.v = nn.Linear(hidden_size, 1)
+        with torch.no_grad():
+            bound = 1.0 / math.sqrt(hidden_size)
+            for p in self.parameters():
+                p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Values ``[B, L]`` of the steps ``x [B, L, input_dim]`` from states ``h [B, hidden]``."""
+        out, _ = self.gru(x, h.unsqueeze(0))
+        return self.v(out).squeeze(-1)
+
+    @torch.no_grad()
+    def trial_values(self, x: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values of whole trials ``x [B, T, input_dim]`` from a zero state ``[B, T]``.
+
+        Also the hidden state before steps ``0, length, 2·length, ...`` (``[B, C, hidden]``),
+        where truncated BPTT restarts; no gradient.
+        """
+        out, _ = self.gru(x)
+        zero = torch.zeros(x.shape[0], 1, self.hidden_size, device=x.device, dtype=out.dtype)
+        states = torch.cat([zero, out[:, length - 1:-1:length]], dim=1)
+        return self.v(out).squeeze(-1), states
+
+
 # --------------------------------------------------------------------------------------------
 # Rollouts: one trial per slot
 # --------------------------------------------------------------------------------------------
@@ -394,6 +441,27 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
 # PPO with truncated BPTT
 # --------------------------------------------------------------------------------------------
 
+def to_chunks(inputs: torch.Tensor, chunk_states: torch.Tensor, length: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut ``inputs [B, T, D]`` into ``C = ceil(T / length)`` chunks ``[B·C, length, D]``.
+
+    The last chunk is zero-padded; each chunk's starting state comes from ``chunk_states
+    [B, C, hidden]`` (returned ``[B·C, hidden]``, detached).
+    """
+    b, steps, d = inputs.shape
+    c = chunk_states.shape[1]
+    if c != math.ceil(steps / length):
+        raise ValueError(f"chunk_states has {c} chunks; {steps} steps in chunks of {length} "
+                         f"need {math.ceil(steps / length)}")
+    x = F.pad(inputs, (0, 0, 0, c * length - steps)).reshape(b * c, length, d)
+    return x, chunk_states.reshape(b * c, -1).detach()
+
+
+def from_chunks(y: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+    """Undo :func:`to_chunks` on per-step outputs ``[B·C, length, ...]`` → ``[B, T, ...]``."""
+    return y.reshape(batch, -1, *y.shape[2:])[:, :steps]
+
+
 def chunked_forward(model: RL2Policy, inputs: torch.Tensor, chunk_states: torch.Tensor,
                     length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Head outputs ``[B, T, code_dim]`` and values ``[B, T]`` by truncated BPTT.
@@ -402,27 +470,31 @@ def chunked_forward(model: RL2Policy, inputs: torch.Tensor, chunk_states: torch.
     ``chunk_states[:, c]`` (recorded while acting, no gradient), so gradients flow back at most
     ``length`` steps, and the chunks run as one batch of ``B·C`` sequences.
     """
-    b, steps, d = inputs.shape
-    c = chunk_states.shape[1]
-    if c != math.ceil(steps / length):
-        raise ValueError(f"chunk_states has {c} chunks; {steps} steps in chunks of {length} "
-                         f"need {math.ceil(steps / length)}")
-    x = F.pad(inputs, (0, 0, 0, c * length - steps)).reshape(b * c, length, d)
-    out, values, _ = model(x, chunk_states.reshape(b * c, -1).detach())
-    return (out.reshape(b, c * length, -1)[:, :steps],
-            values.reshape(b, c * length)[:, :steps])
+    b, steps, _ = inputs.shape
+    out, values, _ = model(*to_chunks(inputs, chunk_states, length))
+    return from_chunks(out, b, steps), from_chunks(values, b, steps)
 
 
 def ppo_loss(model: RL2Policy, batch: TrialBatch, idx: torch.Tensor, adv: torch.Tensor,
-             returns: torch.Tensor, config: RL2Config) -> tuple[torch.Tensor, dict[str, float]]:
+             returns: torch.Tensor, config: RL2Config, critic: RL2Critic | None = None,
+             critic_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's loss on the trials ``idx`` of ``batch``.
 
     Clipped surrogate + ``value_coef`` · value MSE − ``entropy_coef`` · entropy, all averaged
-    over the valid steps; returns the loss and its parts as floats.
+    over the valid steps; returns the loss and its parts as floats. The values are the policy's
+    head, or ``critic``'s when given, on ``critic_inputs``: its inputs ``[B, T, D]`` and its
+    states at the chunk starts ``[B, C, hidden]`` (:meth:`RL2Critic.trial_values`).
     """
     mask = batch.mask[idx]
     out, values = chunked_forward(model, batch.inputs[idx], batch.chunk_states[idx],
                                   batch.chunk_length)
+    if critic is not None:
+        if critic_inputs is None:
+            raise ValueError("ppo_loss: a critic needs its critic_inputs")
+        x, states = critic_inputs[0][idx], critic_inputs[1][idx]
+        values = from_chunks(critic(*to_chunks(x, states, batch.chunk_length)), len(idx),
+                             x.shape[1])
     logp = model.log_prob(out, batch.actions[idx])
     a = adv[idx]
     if config.normalize_advantages:
@@ -492,9 +564,35 @@ class RL2:
         else:
             model = RL2Policy(obs_dim, num_actions, config.hidden_size, init)
         self.model = model.to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=1e-5)
+        self.critic: RL2Critic | None = None
+        if config.critic != "shared":
+            extra = 0
+            if config.critic == "task":  # the feature count, from a task drawn aside
+                probe = family.sample(1, np.random.default_rng(0))[0]
+                extra = len(task_features(family, probe))  # type: ignore[arg-type]
+            self.critic = RL2Critic(self.model.input_dim + extra, config.hidden_size,
+                                    init).to(device)
+        params = list(self.model.parameters())
+        if self.critic is not None:
+            params += list(self.critic.parameters())
+        self.params = params
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
         self.sample_tasks: TaskSampler = task_sampler or (
             lambda: family.sample(config.meta_batch_size, self.rng))
+
+    def critic_inputs(self, batch: TrialBatch, tasks: list[dict[str, Any]]
+                      ) -> torch.Tensor | None:
+        """What the separate critic reads: the step inputs, plus the task features (``task``)."""
+        if self.critic is None:
+            return None
+        if self.config.critic == "separate":
+            return batch.inputs
+        feats = torch.tensor([task_features(self.family, t)  # type: ignore[arg-type]
+                              for t in tasks], dtype=batch.inputs.dtype,
+                             device=batch.inputs.device)
+        per_trial = feats.repeat_interleave(batch.inputs.shape[0] // len(tasks), dim=0)
+        steps = batch.inputs.shape[1]
+        return torch.cat([batch.inputs, per_trial.unsqueeze(1).expand(-1, steps, -1)], dim=-1)
 
     def train_step(self) -> dict[str, float]:
         """One iteration: a meta-batch of tasks, one trial per slot, ``num_epochs`` PPO epochs.
@@ -504,10 +602,16 @@ class RL2:
         last episode: the in-context adaptation).
         """
         c = self.config
-        env = self.family.make_env(self.sample_tasks(), c.trials_per_task, device=self.device)
+        tasks = self.sample_tasks()
+        env = self.family.make_env(tasks, c.trials_per_task, device=self.device)
         batch = collect_trials(self.model, env, self.episodes_per_trial, self.generator,
                                c.bptt_length)
-        adv, returns = gae(batch.rewards * c.reward_scale, batch.values, c.discount,
+        critic_x = self.critic_inputs(batch, tasks)
+        values, critic_inputs = batch.values, None
+        if self.critic is not None and critic_x is not None:
+            values, states = self.critic.trial_values(critic_x, batch.chunk_length)
+            critic_inputs = (critic_x, states)
+        adv, returns = gae(batch.rewards * c.reward_scale, values, c.discount,
                            c.gae_lambda, batch.mask)
         b = batch.inputs.shape[0]
         size = math.ceil(b / c.num_minibatches)
@@ -516,10 +620,11 @@ class RL2:
             order = torch.randperm(b, generator=self.generator, device=self.generator.device)
             for start in range(0, b, size):
                 idx = order[start:start + size].to(batch.inputs.device)
-                loss, stats = ppo_loss(self.model, batch, idx, adv, returns, c)
+                loss, stats = ppo_loss(self.model, batch, idx, adv, returns, c, self.critic,
+                                       critic_inputs)
                 self.optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
                 self.optimizer.step()
         per_episode = batch.episode_returns(self.episodes_per_trial).mean(0)
         stats["trial_return"] = float(batch.trial_returns.mean())

@@ -32,7 +32,8 @@ def task_features(family: TaskFamily, task: dict[str, Any]) -> list[float]:
     """The numbers that identify ``task``.
 
     The family's own ``task_features(task)`` if it has one, else every numeric value of the
-    task dict (sorted by key, lists flattened).
+    task dict (sorted by key, lists and nested lists flattened, e.g. a tabular MDP's reward
+    table and transition tensor).
 
     Raises:
         ValueError: the task has no numeric values.
@@ -46,10 +47,15 @@ def task_features(family: TaskFamily, task: dict[str, Any]) -> list[float]:
         value = task[key]
         if isinstance(value, bool | int | float):
             out.append(float(value))
-        elif isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
-            out.extend(float(v) for v in value)
+        elif isinstance(value, list | tuple):
+            try:
+                flat = np.asarray(value, dtype=np.float64).ravel()
+            except (TypeError, ValueError):  # ragged or not numbers
+                continue
+            out.extend(float(v) for v in flat)
     if not out:
-        raise ValueError(f"task {task!r}: no numeric parameters to condition a policy on")
+        raise ValueError(f"task with keys {sorted(task)}: no numeric parameters to condition "
+                         f"a policy on")
     return out
 
 
