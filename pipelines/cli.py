@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     baselines = bench_sub.add_parser(
         "baselines", help="RL²'s Table 1 (bandits) and Table 2 (tabular MDPs) baselines",
         description="Reproduce the baseline columns of RL² (Duan et al. 2016) Tables 1 and 2 "
-        "and print ours beside the paper's figures with 95%% intervals; the last line gives "
+        "and print ours beside the paper's figures with 95% intervals; the last line gives "
         "the largest relative deviation. Tuned hyperparameters are chosen on separate tuning "
         "instances.")
     baselines.add_argument("--table", choices=["bandit", "mdp", "all"], default="all",
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     rl2 = bench_sub.add_parser(
         "rl2", help="RL² meta-trained on cells of RL²'s Tables 1 and 2, beside baselines",
         description="Meta-train RL² (GRU + PPO) per cell and seed, score it on the test "
-        "instances of `bench baselines` (95%% intervals), beside the paper's RL² figure and our "
+        "instances of `bench baselines` (95% intervals), beside the paper's RL² figure and our "
         "Gittins/UCB1/TS (bandit) or PSRL (MDP) on the same instances, with wall-clock per cell.")
     rl2.add_argument("--table", choices=["bandit", "mdp", "all"], default="all",
                      help="which table (default: all)")
@@ -121,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--bandit", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="RL² settings for the bandit cells in place of the defaults' (keys of "
                      "RL2Config; repeatable), e.g. on a GPU --bandit meta_batch_size=1024 "
-                     "hidden_size=256 num_minibatches=8, the best of benchmarks/rl2/gpu")
+                     "hidden_size=256 num_minibatches=8, the best of benchmarks/rl2/gpu; "
+                     "critic=task trains a value function that also sees the task's "
+                     "parameters (critic=separate: its own GRU; default shared)")
     rl2.add_argument("--mdp", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="likewise for the MDP cells (e.g. --mdp hidden_size=256)")
     rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
