@@ -264,3 +264,59 @@ def test_bad_family_override_names_the_key(project: Path,
     write_params(project, params)
     assert run_cli(project, "stage", "tasks") == 2
     assert "algo.family_overrides.nav2d.rl2.bptt_length=-3" in capsys.readouterr().err
+
+
+def test_registry_lock_serialises_registrations_and_dies_with_its_holder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from pipelines.stages.common import StageError
+    from pipelines.stages.register import registry_lock
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with registry_lock("http://127.0.0.1:5000") as path:
+        assert path is None  # a server's registry: nothing to lock locally
+    with registry_lock(uri, timeout=1) as path:
+        assert path == tmp_path / "mlflow.db.register.lock"
+        with pytest.raises(StageError, match=r"tracking.uri=.*mlflow.db.*held .*register.lock"):
+            with registry_lock(uri, timeout=0.3):
+                pass
+    with registry_lock(uri, timeout=0.3):  # released on exit
+        pass
+    # Another process holds it, then dies without letting go: the OS releases it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pipelines.stages.register import "
+         "registry_lock\nwith registry_lock(sys.argv[1]):\n    print('held', flush=True)\n"
+         "    time.sleep(60)\n", uri], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StageError, match="another registration"):
+            with registry_lock(uri, timeout=0.3):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with registry_lock(uri, timeout=5):
+        pass
+
+
+def test_register_waiting_on_a_held_registry_fails_cleanly_then_succeeds(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.stages.register as register
+
+    for stage in ("tasks", "train", "evaluate"):
+        assert run_cli(project, "stage", stage) == 0, capsys.readouterr().err
+    name = "metarl-cartpole-maml"
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    monkeypatch.setattr(register, "LOCK_TIMEOUT", 0.5)
+    capsys.readouterr()
+    with register.registry_lock(uri):  # another registration is under way
+        assert run_cli(project, "stage", "register") == 2
+    err = capsys.readouterr().err
+    assert "another registration" in err and "mlflow.db.register.lock" in err
+    client = MlflowClient(tracking_uri=uri)
+    assert client.search_registered_models(f"name='{name}'") == []
+    assert not (project / "metrics" / "register.json").exists()
+    assert run_cli(project, "stage", "register") == 0
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1

@@ -110,7 +110,7 @@ def test_rl2_own_critic_trains_on_gpu(critic: str) -> None:
     stats = algo.train_step()
     assert all(np.isfinite(v) for v in stats.values()), stats
     assert all(p.device.type == torch.device(CUDA).type for p in algo.critic.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, algo.critic.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, algo.critic.parameters(), strict=True))
 
 
 def test_rl2_learns_on_gpu() -> None:

@@ -200,7 +200,8 @@ def test_rl2_with_its_own_critic_learns_an_easy_bandit(critic: str) -> None:
         algo.train_step()
     after = algo.evaluate(test, torch.Generator().manual_seed(0)).mean()
     assert after > 7.0, after
-    assert all(not torch.equal(a, b) for a, b in zip(critic_before, algo.critic.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(critic_before, algo.critic.parameters(),
+                                                     strict=True))
     learner = algo.learner()  # the trained model is the policy alone
     assert not any(isinstance(m, RL2Critic) for m in learner.model.modules())
 

@@ -11,6 +11,13 @@ first, and a failure after the version is created (setting an alias, writing
 idempotent: a version carries a ``registration_key`` tag (a hash of the checkpoint, the test set
 and the score), and registering the same key again — a Prefect retry after a crash, a forced
 ``dvc repro`` — reuses that version instead of adding one.
+
+Two registrations into one local (SQLite) registry at once — queued ``dvc exp run`` jobs,
+parallel Prefect runs — take turns: the gate, from reading ``@champion`` to moving it, runs
+under an exclusive lock on ``<database>.register.lock``, so the champion is always the better
+of the two, never the last writer. MLflow's registry has no compare-and-set, so against a
+tracking *server* this lock cannot be taken and concurrent registrations are the user's to
+serialise.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import hashlib
 import json
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +53,48 @@ from pipelines.stages.common import (
     family,
     load_task_set,
 )
+
+LOCK_TIMEOUT = 900.0
+"""Seconds a registration waits for another one on the same registry before giving up."""
+
+
+@contextmanager
+def registry_lock(uri: str, timeout: float | None = None) -> Iterator[Path | None]:
+    """Hold the exclusive registration lock of a ``sqlite:///`` registry (yields its path).
+
+    Any other URI yields None without locking (see the module docstring). The lock is an
+    ``flock`` on ``<database>.register.lock``: the OS drops it when its holder exits, however it
+    exits, so a crashed registration never blocks the next one.
+
+    Raises:
+        StageError: another registration held the lock for ``timeout`` seconds.
+
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield None
+        return
+    import fcntl  # POSIX; the SQLite store is local by definition
+
+    wait = LOCK_TIMEOUT if timeout is None else timeout
+    path = Path(uri[len(prefix):] + ".register.lock")
+    with path.open("a") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StageError(
+                        f"tracking.uri={uri!r}: another registration has held {path} for "
+                        f"{wait:.0f} s; wait for it to finish (a lock whose process has exited "
+                        f"is released by the OS) and re-run `metarl stage register`") from None
+                time.sleep(0.2)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> Any | None:
@@ -162,8 +213,16 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     if not has_closed_form_oracle(fam, test.tasks) or new_score is None:
         new_score = summary[algo][f"return_post_adapt_k{config.evaluate.num_adapt_steps}"]
     new_score = float(new_score)
+    with registry_lock(mlflow.get_tracking_uri()):
+        return _gate(config, paths, fam, test, dev, weights, config_path, ckpt, new_score,
+                     MlflowClient())
+
+
+def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, dev: str,
+          weights: Path, config_path: Path, ckpt: dict[str, Any], new_score: float,
+          client: MlflowClient) -> dict[str, Any]:
+    """Register ``weights`` and move the aliases (under the registry lock); see the module."""
     name, margin = config.model_name, config.register.margin
-    client = MlflowClient()
     champion = champion_version(client, name)
     champion_score = (score_version(champion, config, fam, test, dev)
                       if champion is not None else None)
