@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,12 @@ from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 from metarl.evaluation import adaptation_curve, normalized
 from metarl.policies import ActFn, Params, act_fn
 from metarl.sampler import EpisodeBatch
+from pipelines.maml_reference import (
+    ReferenceResult,
+    check_reference,
+    default_python,
+    run_reference,
+)
 
 BENCH_CONFIG = MAMLConfig(
     hidden_sizes=(32, 32),
@@ -188,12 +195,18 @@ def _step_size_summary(maml: MAML) -> str:
 
 def bench_maml(num_iterations: int = 100, eval_every: int = 10, seed: int = 0,
                num_test_tasks: int = 40, config: MAMLConfig | None = None,
-               meta_sgd: bool = False) -> dict[str, Any]:
+               meta_sgd: bool = False, reference: Path | None = None,
+               reference_python: str | None = None, reference_workers: int = 1,
+               ) -> dict[str, Any]:
     """Meta-train on 2D navigation for ``num_iterations``; print and return the results.
 
     ``meta_sgd``: learn per-parameter inner step sizes (``learn_inner_lr``), starting at the
     config's ``inner_lr``; a separate configuration, not the paper's fixed ``alpha``.
+    ``reference``: a pytorch-maml-rl checkout, trained and scored after ours for the same
+    iterations (:mod:`pipelines.maml_reference`) and printed beside ours.
     """
+    if reference is not None:  # refuse a bad checkout before the training, not after it
+        check_reference(reference, reference_python or default_python())
     torch.set_num_threads(1)
     config = config or BENCH_CONFIG
     if meta_sgd:
@@ -248,5 +261,49 @@ def bench_maml(num_iterations: int = 100, eval_every: int = 10, seed: int = 0,
           f"{final.normalized_post:.3f} ({final.normalized_post_mean_action:.3f} acting with the "
           f"adapted mean); {final.seconds_per_iteration:.3f} s/iteration, "
           f"{final.env_steps_per_s:,.0f} env-steps/s, {elapsed:.1f} s of training")
-    return {"rows": rows, "random_return": random_return, "oracle_return": oracle,
-            "training_seconds": elapsed, "config": replace(config)}
+    result: dict[str, Any] = {"rows": rows, "random_return": random_return,
+                              "oracle_return": oracle, "training_seconds": elapsed,
+                              "config": replace(config)}
+    if reference is not None:
+        ref = run_reference(reference, reference_python or default_python(), num_iterations,
+                            eval_every, seed, num_test_tasks, reference_workers)
+        print(side_by_side(rows, config, ref, num_test_tasks, reference_workers))
+        result["reference"] = ref
+    return result
+
+
+def side_by_side(rows: list[EvalRow], config: MAMLConfig, ref: ReferenceResult,
+                 num_test_tasks: int, reference_workers: int, at: int = 30) -> str:
+    """Ours and the reference's timings and scores, one row each, and the speed-up."""
+    ours_at = {r.iteration: r for r in rows}
+    ref_at = {e.iteration: e for e in ref.evals}
+    head = (f"{'implementation':<34} | {'policy':>6} | {'s/iter':>6} | {'env-steps/s':>11} | "
+            f"{f'post @{at} (norm.)':>18} | {'final post (norm.)':>18} | goals")
+    title = f"side by side, this machine, one command (final = iteration {rows[-1].iteration})"
+    lines = ["", title, head, "-" * len(head)]
+
+    def cell(ret: float | None, score: float | None) -> str:
+        return "-" if ret is None or score is None else f"{ret:.1f} ({score:.3f})"
+
+    mine = ours_at.get(at)
+    lines.append(
+        f"{'metarl (clipped Adam outer, 1 thread)':<34} | "
+        f"{'x'.join(map(str, config.hidden_sizes)):>6} | {rows[-1].seconds_per_iteration:>6.3f} | "
+        f"{rows[-1].env_steps_per_s:>11,.0f} | "
+        f"{cell(mine and mine.test_post, mine and mine.normalized_post):>18} | "
+        f"{cell(rows[-1].test_post, rows[-1].normalized_post):>18} | "
+        f"{num_test_tasks} held-out")
+    theirs = ref_at.get(at)
+    last = ref.evals[-1]
+    name = f"pytorch-maml-rl {ref.revision} (TRPO)"
+    lines.append(
+        f"{name:<34} | {'x'.join(map(str, ref.hidden_sizes)):>6} | "
+        f"{ref.seconds_per_iteration:>6.3f} | {ref.env_steps_per_s:>11,.0f} | "
+        f"{cell(theirs and theirs.test_post, theirs and theirs.normalized_post):>18} | "
+        f"{cell(last.test_post, last.normalized_post):>18} | "
+        f"{last.num_goals} of its test.py")
+    speedup = ref.seconds_per_iteration / rows[-1].seconds_per_iteration
+    lines.append(f"metarl: {speedup:.3g}x the reference's meta-iterations per second "
+                 f"(reference: {reference_workers} sampler worker(s); normalised scores use "
+                 "random 0 and the straight-to-goal oracle 1 on each row's own goals)")
+    return "\n".join(lines)

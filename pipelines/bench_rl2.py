@@ -104,14 +104,21 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
               obs_dim: int, num_actions: int, episodes_per_trial: int, config: RL2Config,
               iterations: int, test_tasks: list[dict], seeds: Sequence[int], keys: tuple[int, ...],
               paper: float | None, device: str, progress: TextIO,
-              time_budget: float | None = None) -> list[Row]:
+              time_budget: float | None = None, checkpoints: Path | None = None) -> list[Row]:
     rows, per_seed = [], []
     for s in seeds:
         start = time.perf_counter()
-        algo = RL2(family, obs_dim, num_actions, episodes_per_trial, config,
-                   seed=_seed(10, *keys, s), device=device)
-        done, stopped = 0, ""
-        for i in range(iterations):
+        seed = _seed(10, *keys, s)
+        algo = RL2(family, obs_dim, num_actions, episodes_per_trial, config, seed=seed,
+                   device=device)
+        path = None if checkpoints is None else checkpoints / (
+            f"{table}-{cell.replace('n=', '').replace(' k=', 'x')}-s{s}.pt")
+        resumed = _resume(algo, path, config, seed) if path is not None else 0
+        if resumed:
+            print(f"  {table} {cell} seed {s}: resumed at iteration {resumed} from {path}",
+                  file=progress, flush=True)
+        done, stopped, stats = resumed, "", {"trial_return": float("nan")}
+        for i in range(resumed, iterations):
             stats = algo.train_step()
             done = i + 1
             elapsed = time.perf_counter() - start
@@ -124,17 +131,51 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
                 print(f"  {table} {cell} seed {s}: stopped at iteration {done}{stopped}, train "
                       f"trial return {stats['trial_return']:.2f}", file=progress, flush=True)
                 break
+        if path is not None:
+            _save_training(algo, path, config, seed, done)
         returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
             _seed(11, *keys, s)))
         per_seed.append(returns)
         elapsed = time.perf_counter() - start
         mean, half = _summary(returns)
+        since = f" (resumed at {resumed})" if resumed else ""
         rows.append(Row(table, cell, f"RL2 s{s}", mean, half, paper,
-                        f"{done} it{stopped}, {elapsed:.0f} s train+eval"))
+                        f"{done} it{since}{stopped}, {elapsed:.0f} s train+eval"))
     if len(seeds) > 1:
         mean, half = _summary(np.mean(per_seed, axis=0))
         rows.append(Row(table, cell, "RL2 mean", mean, half, paper, f"{len(seeds)} seeds"))
     return rows
+
+
+def _resume(algo: RL2, path: Path, config: RL2Config, seed: int) -> int:
+    """Load ``path`` (from :func:`_save_training`) into ``algo``; the iterations it had run.
+
+    0 when there is no such file. A file written with other RL² settings is refused: training
+    on from it would mix two configurations under one row.
+    """
+    if not path.exists():
+        return 0
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    wanted = to_dict(config)
+    changed = sorted(k for k in {*wanted, *saved["config"]}
+                     if wanted.get(k) != saved["config"].get(k))
+    if changed or saved["seed"] != seed:
+        what = ", ".join(f"{k}={saved['config'].get(k)!r} there, {wanted.get(k)!r} here"
+                         for k in changed) or f"seed {saved['seed']} there, {seed} here"
+        raise ValueError(f"--checkpoints: {path} was trained with other settings ({what}); "
+                         "pass the same settings, or move the file away to start afresh")
+    algo.load_training_state(saved["state"])
+    return int(saved["iterations"])
+
+
+def _save_training(algo: RL2, path: Path, config: RL2Config, seed: int, iterations: int
+                   ) -> None:
+    """Write ``algo``'s training state to ``path`` atomically (a later run resumes from it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"config": to_dict(config), "seed": seed, "iterations": iterations,
+                "state": algo.training_state()}, tmp)
+    tmp.replace(path)
 
 
 def _summary(values: np.ndarray) -> tuple[float, float]:
@@ -155,7 +196,7 @@ class BenchRL2Params:
     seeds: tuple[int, ...] = (0,)
     """Training seeds, one model each."""
     iterations: int | None = None
-    """PPO iterations per seed (null: 600 bandit, 200 MDP)."""
+    """PPO iterations per seed (null: :func:`default_iterations`)."""
     instances: int = 1000
     """Test instances per cell."""
     instance_seed: int = 0
@@ -250,7 +291,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               progress: TextIO | None = None, json_path: Path | None = None,
               bandit_overrides: dict[str, Any] | None = None,
               mdp_overrides: dict[str, Any] | None = None,
-              time_budget: float | None = None) -> list[Row]:
+              time_budget: float | None = None, checkpoints: Path | None = None) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
 
     With ``json_path``, also write :func:`results_json` there (atomically).
@@ -270,6 +311,10 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
             :class:`BenchRL2Params`).
         mdp_overrides: likewise for the MDP cells.
         time_budget: seconds of training per seed and cell, then stop early (none by default).
+        checkpoints: a folder holding one training state per cell and seed
+            (``bandit-500x5-s0.pt``, ``mdp-10-s0.pt``), written after training; a later run
+            with the same settings resumes from it, up to ``iterations`` in all (so a long
+            cell can be trained in several runs, e.g. under a per-call time limit).
 
     Raises:
         ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances`` or ``iterations``.
@@ -281,8 +326,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         cells = [c for c in DEFAULT_CELLS
                  if tables == "all" or (tables == "bandit") == ("x" in c)]
     bandit, mdp = parse_cells(cells, tables)
-    for n in {10, *(n for n, _ in bandit)}:  # validated even when no bandit cell runs
-        with_overrides(bandit_config(n), bandit_overrides, "bandit")
+    bandit_configs = {n: with_overrides(bandit_config(n), bandit_overrides, "bandit")
+                      for n in {10, *(n for n, _ in bandit)}}  # validated with no bandit cell
     mdp_config = with_overrides(MDP_CONFIG, mdp_overrides, "mdp")
     out, progress = out or sys.stdout, progress or sys.stderr
     torch.set_num_threads(1)
@@ -303,10 +348,10 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         family = BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=n))
         test = family.sample(instances, np.random.default_rng(_seed(instance_seed, 1, n, k, 0)))
         paper = reference.get(("bandit", n, k, "RL2"))
-        config = with_overrides(bandit_config(n), bandit_overrides, "bandit")
-        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, config,
+        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[n],
                               iterations or default_iterations("bandit", n), test, seeds,
-                              (instance_seed, n, k), paper, device, progress, time_budget)
+                              (instance_seed, n, k), paper, device, progress, time_budget,
+                              checkpoints)
         base_start = time.perf_counter()
         cell_rows += [r for r in bandit_cell(n, k, instances, instance_seed, device, reference)
                       if r.method in BANDIT_BASELINES]
@@ -320,7 +365,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         c = mdp_family.config
         cell_rows = _rl2_rows("mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n,
                               mdp_config, iterations or default_iterations("mdp", n), test, seeds,
-                              (instance_seed, n), paper, device, progress, time_budget)
+                              (instance_seed, n), paper, device, progress, time_budget,
+                              checkpoints)
         base_start = time.perf_counter()
         cell_rows += [r for r in mdp_cell(n, instances, instance_seed, device, reference)
                       if r.method in MDP_BASELINES]

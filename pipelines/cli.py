@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
         "maml", help="MAML on the MAML paper's 2D navigation: speed and returns",
         description="Meta-train MAML on 2D navigation (20 tasks x 20 trajectories x horizon "
         "100, one inner PG step, alpha 0.1, clipped outer step) and print seconds per "
-        "meta-iteration, env-steps/s and the return before/after adaptation on held-out goals.")
+        "meta-iteration, env-steps/s and the return before/after adaptation on held-out goals. "
+        "With --reference DIR, the public pytorch-maml-rl trains after ours in the same "
+        "command and a side-by-side table closes the output.")
     maml.add_argument("--iterations", type=int, default=100,
                       help="meta-iterations (default: 100)")
     maml.add_argument("--eval-every", type=int, default=10,
@@ -81,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     maml.add_argument("--meta-sgd", action="store_true",
                       help="Meta-SGD: learn a per-parameter inner step size, starting at alpha "
                       "0.1 (a separate configuration, not the fixed-alpha protocol)")
+    maml.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                      help="a checkout of pytorch-maml-rl (github.com/tristandeleu/"
+                      "pytorch-maml-rl): after ours, train it for the same iterations with its "
+                      "own train.py and 2d-navigation.yaml, score its checkpoints with its "
+                      "test.py, and print both side by side (about 7 s per iteration here)")
+    maml.add_argument("--reference-python", default=None, metavar="PYTHON",
+                      help="interpreter for the reference (default: this one); it needs torch, "
+                      "gym==0.17.3, 'numpy<2', tqdm and pyyaml")
+    maml.add_argument("--reference-workers", type=int, default=1, metavar="N",
+                      help="the reference's sampler worker processes (default 1)")
     baselines = bench_sub.add_parser(
         "baselines", help="RL²'s Table 1 (bandits) and Table 2 (tabular MDPs) baselines",
         description="Reproduce the baseline columns of RL² (Duan et al. 2016) Tables 1 and 2 "
@@ -131,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
                      "cells, seeds, iterations, instances, instance_seed, device, time_budget, "
                      "bandit, mdp), as "
                      "benchmarks/rl2/params.yaml does for `dvc exp run benchmarks/rl2/dvc.yaml`")
+    rl2.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
+                     help="keep each cell's and seed's training state in DIR (e.g. "
+                     "DIR/bandit-500x5-s0.pt) and resume from it when it is there: run a long "
+                     "cell in pieces, e.g. with --time-budget, up to --iterations in all")
     rl2.add_argument("--json", type=Path, default=None, metavar="FILE",
                      help="also write the table's numbers to FILE as JSON (DVC metrics)")
     rl2.add_argument("--plot", type=Path, default=None, metavar="PNG",
@@ -189,24 +205,26 @@ def _bench(args: argparse.Namespace) -> None:
             bench_rl2(p.table, p.cells, p.seeds, p.instances, p.iterations,
                       p.instance_seed, p.device, json_path=json_path,
                       bandit_overrides=p.bandit, mdp_overrides=p.mdp,
-                      time_budget=p.time_budget)
+                      time_budget=p.time_budget, checkpoints=args.checkpoints)
         else:
             bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
                       args.instance_seed, args.device, json_path=json_path,
                       bandit_overrides=parse_overrides(args.bandit, "--bandit"),
                       mdp_overrides=parse_overrides(args.mdp, "--mdp"),
-                      time_budget=args.time_budget)
+                      time_budget=args.time_budget, checkpoints=args.checkpoints)
         if args.plot is not None:
             _replot_rl2(json_path, args.plot)
     elif args.bench == "maml":
         from pipelines.bench_maml import bench_maml
 
-        for name in ("iterations", "eval_every", "test_tasks"):
+        for name in ("iterations", "eval_every", "test_tasks", "reference_workers"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}: "
                                  "must be >= 1")
         bench_maml(args.iterations, args.eval_every, args.seed, args.test_tasks,
-                   meta_sgd=args.meta_sgd)
+                   meta_sgd=args.meta_sgd, reference=args.reference,
+                   reference_python=args.reference_python,
+                   reference_workers=args.reference_workers)
     else:
         from pipelines.bench import bench_sampler
 

@@ -157,6 +157,65 @@ def test_same_seed_same_parameters_after_two_iterations() -> None:
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
+@pytest.mark.parametrize("critic", ["shared", "task"])
+def test_training_resumed_from_its_state_goes_on_exactly_as_uninterrupted(
+        tmp_path: Any, critic: str) -> None:
+    family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=2, horizon=5))
+    config = dataclasses.replace(SMALL, critic=critic)
+    straight = RL2(family, None, None, 2, config, seed=3)
+    for _ in range(4):
+        straight.train_step()
+    first = RL2(family, None, None, 2, config, seed=3)
+    first.train_step()
+    first.train_step()
+    torch.save(first.training_state(), tmp_path / "state.pt")
+    resumed = RL2(family, None, None, 2, config, seed=3)   # a fresh process would build this
+    resumed.load_training_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    resumed.train_step()
+    resumed.train_step()
+    assert len(straight.params) == len(resumed.params) == (len(list(straight.model.parameters()))
+                                                          + (critic == "task") * 6)
+    for a, b in zip(straight.params, resumed.params, strict=True):
+        assert torch.equal(a, b)
+    # without the state, the same two steps land elsewhere
+    fresh = RL2(family, None, None, 2, config, seed=3)
+    fresh.train_step()
+    fresh.train_step()
+    assert not all(torch.equal(a, b) for a, b in zip(straight.params, fresh.params, strict=True))
+    other = RL2(family, None, None, 2, dataclasses.replace(SMALL, critic="separate"), seed=3)
+    if critic == "shared":
+        with pytest.raises(ValueError, match="critic does not match critic='separate'"):
+            other.load_training_state(first.training_state())
+
+
+def test_bench_rl2_resumes_a_cell_from_its_checkpoint(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    base = ["bench", "rl2", "--cells", "10x5", "--instances", "30", "--bandit", "hidden_size=8",
+            "meta_batch_size=8"]
+
+    def row() -> str:
+        out = capsys.readouterr().out
+        return next(line for line in out.splitlines() if " RL2 s0 " in line)
+
+    assert main([*base, "--iterations", "4"]) == 0
+    straight = row()
+    assert main([*base, "--iterations", "2", "--checkpoints", str(tmp_path)]) == 0
+    assert (tmp_path / "bandit-10x5-s0.pt").exists() and "2 it, " in row()
+    assert main([*base, "--iterations", "4", "--checkpoints", str(tmp_path)]) == 0
+    resumed = row()
+    assert "4 it (resumed at 2), " in resumed
+    assert resumed.split()[5:7] == straight.split()[5:7]   # same score and interval
+    assert torch.load(tmp_path / "bandit-10x5-s0.pt", weights_only=True)["iterations"] == 4
+    # other settings than the checkpoint's are refused, naming them; the file is kept
+    assert main([*base[:-2], "hidden_size=16", "meta_batch_size=8", "--iterations", "6",
+                 "--checkpoints", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "bandit-10x5-s0.pt was trained with other settings (hidden_size=8 there, 16 here)" in err
+    assert torch.load(tmp_path / "bandit-10x5-s0.pt", weights_only=True)["iterations"] == 4
+
+
 class FarApartBandits:
     """Two arms with probabilities {0.9, 0.1} in random order: easy to learn to exploit."""
 

@@ -154,6 +154,17 @@ def _cat(obs: torch.Tensor, code: torch.Tensor, prev_reward: torch.Tensor,
                       prev_done.unsqueeze(-1).to(obs.dtype)], dim=-1)
 
 
+@torch.no_grad()
+def _uniform_init(module: nn.Module, hidden_size: int, generator: torch.Generator) -> None:
+    """Draw every parameter uniform in ``±1/sqrt(hidden_size)``, in order, from ``generator``.
+
+    PyTorch's default range for a GRU and the heads on it; same seed, same network.
+    """
+    bound = 1.0 / math.sqrt(hidden_size)
+    for p in module.parameters():
+        p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
+
+
 class RL2Policy(nn.Module):
     """GRU over step inputs, with a policy head and a value head.
 
@@ -196,10 +207,8 @@ class RL2Policy(nn.Module):
         self.gru = nn.GRU(self.input_dim, hidden_size, batch_first=True)
         self.pi = nn.Linear(hidden_size, self.code_dim)
         self.v = nn.Linear(hidden_size, 1)
+        _uniform_init(self, hidden_size, generator)
         with torch.no_grad():
-            bound = 1.0 / math.sqrt(hidden_size)  # GRU's and the heads' default range
-            for p in self.parameters():
-                p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
             self.pi.weight.mul_(0.01)  # near-uniform (or zero-mean) initial policy
             self.pi.bias.zero_()
         if not self.discrete:
@@ -287,10 +296,7 @@ class RL2Critic(nn.Module):
         self.hidden_size = hidden_size
         self.gru = nn.GRU(input_dim, hidden_size, batch_first=True)
         self.v = nn.Linear(hidden_size, 1)
-        with torch.no_grad():
-            bound = 1.0 / math.sqrt(hidden_size)
-            for p in self.parameters():
-                p.copy_((torch.rand(p.shape, generator=generator) * 2 - 1) * bound)
+        _uniform_init(self, hidden_size, generator)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Values ``[B, L]`` of the steps ``x [B, L, input_dim]`` from states ``h [B, hidden]``."""
@@ -580,11 +586,33 @@ class RL2:
         self.sample_tasks: TaskSampler = task_sampler or (
             lambda: family.sample(config.meta_batch_size, self.rng))
 
-    def critic_inputs(self, batch: TrialBatch, tasks: list[dict[str, Any]]
-                      ) -> torch.Tensor | None:
+    def training_state(self) -> dict[str, Any]:
+        """What continuing this training later needs: weights, optimiser and random states.
+
+        :meth:`load_training_state` on an ``RL2`` built with the same family, config and seed
+        then trains on exactly as this one would have (same tasks, rollouts and minibatches).
+        The default task sampler's numpy state is included; a custom ``task_sampler``'s is not.
+        """
+        return {"model": self.model.state_dict(),
+                "critic": None if self.critic is None else self.critic.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "rng": self.rng.bit_generator.state}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`training_state` (same family, config and seed)."""
+        if (state["critic"] is None) != (self.critic is None):
+            raise ValueError("training state: its critic does not match critic="
+                             f"{self.config.critic!r}")
+        self.model.load_state_dict(state["model"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.rng.bit_generator.state = state["rng"]
+
+    def critic_inputs(self, batch: TrialBatch, tasks: list[dict[str, Any]]) -> torch.Tensor:
         """What the separate critic reads: the step inputs, plus the task features (``task``)."""
-        if self.critic is None:
-            return None
         if self.config.critic == "separate":
             return batch.inputs
         feats = torch.tensor([task_features(self.family, t)  # type: ignore[arg-type]
@@ -606,9 +634,9 @@ class RL2:
         env = self.family.make_env(tasks, c.trials_per_task, device=self.device)
         batch = collect_trials(self.model, env, self.episodes_per_trial, self.generator,
                                c.bptt_length)
-        critic_x = self.critic_inputs(batch, tasks)
         values, critic_inputs = batch.values, None
-        if self.critic is not None and critic_x is not None:
+        if self.critic is not None:
+            critic_x = self.critic_inputs(batch, tasks)
             values, states = self.critic.trial_values(critic_x, batch.chunk_length)
             critic_inputs = (critic_x, states)
         adv, returns = gae(batch.rewards * c.reward_scale, values, c.discount,
