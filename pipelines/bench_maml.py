@@ -277,7 +277,7 @@ def side_by_side(rows: list[EvalRow], config: MAMLConfig, ref: ReferenceResult,
     """Ours and the reference's timings and scores, one row each, and the speed-up."""
     ours_at = {r.iteration: r for r in rows}
     ref_at = {e.iteration: e for e in ref.evals}
-    head = (f"{'implementation':<34} | {'policy':>6} | {'s/iter':>6} | {'env-steps/s':>11} | "
+    head = (f"{'implementation':<37} | {'policy':>6} | {'s/iter':>6} | {'env-steps/s':>11} | "
             f"{f'post @{at} (norm.)':>18} | {'final post (norm.)':>18} | goals")
     title = f"side by side, this machine, one command (final = iteration {rows[-1].iteration})"
     lines = ["", title, head, "-" * len(head)]
@@ -287,7 +287,7 @@ def side_by_side(rows: list[EvalRow], config: MAMLConfig, ref: ReferenceResult,
 
     mine = ours_at.get(at)
     lines.append(
-        f"{'metarl (clipped Adam outer, 1 thread)':<34} | "
+        f"{'metarl (clipped Adam outer, 1 thread)':<37} | "
         f"{'x'.join(map(str, config.hidden_sizes)):>6} | {rows[-1].seconds_per_iteration:>6.3f} | "
         f"{rows[-1].env_steps_per_s:>11,.0f} | "
         f"{cell(mine and mine.test_post, mine and mine.normalized_post):>18} | "
@@ -297,7 +297,7 @@ def side_by_side(rows: list[EvalRow], config: MAMLConfig, ref: ReferenceResult,
     last = ref.evals[-1]
     name = f"pytorch-maml-rl {ref.revision} (TRPO)"
     lines.append(
-        f"{name:<34} | {'x'.join(map(str, ref.hidden_sizes)):>6} | "
+        f"{name:<37} | {'x'.join(map(str, ref.hidden_sizes)):>6} | "
         f"{ref.seconds_per_iteration:>6.3f} | {ref.env_steps_per_s:>11,.0f} | "
         f"{cell(theirs and theirs.test_post, theirs and theirs.normalized_post):>18} | "
         f"{cell(last.test_post, last.normalized_post):>18} | "
