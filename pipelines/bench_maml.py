@@ -32,7 +32,9 @@ seed 0, 100 iterations, 2 cores and nothing else running): metarl 0.155 s/iterat
 env-steps/s, -14.2 (0.780) at iteration 30 and -13.3 (0.794) at 100; the reference 5.589
 s/iteration, 13,690 env-steps/s, -16.8 (0.741) at 30 and -17.0 (0.737) at 100 (0.72-0.76
 from iteration 20 on): 36 times the reference's meta-iterations per second, and a higher
-plateau.
+plateau. Over the reference's configured 500 iterations (``--iterations 500 --eval-every 50``,
+beside other jobs) both end at -14.1 after adaptation: 0.782 (metarl), 0.783 (the reference,
+whose best checkpoint was 0.793 at iteration 350). ``benchmarks/maml/`` holds both outputs.
 
 The score plateaus near 0.8 normalised (about -13 after adaptation; random -62.6, oracle -0.55
 on the 40 held-out goals of seed 0) from roughly iteration 60, and the issue's 0.9 (-6.8) is
