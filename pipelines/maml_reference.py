@@ -42,8 +42,9 @@ LAUNCHER = Path(__file__).with_name("maml_reference_launcher.py")
 CONFIG = Path("configs") / "maml" / "2d-navigation.yaml"
 REQUIRED = ("train.py", "test.py", str(CONFIG), "maml_rl")
 SECONDS_PER_ITERATION_LIMIT = 120.0
-"""The reference is stopped (and the bench fails) past this many seconds per iteration: when
-one of its sampler workers dies, its main process waits for it forever."""
+STARTUP_SECONDS = 60.0
+"""The reference is stopped (and the bench fails) past ``STARTUP_SECONDS`` plus this many
+seconds per iteration: when one of its sampler workers dies, its main process waits forever."""
 
 
 @dataclass(frozen=True)
@@ -96,22 +97,36 @@ def _launch(python: str, directory: Path, log: Path, every: int, script: str,
             args: list[str], timeout: float, what: str) -> dict[str, Any]:
     """Run one reference script through the launcher; its log (timestamps, env steps)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if os.environ.get("METARL_NO_PROGRESS"):
+        env["TQDM_DISABLE"] = "1"  # the reference's own progress bars
     command = [python, str(LAUNCHER), str(log), str(every), script, *args]
+    # its own process group: a stop takes its sampler workers down with it
     process = subprocess.Popen(command, cwd=directory, env=env, stdout=subprocess.DEVNULL,
                                start_new_session=True)
     try:
         status = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        _stop(process)
         raise RuntimeError(
             f"the reference's {what} ran past {timeout:.0f} s and was stopped (one of its "
             "sampler workers probably failed: its error is above)") from None
+    except BaseException:  # Ctrl-C: the new session does not get the terminal's SIGINT
+        _stop(process)
+        raise
     if status != 0:
         raise RuntimeError(f"the reference's {what} exited with status {status} (its error is "
                            "above); check that --reference-python has torch, gym==0.17.3, "
                            "'numpy<2', tqdm and pyyaml")
     return json.loads(log.read_text())
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Kill the reference's process group (its main process and sampler workers)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def _score(directory: Path, python: str, folder: Path, iteration: int, num_goals: int,
@@ -124,7 +139,8 @@ def _score(directory: Path, python: str, folder: Path, iteration: int, num_goals
              str(folder / f"policy-{iteration}.th"), "--output", str(output),
              "--meta-batch-size", "20", "--num-batches", str(batches), "--seed", str(seed),
              "--num-workers", str(workers)],
-            timeout=SECONDS_PER_ITERATION_LIMIT * batches, what=f"test.py (iteration {iteration})")
+            timeout=STARTUP_SECONDS + SECONDS_PER_ITERATION_LIMIT * batches,
+            what=f"test.py (iteration {iteration})")
     with np.load(output, allow_pickle=True) as logs:
         goals = [{"goal_x": float(t["goal"][0]), "goal_y": float(t["goal"][1])}
                  for t in logs["tasks"]]
@@ -151,7 +167,7 @@ def run_reference(directory: Path, python: str, num_iterations: int, eval_every:
         log = _launch(python, directory, folder / "train.json", eval_every, "train.py",
                       ["--config", str(folder / "2d-navigation.yaml"), "--output-folder",
                        str(folder), "--seed", str(seed), "--num-workers", str(workers)],
-                      timeout=60 + SECONDS_PER_ITERATION_LIMIT * num_iterations,
+                      timeout=STARTUP_SECONDS + SECONDS_PER_ITERATION_LIMIT * num_iterations,
                       what="train.py")
         stamps = log["stamps"]
         if len(stamps) != num_iterations + 1:

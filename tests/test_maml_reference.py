@@ -144,3 +144,33 @@ def test_a_failing_reference_is_reported_with_its_status(tmp_path: Path) -> None
     broken = TRAIN.replace("time.sleep(0.01)", "raise SystemExit(3)")
     with pytest.raises(RuntimeError, match=r"train.py exited with status 3"):
         run_reference(fake_reference(tmp_path / "ref", broken), sys.executable, 2, 1, 0, 20)
+
+
+def test_a_hung_reference_is_stopped_with_its_workers(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    import pipelines.maml_reference as reference
+
+    pid_file = tmp_path / "worker.pid"
+    # a sampler worker that never returns, and a main process that waits for it
+    hung = TRAIN.replace("time.sleep(0.01)", (
+        "import subprocess; w = subprocess.Popen(['sleep', '600']); "
+        f"open({str(pid_file)!r}, 'w').write(str(w.pid)); w.wait()"))
+    monkeypatch.setattr(reference, "SECONDS_PER_ITERATION_LIMIT", 1.0)
+    monkeypatch.setattr(reference, "STARTUP_SECONDS", 4.0)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"train.py ran past 6 s and was stopped"):
+        run_reference(fake_reference(tmp_path / "ref", hung), sys.executable, 2, 1, 0, 20)
+    assert time.monotonic() - start < 60
+    worker = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the reference's worker {worker} outlived it")
