@@ -106,13 +106,11 @@ def _launch(python: str, directory: Path, log: Path, every: int, script: str,
     try:
         status = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _stop(process)
         raise RuntimeError(
             f"the reference's {what} ran past {timeout:.0f} s and was stopped (one of its "
             "sampler workers probably failed: its error is above)") from None
-    except BaseException:  # Ctrl-C: the new session does not get the terminal's SIGINT
-        _stop(process)
-        raise
+    finally:  # also on Ctrl-C (its new session does not get the terminal's SIGINT)
+        _stop(process)  # and any worker it left behind
     if status != 0:
         raise RuntimeError(f"the reference's {what} exited with status {status} (its error is "
                            "above); check that --reference-python has torch, gym==0.17.3, "
@@ -121,7 +119,7 @@ def _launch(python: str, directory: Path, log: Path, every: int, script: str,
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Kill the reference's process group (its main process and sampler workers)."""
+    """Kill what is left of the reference's process group (main process, sampler workers)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
