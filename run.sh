@@ -80,8 +80,8 @@ case "$cmd" in
     export METARL_NO_PROGRESS=1
     log "ruff"
     ruff check metarl pipelines tests
-    log "mypy (metarl)"
-    mypy metarl
+    log "mypy (metarl, pipelines)"
+    mypy metarl pipelines
     log "pytest"
     python -m pytest -q "$@"
     ;;

@@ -31,7 +31,6 @@ class TaskFamily(Protocol):
         ...
 
     max_steps: int
-    best_return: float
 
     def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
         """Draw ``num_tasks`` task parameter dicts."""

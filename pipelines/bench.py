@@ -18,7 +18,7 @@ from metarl.policies import CategoricalMLPPolicy, act_fn, expand_params
 from metarl.sampler import rollout_steps, sample_actions
 
 
-def _best_time(fn: Callable[[], None], repeats: int) -> float:
+def _best_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

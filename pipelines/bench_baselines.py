@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -282,12 +283,12 @@ def bench_baselines(tables: str = "all", cells: Sequence[str] | None = None,
     torch.set_num_threads(1)
     reference = load_reference()
     start = time.perf_counter()
-    jobs: list[tuple[str, Callable[[], list[Row]]]] = [
-        (f"bandit n={n} k={k}", lambda n=n, k=k: bandit_cell(n, k, instances, seed, device,
-                                                            reference))
-        for n, k in bandit
-    ] + [(f"mdp n={n}", lambda n=n: mdp_cell(n, instances, seed, device, reference))
-         for n in mdp]
+    jobs: list[tuple[str, Callable[[], list[Row]]]] = []
+    jobs.extend((f"bandit n={n} k={k}",
+                 partial(bandit_cell, n, k, instances, seed, device, reference))
+                for n, k in bandit)
+    jobs.extend((f"mdp n={n}", partial(mdp_cell, n, instances, seed, device, reference))
+                for n in mdp)
     print(f"RL² baselines (Duan et al. 2016, Tables 1-2): {instances} instances per cell "
           f"(+{instances} for tuning), seed {seed}, torch threads 1, device {device}", file=out)
     print(HEADER, file=out)

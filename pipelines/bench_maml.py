@@ -113,6 +113,7 @@ from metarl.evaluation import adaptation_curve, normalized
 from metarl.policies import ActFn, Params, act_fn
 from metarl.sampler import EpisodeBatch
 from pipelines.maml_reference import (
+    ReferenceEval,
     ReferenceResult,
     check_reference,
     default_python,
@@ -292,26 +293,21 @@ def side_by_side(rows: list[EvalRow], config: MAMLConfig, ref: ReferenceResult,
     title = f"side by side, this machine, one command (final = iteration {rows[-1].iteration})"
     lines = ["", title, head, "-" * len(head)]
 
-    def cell(ret: float | None, score: float | None) -> str:
-        return "-" if ret is None or score is None else f"{ret:.1f} ({score:.3f})"
+    def cell(row: EvalRow | ReferenceEval | None) -> str:
+        return "-" if row is None else f"{row.test_post:.1f} ({row.normalized_post:.3f})"
 
-    mine = ours_at.get(at)
     lines.append(
         f"{'metarl (clipped Adam outer, 1 thread)':<37} | "
         f"{'x'.join(map(str, config.hidden_sizes)):>6} | {rows[-1].seconds_per_iteration:>6.3f} | "
         f"{rows[-1].env_steps_per_s:>11,.0f} | "
-        f"{cell(mine and mine.test_post, mine and mine.normalized_post):>18} | "
-        f"{cell(rows[-1].test_post, rows[-1].normalized_post):>18} | "
+        f"{cell(ours_at.get(at)):>18} | {cell(rows[-1]):>18} | "
         f"{num_test_tasks} held-out")
-    theirs = ref_at.get(at)
-    last = ref.evals[-1]
     name = f"pytorch-maml-rl {ref.revision} (TRPO)"
     lines.append(
         f"{name:<37} | {'x'.join(map(str, ref.hidden_sizes)):>6} | "
         f"{ref.seconds_per_iteration:>6.3f} | {ref.env_steps_per_s:>11,.0f} | "
-        f"{cell(theirs and theirs.test_post, theirs and theirs.normalized_post):>18} | "
-        f"{cell(last.test_post, last.normalized_post):>18} | "
-        f"{last.num_goals} of its test.py")
+        f"{cell(ref_at.get(at)):>18} | {cell(ref.evals[-1]):>18} | "
+        f"{ref.evals[-1].num_goals} of its test.py")
     speedup = ref.seconds_per_iteration / rows[-1].seconds_per_iteration
     lines.append(f"metarl: {speedup:.3g}x the reference's meta-iterations per second "
                  f"(reference: {reference_workers} sampler worker(s); normalised scores use "

@@ -79,9 +79,9 @@ def _stage_task(name: str) -> Task[[str, str], dict[str, Any]]:
 
     run.__name__ = run.__qualname__ = f"stage_{name}"
     run.__doc__ = f"Run pipeline stage ``{name}``."
-    return task(run, name=name, task_run_name=name, retries=RETRIES.get(name, 0),
+    return task(name=name, task_run_name=name, retries=RETRIES.get(name, 0),
                 retry_delay_seconds=RETRY_DELAY_SECONDS, retry_condition_fn=_transient,
-                cache_policy=NO_CACHE, persist_result=False)
+                cache_policy=NO_CACHE, persist_result=False)(run)
 
 
 STAGE_TASKS = {name: _stage_task(name) for name in STAGES}

@@ -38,7 +38,7 @@ def _patch_torch() -> None:
         def lstsq(b: Any, a: Any) -> tuple[Any, None]:
             return torch.linalg.lstsq(a, b).solution, None
 
-        torch.lstsq = lstsq  # type: ignore[attr-defined]
+        torch.lstsq = lstsq  # type: ignore[assignment,attr-defined,unused-ignore]
 
 
 def _output_folder(argv: list[str]) -> str | None:

@@ -32,7 +32,7 @@ WEIGHTS = "weights"
 CONFIG = "config"
 
 
-class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined,unused-ignore]
     """Greedy actions of a :class:`metarl.algos.base.GradientAdaptedPolicy`."""
 
     # The tensor signature given at logging validates input; MLflow's type-hint validation

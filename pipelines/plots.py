@@ -105,7 +105,9 @@ def plot_rl2_cells(results: dict[str, object], path: Path, title: str) -> None:
             ax.plot([p["paper"]], [y], "x", color="tab:red", markersize=8,
                     label=label("RL², paper"))
         gittins = p["yardstick_name"] == "Gittins"
-        ax.plot([p["yardstick"]], [y], "D" if gittins else "s", color="tab:green",
+        yardstick = p["yardstick"]
+        assert isinstance(yardstick, float | int), p
+        ax.plot([yardstick], [y], "D" if gittins else "s", color="tab:green",
                 markersize=5, label=label(f"{p['yardstick_name']}, ours"))
     ax.set_yticks(list(range(len(points)))[::-1], [str(p["cell"]) for p in points], fontsize=8)
     ax.axvline(0.0, color="grey", linewidth=0.8)

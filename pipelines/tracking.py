@@ -113,7 +113,7 @@ def _parent_run_id(key: str, root: Path) -> str:
     import mlflow
 
     experiment_id = mlflow.tracking.fluent._get_experiment_id()
-    found = mlflow.search_runs([experiment_id],
+    found = mlflow.search_runs([experiment_id] if experiment_id else None,
                                filter_string=f"tags.`metarl.pipeline_key` = '{key}'",
                                max_results=1, output_format="list")
     if found:

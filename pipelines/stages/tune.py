@@ -47,7 +47,9 @@ def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage
     path = paths.resolve(config.tune.storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()  # a DVC output even when no trial runs (n_trials: 0)
-    backend = optuna.storages.journal.JournalFileBackend(str(path))
+    from optuna.storages.journal import JournalFileBackend
+
+    backend = JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend)
 
 
