@@ -113,7 +113,7 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
                    device=device)
         path = None if checkpoints is None else checkpoints / (
             f"{table}-{cell.replace('n=', '').replace(' k=', 'x')}-s{s}.pt")
-        resumed = _resume(algo, path, config, seed) if path is not None else 0
+        resumed = _resume(algo, path, config, seed, device) if path is not None else 0
         if resumed:
             print(f"  {table} {cell} seed {s}: resumed at iteration {resumed} from {path}",
                   file=progress, flush=True)
@@ -132,7 +132,7 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
                       f"trial return {stats['trial_return']:.2f}", file=progress, flush=True)
                 break
         if path is not None:
-            _save_training(algo, path, config, seed, done)
+            _save_training(algo, path, config, seed, device, done)
         returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
             _seed(11, *keys, s)))
         per_seed.append(returns)
@@ -147,11 +147,12 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
     return rows
 
 
-def _resume(algo: RL2, path: Path, config: RL2Config, seed: int) -> int:
+def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str) -> int:
     """Load ``path`` (from :func:`_save_training`) into ``algo``; the iterations it had run.
 
-    0 when there is no such file. A file written with other RL² settings is refused: training
-    on from it would mix two configurations under one row.
+    0 when there is no such file. A file written with other RL² settings, seed or device type
+    is refused: training on from it would mix two configurations under one row (and a CUDA
+    generator's state does not fit a CPU one).
     """
     if not path.exists():
         return 0
@@ -159,22 +160,25 @@ def _resume(algo: RL2, path: Path, config: RL2Config, seed: int) -> int:
     wanted = to_dict(config)
     changed = sorted(k for k in {*wanted, *saved["config"]}
                      if wanted.get(k) != saved["config"].get(k))
-    if changed or saved["seed"] != seed:
+    here = torch.device(device).type
+    if changed or saved["seed"] != seed or saved["device"] != here:
         what = ", ".join(f"{k}={saved['config'].get(k)!r} there, {wanted.get(k)!r} here"
-                         for k in changed) or f"seed {saved['seed']} there, {seed} here"
+                         for k in changed) or (
+            f"seed {saved['seed']} there, {seed} here" if saved["seed"] != seed
+            else f"device {saved['device']} there, {here} here")
         raise ValueError(f"--checkpoints: {path} was trained with other settings ({what}); "
                          "pass the same settings, or move the file away to start afresh")
     algo.load_training_state(saved["state"])
     return int(saved["iterations"])
 
 
-def _save_training(algo: RL2, path: Path, config: RL2Config, seed: int, iterations: int
-                   ) -> None:
+def _save_training(algo: RL2, path: Path, config: RL2Config, seed: int, device: str,
+                   iterations: int) -> None:
     """Write ``algo``'s training state to ``path`` atomically (a later run resumes from it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": to_dict(config), "seed": seed, "iterations": iterations,
-                "state": algo.training_state()}, tmp)
+    torch.save({"config": to_dict(config), "seed": seed, "device": torch.device(device).type,
+                "iterations": iterations, "state": algo.training_state()}, tmp)
     tmp.replace(path)
 
 

@@ -214,6 +214,11 @@ def test_bench_rl2_resumes_a_cell_from_its_checkpoint(
     err = capsys.readouterr().err
     assert "bandit-10x5-s0.pt was trained with other settings (hidden_size=8 there, 16 here)" in err
     assert torch.load(tmp_path / "bandit-10x5-s0.pt", weights_only=True)["iterations"] == 4
+    # a state trained on another device type (its generator state would not fit) is refused
+    state = torch.load(tmp_path / "bandit-10x5-s0.pt", weights_only=True)
+    torch.save({**state, "device": "cuda"}, tmp_path / "bandit-10x5-s0.pt")
+    assert main([*base, "--iterations", "6", "--checkpoints", str(tmp_path)]) == 2
+    assert "(device cuda there, cpu here)" in capsys.readouterr().err
 
 
 class FarApartBandits:
