@@ -98,6 +98,7 @@ scored the same, 0.791 (0.791 with the mean) at iteration 100.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,7 +107,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.algos.base import GradientAdaptedPolicy, RandomLearner
+from metarl.algos.base import GradientAdaptedPolicy
 from metarl.algos.maml import MAML, MAMLConfig, make_policy
 from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 from metarl.evaluation import adaptation_curve, normalized
@@ -116,7 +117,7 @@ from pipelines.maml_reference import (
     ReferenceEval,
     ReferenceResult,
     check_reference,
-    default_python,
+    nav2d_yardsticks,
     run_reference,
 )
 
@@ -216,8 +217,9 @@ def bench_maml(num_iterations: int = 100, eval_every: int = 10, seed: int = 0,
     ``reference``: a pytorch-maml-rl checkout, trained and scored after ours for the same
     iterations (:mod:`pipelines.maml_reference`) and printed beside ours.
     """
+    python = reference_python or sys.executable  # the reference may share our environment
     if reference is not None:  # refuse a bad checkout before the training, not after it
-        check_reference(reference, reference_python or default_python())
+        check_reference(reference, python)
     torch.set_num_threads(1)
     config = config or BENCH_CONFIG
     if meta_sgd:
@@ -225,9 +227,7 @@ def bench_maml(num_iterations: int = 100, eval_every: int = 10, seed: int = 0,
     family = Nav2DFamily(Nav2DFamilyConfig())
     rng = np.random.default_rng(seed)
     test = family.sample(num_test_tasks, np.random.default_rng(seed + 1_000_003))
-    oracle = float(family.oracle_returns(test).mean())
-    random_return = float(adaptation_curve(RandomLearner(), family, test, 0,
-                                           config.episodes_per_task, seed)[0].mean())
+    random_return, oracle = nav2d_yardsticks(test, config.episodes_per_task, seed)
     maml = MAML(make_policy(family, config.hidden_sizes, config.init_std), config, seed)
     alpha = (f"Meta-SGD: per-parameter alpha learned from {config.inner_lr}"
              if config.learn_inner_lr else f"alpha {config.inner_lr}")
@@ -276,7 +276,7 @@ def bench_maml(num_iterations: int = 100, eval_every: int = 10, seed: int = 0,
                               "oracle_return": oracle, "training_seconds": elapsed,
                               "config": replace(config)}
     if reference is not None:
-        ref = run_reference(reference, reference_python or default_python(), num_iterations,
+        ref = run_reference(reference, python, num_iterations,
                             eval_every, seed, num_test_tasks, reference_workers)
         print(side_by_side(rows, config, ref, num_test_tasks, reference_workers))
         result["reference"] = ref

@@ -117,7 +117,7 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
         if resumed:
             print(f"  {table} {cell} seed {s}: resumed at iteration {resumed} from {path}",
                   file=progress, flush=True)
-        done, stopped, stats = resumed, "", {"trial_return": float("nan")}
+        done, stopped = resumed, ""
         for i in range(resumed, iterations):
             stats = algo.train_step()
             done = i + 1

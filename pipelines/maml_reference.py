@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +126,25 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
+def nav2d_yardsticks(goals: list[dict[str, float]], episodes: int, seed: int
+                     ) -> tuple[float, float]:
+    """Mean returns of uniform random actions and of the straight-to-goal oracle on ``goals``.
+
+    The 0 and the 1 of the normalised score.
+    """
+    family = Nav2DFamily(Nav2DFamilyConfig())
+    random_return = adaptation_curve(RandomLearner(), family, goals, 0, episodes, seed)[0]
+    return float(random_return.mean()), float(family.oracle_returns(goals).mean())
+
+
 def _score(directory: Path, python: str, folder: Path, iteration: int, num_goals: int,
-           seed: int, workers: int) -> ReferenceEval:
-    """The reference's ``test.py`` on one checkpoint, normalised on its own goals."""
+           episodes: int, seed: int, workers: int,
+           yardsticks: dict[tuple[float, ...], tuple[float, float]]) -> ReferenceEval:
+    """The reference's ``test.py`` on one checkpoint, normalised on its own goals.
+
+    ``yardsticks`` caches the random and oracle returns per goal set (every checkpoint is
+    scored on the same goals: same seed).
+    """
     batches = math.ceil(num_goals / 20)
     output = folder / f"test-{iteration}.npz"
     _launch(python, directory, folder / f"test-{iteration}.json", 0, "test.py",
@@ -143,9 +158,10 @@ def _score(directory: Path, python: str, folder: Path, iteration: int, num_goals
         goals = [{"goal_x": float(t["goal"][0]), "goal_y": float(t["goal"][1])}
                  for t in logs["tasks"]]
         pre, post = float(logs["train_returns"].mean()), float(logs["valid_returns"].mean())
-    family = Nav2DFamily(Nav2DFamilyConfig())
-    oracle = float(family.oracle_returns(goals).mean())
-    random_return = float(adaptation_curve(RandomLearner(), family, goals, 0, 20, seed)[0].mean())
+    key = tuple(v for g in goals for v in (g["goal_x"], g["goal_y"]))
+    if key not in yardsticks:
+        yardsticks[key] = nav2d_yardsticks(goals, episodes, seed)
+    random_return, oracle = yardsticks[key]
     return ReferenceEval(iteration, pre, post, float(normalized(post, random_return, oracle)),
                          len(goals))
 
@@ -160,7 +176,8 @@ def run_reference(directory: Path, python: str, num_iterations: int, eval_every:
     with tempfile.TemporaryDirectory(prefix="metarl-maml-reference-") as tmp:
         folder = Path(tmp)
         (folder / "2d-navigation.yaml").write_text(yaml.safe_dump(config))
-        print(f"reference: pytorch-maml-rl ({_revision(directory)}) train.py, "
+        revision = _revision(directory)
+        print(f"reference: pytorch-maml-rl ({revision}) train.py, "
               f"{num_iterations} iterations, {workers} sampler worker(s)", flush=True)
         log = _launch(python, directory, folder / "train.json", eval_every, "train.py",
                       ["--config", str(folder / "2d-navigation.yaml"), "--output-folder",
@@ -174,18 +191,15 @@ def run_reference(directory: Path, python: str, num_iterations: int, eval_every:
         seconds = stamps[-1] - stamps[0]
         checkpoints = sorted({*range(eval_every, num_iterations + 1, eval_every),
                               num_iterations})
-        evals = []
+        evals: list[ReferenceEval] = []
+        yardsticks: dict[tuple[float, ...], tuple[float, float]] = {}
         for iteration in checkpoints:
-            evals.append(_score(directory, python, folder, iteration, num_goals, seed,
-                                workers))
+            evals.append(_score(directory, python, folder, iteration, num_goals,
+                                int(config["fast-batch-size"]), seed, workers, yardsticks))
             e = evals[-1]
             print(f"reference iteration {iteration}: {e.test_pre:.1f} before, {e.test_post:.1f} "
                   f"after adaptation ({e.normalized_post:.3f}) on {e.num_goals} goals",
                   flush=True)
-    return ReferenceResult(_revision(directory), tuple(config["hidden-sizes"]),
+    return ReferenceResult(revision, tuple(config["hidden-sizes"]),
                            seconds / num_iterations, log["env_steps"] / seconds, seconds, evals)
 
-
-def default_python() -> str:
-    """The running interpreter (the reference may share metarl's environment)."""
-    return sys.executable
