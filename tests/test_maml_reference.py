@@ -78,7 +78,8 @@ def fake_reference(root: Path, train: str = TRAIN) -> Path:
     '''))
     (root / "configs" / "maml").mkdir(parents=True)
     (root / "configs" / "maml" / "2d-navigation.yaml").write_text(
-        "env-name: 2DNavigation-v0\nhidden-sizes: [64, 64]\nfast-batch-size: 20\nnum-batches: 500\n")
+        "env-name: 2DNavigation-v0\nhidden-sizes: [64, 64]\nfast-batch-size: 20\n"
+        "num-batches: 500\n")
     (root / "train.py").write_text(train)
     (root / "test.py").write_text(TEST)
     return root
