@@ -48,7 +48,8 @@ def rl2_config(model: RL2Policy, **extra: Any) -> dict[str, Any]:
             "policy": "categorical" if model.discrete else "gaussian",
             "obs_dim": model.obs_dim, "num_actions": model.num_actions,
             "action_dim": model.action_dim, "action_low": list(model.action_low),
-            "action_high": list(model.action_high), "hidden_size": model.hidden_size, **extra}
+            "action_high": list(model.action_high), "hidden_size": model.hidden_size,
+            "inputs": model.inputs, "head": model.head, **extra}
 
 
 def learner_weights(learner: GradientAdaptedPolicy) -> Params:
@@ -135,13 +136,15 @@ def _load_rl2(weights_path: Path, config: dict[str, Any]) -> RL2Learner:
                       int(config["hidden_size"]), torch.Generator().manual_seed(0),
                       action_dim=int(config["action_dim"]),
                       action_low=tuple(config.get("action_low", ())),
-                      action_high=tuple(config.get("action_high", ())))
+                      action_high=tuple(config.get("action_high", ())),
+                      inputs=str(config.get("inputs", "paper")),
+                      head=str(config.get("head", "linear")))
     params = load_params(weights_path)
     expected = model.state_dict()
     if set(params) != set(expected) or any(params[k].shape != v.shape
                                            for k, v in expected.items()):
         raise ValueError(f"{weights_path}: parameters do not match the RL² architecture in "
-                         "its config (obs_dim, num_actions/action_dim, hidden_size)")
+                         "its config (obs_dim, num_actions/action_dim, hidden_size, inputs, head)")
     model.load_state_dict(params)
     return RL2Learner(model.eval())
 

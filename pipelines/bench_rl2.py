@@ -80,11 +80,21 @@ def bandit_config(num_pulls: int) -> RL2Config:
 
 
 MDP_CONFIG = RL2Config(hidden_size=128, meta_batch_size=64, trials_per_task=4, lr=3e-3,
-                       bptt_length=10, discount=0.9, reward_scale=0.1)
+                       bptt_length=10, discount=0.9, reward_scale=0.1, inputs="pair_code",
+                       head="bilinear")
 """MDP cells: 256 trials per iteration, truncated BPTT over one episode (10 steps). Rewards
 scaled by 0.1 for the value targets (with the paper's 0.99 and unscaled rewards the value loss
 swamped the policy gradient and nothing was learned in this budget); discount 0.9, with which
-learning started several times sooner than with 0.99 (on our own validation tasks)."""
+learning started several times sooner than with 0.99 (on our own validation tasks).
+
+The GRU reads each reward in the slot of the ``(s, a)`` pair it was earned in
+(``inputs="pair_code"``) and both heads are bilinear in the current state and the GRU state
+(``head="bilinear"``): with the paper's encoding and linear heads these cells reached 119.4
+(n = 10) and 298.9 (n = 25) in 200 iterations, with them 136.3 and 379.5 (same seed and
+budget; the pair code alone: 119.2 on n = 10). The paper's encoding stays available
+(``--mdp inputs=paper head=linear``)."""
+
+
 def default_iterations(table: str, n: int) -> int:
     """Training iterations per seed and cell.
 

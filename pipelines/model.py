@@ -77,8 +77,11 @@ def _predict_rl2(learner: Any, model_input: dict[str, Any]) -> np.ndarray:
     prev_action = torch.as_tensor(np.asarray(model_input["prev_action"], dtype=act_dtype))
     prev_reward = torch.as_tensor(np.asarray(model_input["prev_reward"], dtype=np.float32))
     prev_done = torch.as_tensor(np.asarray(model_input["prev_done"], dtype=np.float32))
+    # the observation each previous action was taken in: the previous step's (the sequence's
+    # first step has none)
+    prev_obs = torch.cat([torch.zeros_like(obs[..., :1, :]), obs[..., :-1, :]], dim=-2)
     with torch.no_grad():
-        x = model.step_input(obs, prev_action, prev_reward, prev_done)
+        x = model.step_input(obs, prev_action, prev_reward, prev_done, prev_obs)
         out, _, _ = model(x, model.initial_state(x.shape[0]))
         actions = model.sample(out, torch.Generator(), greedy=True)
     return actions.numpy().astype(act_dtype)

@@ -50,8 +50,86 @@ def test_step_input_layout() -> None:
     torch.testing.assert_close(start, torch.zeros(1, 6))
 
 
-def _model(obs_dim: int, num_actions: int, seed: int = 0) -> RL2Policy:
-    return RL2Policy(obs_dim, num_actions, 16, torch.Generator().manual_seed(seed))
+def test_step_input_codes_put_the_reward_at_its_action_and_pair() -> None:
+    args = (torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([1]), torch.tensor([-2.0]),
+            torch.tensor([0.0]))
+    paper = step_input(*args, num_actions=2)
+    torch.testing.assert_close(paper, torch.tensor([[0.0, 1.0, 0.0, 0.0, 1.0, -2.0, 0.0]]))
+    reward = step_input(*args, num_actions=2, inputs="reward_code")
+    torch.testing.assert_close(reward[:, 7:], torch.tensor([[0.0, -2.0]]))
+    # the previous action (1) was taken in state 2 of 3: pair index 2 · 2 + 1 = 5
+    pair = step_input(*args, num_actions=2, inputs="pair_code",
+                      prev_obs=torch.tensor([[0.0, 0.0, 1.0]]))
+    assert pair.shape == (1, 7 + 6 + 6)
+    torch.testing.assert_close(pair[:, :7], paper)
+    torch.testing.assert_close(pair[:, 7:13], torch.eye(6)[5:6])
+    torch.testing.assert_close(pair[:, 13:], -2.0 * torch.eye(6)[5:6])
+    with pytest.raises(ValueError, match="needs prev_obs"):
+        step_input(*args, num_actions=2, inputs="pair_code")
+    start = step_input(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([-1]), torch.tensor([0.0]),
+                       torch.tensor([0.0]), num_actions=2, inputs="pair_code",
+                       prev_obs=torch.zeros(1, 3))
+    torch.testing.assert_close(start[:, 3:], torch.zeros(1, 16))  # nothing before the trial
+
+
+def test_pair_code_of_a_trial_names_the_state_each_reward_was_earned_in() -> None:
+    family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=3))
+    env = family.make_env(family.sample(4, np.random.default_rng(0)), 2)
+    model = RL2Policy(10, 5, 16, torch.Generator().manual_seed(0), inputs="pair_code")
+    batch = collect_trials(model, env, 3, torch.Generator().manual_seed(0))
+    assert batch.inputs.shape == (8, 30, 10 + 5 + 2 + 100)
+    states = batch.inputs[..., :10].argmax(-1)  # [B, T]
+    for t in range(1, 30):  # across the episode boundaries (t = 10, 20) too
+        pair = states[:, t - 1] * 5 + batch.actions[:, t - 1]
+        code = batch.inputs[:, t, 17:67]
+        torch.testing.assert_close(code, torch.eye(50)[pair])
+        torch.testing.assert_close(batch.inputs[:, t, 67:],
+                                   code * batch.rewards[:, t - 1].unsqueeze(-1))
+    assert batch.dones[:, 9].eq(1).all() and (states[:, 10] == 0).all()  # restarts in state 0
+    assert (states[:, 9] != 0).any()  # the pair after the restart is the last episode's
+
+
+def test_per_action_codes_need_discrete_actions() -> None:
+    from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
+
+    with pytest.raises(ConfigError, match=r"inputs.*'reward_code'.*discrete"):
+        RL2(Nav2DFamily(Nav2DFamilyConfig(max_steps=4)), None, None, 1,
+            RL2Config(inputs="reward_code"), seed=0)
+    with pytest.raises(ConfigError, match=r"inputs.*'counts'"):
+        RL2Config(inputs="counts")
+
+
+def test_bilinear_heads_read_the_gru_state_per_observation() -> None:
+    model = RL2Policy(3, 2, 8, torch.Generator().manual_seed(0), inputs="pair_code",
+                      head="bilinear")
+    linear = RL2Policy(3, 2, 8, torch.Generator().manual_seed(0), inputs="pair_code")
+    # a linear-head network has only the paper's parameters, drawn as before
+    assert set(linear.state_dict()) == {k for k in model.state_dict() if "_obs" not in k}
+    for key, value in linear.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    states = torch.tensor([[0, 2, 1, 2]])
+    x = torch.cat([torch.nn.functional.one_hot(states, 3).float(),
+                   torch.randn(1, 4, model.input_dim - 3, generator=torch.Generator()
+                               .manual_seed(1))], dim=-1)
+    h = torch.randn(1, 8, generator=torch.Generator().manual_seed(2))
+    logits, values, _ = model(x, h)
+    z, _ = model.encode(x, h)
+    assert model.pi_obs is not None and model.v_obs is not None
+    w_pi, w_v = model.pi_obs.weight, model.v_obs.weight  # [out, obs, hidden]
+    for t, s in enumerate(states[0].tolist()):  # one-hot state s: the head W[:, s] z
+        torch.testing.assert_close(logits[0, t], model.pi(z[0, t]) + w_pi[:, s] @ z[0, t])
+        torch.testing.assert_close(values[0, t], (model.v(z[0, t]) + w_v[:, s] @ z[0, t])[0])
+    with torch.no_grad():  # the bilinear terms are what differs from the linear heads
+        model.pi_obs.weight.zero_()
+        model.v_obs.weight.zero_()
+    torch.testing.assert_close(model(x, h)[0], linear(x, h)[0])
+    with pytest.raises(ConfigError, match=r"head.*'mlp'"):
+        RL2Config(head="mlp")
+
+
+def _model(obs_dim: int, num_actions: int, seed: int = 0, inputs: str = "paper") -> RL2Policy:
+    return RL2Policy(obs_dim, num_actions, 16, torch.Generator().manual_seed(seed),
+                     inputs=inputs)
 
 
 def test_prev_action_reward_done_wired_on_two_step_trial() -> None:
@@ -297,14 +375,15 @@ def test_cli_bench_rl2_prints_table_and_count(capsys: pytest.CaptureFixture[str]
 # The meta-learner contract: RL² in the evaluator, continuous actions, checkpoints
 # --------------------------------------------------------------------------------------------
 
-def test_adapt_replays_to_the_state_the_acting_function_reached() -> None:
+@pytest.mark.parametrize("inputs", ["paper", "reward_code", "pair_code"])
+def test_adapt_replays_to_the_state_the_acting_function_reached(inputs: str) -> None:
     from metarl.algos.rl2 import RL2Learner
     from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
     from metarl.sampler import rollout
 
     family = CartPoleFamily(CartPoleFamilyConfig(max_steps=30))
     env = family.make_env(family.sample(3, np.random.default_rng(0)), 4)
-    learner = RL2Learner(_model(4, 2))
+    learner = RL2Learner(_model(4, 2, inputs=inputs))
     params = learner.initial_params(3)
     for episode in range(2):  # the second episode starts from the adapted context
         act = learner.explore(params)
@@ -316,6 +395,7 @@ def test_adapt_replays_to_the_state_the_acting_function_reached() -> None:
         torch.testing.assert_close(new["h"], act.h)
         assert torch.equal(new["prev_action"], act.prev_action)
         torch.testing.assert_close(new["prev_reward"], act.prev_reward)
+        torch.testing.assert_close(new["prev_obs"], act.prev_obs)
         torch.testing.assert_close(new["prev_done"], torch.ones(3, 4))
         assert float((new["h"] - params["h"]).abs().max()) > 0.0
         params = new
@@ -387,21 +467,25 @@ def test_rl2_continuous_actions_train_and_act() -> None:
     torch.testing.assert_close(x[2:4], torch.tensor([0.1, -0.05]))
 
 
-@pytest.mark.parametrize("continuous", [False, True])
-def test_rl2_checkpoint_round_trip(tmp_path: Any, continuous: bool) -> None:
+@pytest.mark.parametrize(("continuous", "inputs", "head"), [
+    (False, "paper", "linear"), (True, "paper", "linear"), (False, "pair_code", "bilinear"),
+    (True, "paper", "bilinear")])
+def test_rl2_checkpoint_round_trip(tmp_path: Any, continuous: bool, inputs: str,
+                                   head: str) -> None:
     from metarl.algos.rl2 import RL2Learner, model_for
     from metarl.checkpoint import load_learner, rl2_config, save_params
     from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 
     family: Any = (Nav2DFamily(Nav2DFamilyConfig()) if continuous
                    else TabularMDPFamily(TabularMDPFamilyConfig()))
-    model = model_for(family, 16, torch.Generator().manual_seed(1))
+    model = model_for(family, 16, torch.Generator().manual_seed(1), inputs=inputs, head=head)
     save_params(dict(model.state_dict()), tmp_path / "rl2.pt")
     loaded = load_learner(tmp_path / "rl2.pt", rl2_config(model))
     assert isinstance(loaded, RL2Learner)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value), key
-    assert loaded.model.action_low == model.action_low
+    assert loaded.model.action_low == model.action_low and loaded.model.inputs == inputs
+    assert loaded.model.head == head
     wrong = rl2_config(model)
     wrong["hidden_size"] = 8
     with pytest.raises(ValueError, match="do not match the RL² architecture"):
@@ -545,3 +629,42 @@ def test_bench_rl2_plot_normalises_each_cell(tmp_path: Any,
                  "--plot", str(run_png)]) == 0
     assert run_png.is_file() and "mdp n=10" in json.loads(
         run_png.with_suffix(".json").read_text())["cells"]
+
+
+def test_served_rl2_model_derives_the_previous_observation_from_the_trial() -> None:
+    # The registry's model takes the trial so far (obs, prev_action, prev_reward, prev_done);
+    # with pair_code it must rebuild the previous observation itself and act as in training.
+    from metarl.algos.rl2 import RL2Learner
+    from pipelines.model import _predict_rl2
+
+    family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=2))
+    env = family.make_env(family.sample(3, np.random.default_rng(0)), 2)
+    model = RL2Policy(10, 5, 16, torch.Generator().manual_seed(3), inputs="pair_code",
+                      head="bilinear")
+    batch = collect_trials(model, env, 2, torch.Generator().manual_seed(0), greedy=True)
+    start = torch.full((6, 1), -1)
+    trial = {"obs": batch.inputs[..., :10].numpy(),
+             "prev_action": torch.cat([start, batch.actions[:, :-1]], 1).numpy(),
+             "prev_reward": torch.cat([torch.zeros(6, 1), batch.rewards[:, :-1]], 1).numpy(),
+             "prev_done": torch.cat([torch.zeros(6, 1), batch.dones[:, :-1]], 1).numpy()}
+    np.testing.assert_array_equal(_predict_rl2(RL2Learner(model), trial), batch.actions.numpy())
+    assert len(set(batch.actions.flatten().tolist())) > 1  # not one constant action
+
+
+def test_pair_code_and_bilinear_heads_learn_tabular_mdps_faster() -> None:
+    # Random 10-state MDPs, trials of 5 episodes (random play: 50). In 40 iterations the
+    # paper's encoding and heads barely move (51.3); with the reward of each (s, a) pair in its
+    # own input and a head per state the policy already keeps the pairs that paid (55.4).
+    family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=5))
+    test = family.sample(500, np.random.default_rng(123))
+    scores = {}
+    for inputs, head in (("paper", "linear"), ("pair_code", "bilinear")):
+        config = RL2Config(hidden_size=64, meta_batch_size=32, trials_per_task=4, lr=3e-3,
+                           discount=0.9, bptt_length=10, reward_scale=0.1, inputs=inputs,
+                           head=head)
+        algo = RL2(family, None, None, 5, config, seed=0)
+        for _ in range(40):
+            algo.train_step()
+        scores[head] = algo.evaluate(test, torch.Generator().manual_seed(0)).mean()
+    assert scores["bilinear"] > 54.0, scores
+    assert scores["bilinear"] > scores["linear"] + 2.5, scores

@@ -57,6 +57,10 @@ from metarl.tasks import TaskSet
 
 CRITICS = ("shared", "separate", "task")
 """The value functions :class:`RL2Config` can train (see ``RL2Config.critic``)."""
+INPUTS = ("paper", "reward_code", "pair_code")
+"""The step encodings :class:`RL2Policy` can read (see ``RL2Config.inputs``)."""
+HEADS = ("linear", "bilinear")
+"""The policy and value heads :class:`RL2Policy` can have (see ``RL2Config.head``)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,22 @@ class RL2Config:
     own GRU over the same step inputs; ``task``, its own GRU whose input also carries the task's
     parameters (a privileged critic: it only shapes the advantages in training, the policy
     still acts from its history alone, and it is not part of the trained model)."""
+    inputs: str = "paper"
+    """What the GRU reads each step, discrete actions only besides ``paper``. ``paper``: the
+    observation, the previous action's one-hot, reward and done flag (Duan et al.);
+    ``reward_code``: also the previous action's one-hot times the previous reward, so that
+    summing an arm's rewards is linear in the input (bandits); ``pair_code``: also the outer
+    product of the previous observation with the previous action's one-hot, and that times
+    the previous reward, which for one-hot observations is the code of the ``(s, a)`` pair
+    the reward belongs to (tabular MDPs). The same information as ``paper`` (the previous
+    observation was the previous step's input), re-encoded so that per-pair statistics are
+    linear in the input instead of a product the GRU must learn."""
+    head: str = "linear"
+    """The policy and value heads on the GRU state ``z``: ``linear`` (the paper), or
+    ``bilinear``, which adds a term bilinear in the current observation ``o`` and ``z``
+    (``Σ_i o_i · W_i z``): with one-hot states, a linear head per state, so that what the GRU
+    remembers about each state can be read out in that state without the GRU having to learn
+    the selection itself. The policy still acts from its history (``o`` is part of it)."""
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "meta_batch_size", "trials_per_task", "num_epochs",
@@ -120,6 +140,8 @@ class RL2Config:
             value = getattr(self, name)
             check(value >= 0, name, value, "must be >= 0")
         check(self.critic in CRITICS, "critic", self.critic, f"must be one of {list(CRITICS)}")
+        check(self.inputs in INPUTS, "inputs", self.inputs, f"must be one of {list(INPUTS)}")
+        check(self.head in HEADS, "head", self.head, f"must be one of {list(HEADS)}")
         check(self.num_minibatches <= self.meta_batch_size * self.trials_per_task,
               "num_minibatches", self.num_minibatches,
               "must be <= meta_batch_size * trials_per_task (a minibatch holds whole trials)")
@@ -130,8 +152,9 @@ class RL2Config:
 # --------------------------------------------------------------------------------------------
 
 def step_input(obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor,
-               prev_done: torch.Tensor, num_actions: int) -> torch.Tensor:
-    """One step's GRU input ``[..., obs_dim + num_actions + 2]`` for a discrete family.
+               prev_done: torch.Tensor, num_actions: int, inputs: str = "paper",
+               prev_obs: torch.Tensor | None = None) -> torch.Tensor:
+    """One step's GRU input ``[..., input_dim(obs_dim, num_actions, inputs)]``, discrete actions.
 
     Args:
         obs: ``[..., obs_dim]`` current observation.
@@ -141,11 +164,35 @@ def step_input(obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.
         prev_done: ``[...]`` 1.0 if the previous step ended an episode, i.e. ``obs`` starts a
             new episode of the same trial (0 at the start of a trial).
         num_actions: size of the one-hot action code.
+        inputs: the encoding (``RL2Config.inputs``): ``paper`` is ``(obs, one-hot, reward,
+            done)``; ``reward_code`` appends ``one-hot · reward``; ``pair_code`` appends
+            ``prev_obs ⊗ one-hot`` and that times the reward (flattened, observation-major).
+        prev_obs: ``[..., obs_dim]`` the observation the previous action was taken in (zeros
+            at the start of a trial); ``pair_code`` only.
 
     """
     one_hot = F.one_hot(prev_action.clamp(min=0), num_actions).to(obs.dtype)
     one_hot = one_hot * (prev_action >= 0).unsqueeze(-1).to(obs.dtype)
-    return _cat(obs, one_hot, prev_reward, prev_done)
+    x = _cat(obs, one_hot, prev_reward, prev_done)
+    reward = prev_reward.unsqueeze(-1).to(obs.dtype)
+    if inputs == "paper":
+        return x
+    if inputs == "reward_code":
+        return torch.cat([x, one_hot * reward], dim=-1)
+    if inputs != "pair_code":
+        raise ValueError(f"inputs={inputs!r}: expected one of {list(INPUTS)}")
+    if prev_obs is None:
+        raise ValueError("step_input: inputs='pair_code' needs prev_obs")
+    pair = (prev_obs.to(obs.dtype).unsqueeze(-1) * one_hot.unsqueeze(-2)).flatten(-2)
+    return torch.cat([x, pair, pair * reward], dim=-1)
+
+
+def input_dim(obs_dim: int, code_dim: int, inputs: str = "paper") -> int:
+    """Size of one step's GRU input for the encoding ``inputs`` (see :func:`step_input`)."""
+    extra = {"paper": 0, "reward_code": code_dim, "pair_code": 2 * obs_dim * code_dim}
+    if inputs not in extra:
+        raise ValueError(f"inputs={inputs!r}: expected one of {list(INPUTS)}")
+    return obs_dim + code_dim + 2 + extra[inputs]
 
 
 def _cat(obs: torch.Tensor, code: torch.Tensor, prev_reward: torch.Tensor,
@@ -172,7 +219,9 @@ class RL2Policy(nn.Module):
     action code is a one-hot for a discrete family (all zeros before the first action) and the
     action vector, clipped to the action bounds, for a continuous one (zeros before the first).
     The policy head gives logits (discrete) or the mean of a diagonal Gaussian with a learned,
-    state-independent ``log_std`` (continuous).
+    state-independent ``log_std`` (continuous). A discrete family may read a richer encoding
+    of the same history (``inputs``, see :func:`step_input`), and both heads may add a term
+    bilinear in the current observation and the GRU state (``head="bilinear"``).
 
     Args:
         obs_dim: observation size.
@@ -183,13 +232,17 @@ class RL2Policy(nn.Module):
         action_dim: continuous action size (0 for a discrete family).
         action_low, action_high: continuous action bounds (for the action code).
         init_std: continuous only, the Gaussian's initial standard deviation.
+        inputs: the step encoding, ``RL2Config.inputs`` (only ``paper`` for a continuous
+            family).
+        head: ``linear`` or ``bilinear`` heads, ``RL2Config.head``.
 
     """
 
     def __init__(self, obs_dim: int, num_actions: int, hidden_size: int,
                  generator: torch.Generator, action_dim: int = 0,
                  action_low: Sequence[float] = (), action_high: Sequence[float] = (),
-                 init_std: float = 1.0) -> None:
+                 init_std: float = 1.0, inputs: str = "paper", head: str = "linear"
+                 ) -> None:
         super().__init__()
         if (num_actions > 0) == (action_dim > 0):
             raise ValueError(f"RL2Policy: give num_actions ({num_actions}) for a discrete "
@@ -198,19 +251,34 @@ class RL2Policy(nn.Module):
         self.obs_dim, self.num_actions, self.action_dim = obs_dim, num_actions, action_dim
         self.hidden_size = hidden_size
         self.code_dim = num_actions if self.discrete else action_dim
-        self.input_dim = obs_dim + self.code_dim + 2
+        if inputs != "paper" and not self.discrete:
+            raise ValueError(f"RL2Policy: inputs={inputs!r} needs discrete actions; a "
+                             "continuous family reads inputs='paper'")
+        self.inputs = inputs
+        self.input_dim = input_dim(obs_dim, self.code_dim, inputs)
         if not self.discrete and (len(action_low) != action_dim
                                   or len(action_high) != action_dim):
             raise ValueError(f"RL2Policy: action_low/action_high need {action_dim} values")
         self.action_low = tuple(float(v) for v in action_low)
         self.action_high = tuple(float(v) for v in action_high)
+        if head not in HEADS:
+            raise ValueError(f"head={head!r}: expected one of {list(HEADS)}")
+        self.head = head
         self.gru = nn.GRU(self.input_dim, hidden_size, batch_first=True)
         self.pi = nn.Linear(hidden_size, self.code_dim)
         self.v = nn.Linear(hidden_size, 1)
+        # the bilinear terms exist only for head="bilinear" (a linear-head network has exactly
+        # the parameters, and so the initial values, it always had)
+        self.pi_obs = (nn.Bilinear(obs_dim, hidden_size, self.code_dim, bias=False)
+                       if head == "bilinear" else None)
+        self.v_obs = (nn.Bilinear(obs_dim, hidden_size, 1, bias=False)
+                      if head == "bilinear" else None)
         _uniform_init(self, hidden_size, generator)
         with torch.no_grad():
             self.pi.weight.mul_(0.01)  # near-uniform (or zero-mean) initial policy
             self.pi.bias.zero_()
+            if self.pi_obs is not None:
+                self.pi_obs.weight.mul_(0.01)
         if not self.discrete:
             if init_std <= 0:
                 raise ValueError(f"init_std={init_std}: must be > 0")
@@ -225,10 +293,16 @@ class RL2Policy(nn.Module):
         return torch.zeros(*shape, self.action_dim, device=device)
 
     def step_input(self, obs: torch.Tensor, prev_action: torch.Tensor,
-                   prev_reward: torch.Tensor, prev_done: torch.Tensor) -> torch.Tensor:
-        """One step's input ``[..., input_dim]`` (see the class docstring)."""
+                   prev_reward: torch.Tensor, prev_done: torch.Tensor,
+                   prev_obs: torch.Tensor | None = None) -> torch.Tensor:
+        """One step's input ``[..., input_dim]`` (see the class docstring).
+
+        ``prev_obs``, the observation the previous action was taken in, is read only by the
+        ``pair_code`` encoding.
+        """
         if self.discrete:
-            return step_input(obs, prev_action, prev_reward, prev_done, self.num_actions)
+            return step_input(obs, prev_action, prev_reward, prev_done, self.num_actions,
+                              self.inputs, prev_obs)
         low = torch.tensor(self.action_low, device=obs.device, dtype=obs.dtype)
         high = torch.tensor(self.action_high, device=obs.device, dtype=obs.dtype)
         return _cat(obs, torch.maximum(torch.minimum(prev_action.to(obs.dtype), high), low),
@@ -254,7 +328,13 @@ class RL2Policy(nn.Module):
 
         """
         out, h_last = self.encode(x, h)
-        return self.pi(out), self.v(out).squeeze(-1), h_last
+        head, values = self.pi(out), self.v(out).squeeze(-1)
+        if self.pi_obs is not None and self.v_obs is not None:
+            obs = x[..., :self.obs_dim].reshape(-1, self.obs_dim)
+            z = out.reshape(-1, self.hidden_size)
+            head = head + self.pi_obs(obs, z).reshape(head.shape)
+            values = values + self.v_obs(obs, z).reshape(values.shape)
+        return head, values, h_last
 
     # -- the action distribution ---------------------------------------------------------------
     def log_prob(self, out: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -403,6 +483,7 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
     prev_action = model.no_action((n, e), device)
     prev_reward = torch.zeros(n, e, device=device)
     prev_done = torch.zeros(n, e, device=device)
+    prev_obs = torch.zeros_like(obs)
     age = torch.zeros(n, e, dtype=torch.long, device=device)
     episode = torch.zeros(n, e, dtype=torch.long, device=device)
     alive = torch.ones(n, e, dtype=torch.bool, device=device)
@@ -412,7 +493,7 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
     for t in range(horizon):
         if t % chunk == 0:
             buf["states"].append(h)
-        x = model.step_input(obs, prev_action, prev_reward, prev_done)
+        x = model.step_input(obs, prev_action, prev_reward, prev_done, prev_obs)
         out, value, h = model(x.reshape(b, 1, -1), h)
         out = out.reshape(n, e, -1)
         actions = model.sample(out, generator, greedy)
@@ -429,6 +510,7 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
         alive = alive & (episode < episodes_per_trial)
         env.done |= done
         age.masked_fill_(done, 0)
+        prev_obs = obs
         obs = env.reset_done(generator).float()
         prev_action, prev_reward, prev_done = actions, reward.float(), done.float()
         if not alive.any():
@@ -519,18 +601,23 @@ def ppo_loss(model: RL2Policy, batch: TrialBatch, idx: torch.Tensor, adv: torch.
 
 
 def model_for(family: _TaskFamily, hidden_size: int, generator: torch.Generator,
-              init_std: float = 0.5) -> RL2Policy:
+              init_std: float = 0.5, inputs: str = "paper", head: str = "linear"
+              ) -> RL2Policy:
     """An :class:`RL2Policy` sized for ``family``'s observations and actions.
 
     A continuous family's Gaussian starts with standard deviation ``init_std`` times half the
-    widest action range.
+    widest action range; ``inputs`` is the step encoding (discrete families), ``head`` the
+    kind of heads.
     """
     env = probe_env(family)  # type: ignore[arg-type]
     if env.discrete:
-        return RL2Policy(env.obs_dim, env.num_actions, hidden_size, generator)
+        return RL2Policy(env.obs_dim, env.num_actions, hidden_size, generator, inputs=inputs,
+                         head=head)
+    check(inputs == "paper", "inputs", inputs,
+          "the per-action codes need discrete actions; use 'paper' for this family")
     return RL2Policy(env.obs_dim, 0, hidden_size, generator, action_dim=env.action_dim,
                      action_low=env.action_low, action_high=env.action_high,
-                     init_std=init_std * half_action_range(env))
+                     init_std=init_std * half_action_range(env), head=head)
 
 
 TaskSampler = Callable[[], list[dict[str, Any]]]
@@ -566,9 +653,11 @@ class RL2:
         self.rng = np.random.default_rng(seed)
         init = torch.Generator().manual_seed(seed)
         if obs_dim is None or num_actions is None:
-            model = model_for(family, config.hidden_size, init, config.init_std)
+            model = model_for(family, config.hidden_size, init, config.init_std, config.inputs,
+                              config.head)
         else:
-            model = RL2Policy(obs_dim, num_actions, config.hidden_size, init)
+            model = RL2Policy(obs_dim, num_actions, config.hidden_size, init,
+                              inputs=config.inputs, head=config.head)
         self.model = model.to(device)
         self.critic: RL2Critic | None = None
         if config.critic != "shared":
@@ -700,15 +789,18 @@ class RecurrentAct:
                    for k, v in self.context.items()}
             self.h, self.prev_action = ctx["h"], ctx["prev_action"]
             self.prev_reward, self.prev_done = ctx["prev_reward"], ctx["prev_done"]
+            self.prev_obs = ctx["prev_obs"]
             self.finished = torch.zeros(n, e, dtype=torch.bool, device=obs.device)
         assert self.finished is not None
-        x = self.model.step_input(obs, self.prev_action, self.prev_reward, self.prev_done)
+        x = self.model.step_input(obs, self.prev_action, self.prev_reward, self.prev_done,
+                                  self.prev_obs)
         out, _, h = self.model(x.reshape(n * e, 1, -1), self.h.reshape(n * e, -1))
         actions = self.model.sample(out.reshape(n, e, -1), generator, self.greedy)
         keep = self.finished.unsqueeze(-1)
         self.h = torch.where(keep, self.h, h.reshape(n, e, -1))
         self.prev_action = torch.where(keep if not self.model.discrete else self.finished,
                                        self.prev_action, actions)
+        self.prev_obs = torch.where(keep, self.prev_obs, obs.to(self.prev_obs.dtype))
         return actions
 
     def observe(self, reward: torch.Tensor, done: torch.Tensor) -> None:
@@ -723,19 +815,23 @@ class RL2Learner:
     """An :class:`RL2Policy` on the :class:`~metarl.algos.base.MetaLearner` contract.
 
     Its "parameters" are a per-slot *context*: the GRU state ``h [N, E, hidden]`` and the
-    previous action, reward and done flag. ``adapt`` replays an episode through the GRU (the
-    same steps the acting function took) and returns the context at its end, so the next
-    episode continues the same trial: the adaptation curve of the evaluator is the return of
-    episode 1, 2, ... of a trial, each slot of a task being one trial.
+    previous observation, action, reward and done flag. ``adapt`` replays an episode through
+    the GRU (the same steps the acting function took) and returns the context at its end, so
+    the next episode continues the same trial: the adaptation curve of the evaluator is the
+    return of episode 1, 2, ... of a trial, each slot of a task being one trial.
     """
 
     def __init__(self, model: RL2Policy, greedy: bool = False) -> None:
         self.model, self.greedy = model, greedy
 
     def initial_params(self, num_tasks: int) -> Params:
-        """A fresh trial: zero state, no previous action, reward 0, done 0 (``[N, 1, ...]``)."""
+        """A fresh trial (``[N, 1, ...]``): zero state, no previous observation or action.
+
+        The previous observation is zeros, the action "none", reward and done 0.
+        """
         device = next(self.model.parameters()).device
         return {"h": torch.zeros(num_tasks, 1, self.model.hidden_size, device=device),
+                "prev_obs": torch.zeros(num_tasks, 1, self.model.obs_dim, device=device),
                 "prev_action": self.model.no_action((num_tasks, 1), device),
                 "prev_reward": torch.zeros(num_tasks, 1, device=device),
                 "prev_done": torch.zeros(num_tasks, 1, device=device)}
@@ -758,7 +854,10 @@ class RL2Learner:
                                 dim=2)
         prev_done = torch.cat([ctx["prev_done"].unsqueeze(2),
                                torch.zeros(n, e, steps - 1, device=device)], dim=2)
-        x = self.model.step_input(episodes.obs.float(), prev_action, prev_reward, prev_done)
+        obs = episodes.obs.float()
+        prev_obs = torch.cat([ctx["prev_obs"].unsqueeze(2).to(obs.dtype), obs[:, :, :-1]],
+                             dim=2)
+        x = self.model.step_input(obs, prev_action, prev_reward, prev_done, prev_obs)
         states, _ = self.model.encode(x.reshape(n * e, steps, -1), ctx["h"].reshape(n * e, -1))
         last = (episodes.mask.sum(-1).long() - 1).clamp(min=0)  # [N, E], the final step
         pick = last.reshape(n * e, 1, 1).expand(-1, 1, states.shape[-1])
@@ -768,7 +867,9 @@ class RL2Learner:
         else:
             action = episodes.actions.gather(
                 2, index.unsqueeze(-1).expand(-1, -1, 1, episodes.actions.shape[-1])).squeeze(2)
-        return {"h": states.gather(1, pick).reshape(n, e, -1), "prev_action": action,
+        last_obs = obs.gather(2, index.unsqueeze(-1).expand(-1, -1, 1, obs.shape[-1]))
+        return {"h": states.gather(1, pick).reshape(n, e, -1), "prev_obs": last_obs.squeeze(2),
+                "prev_action": action,
                 "prev_reward": episodes.rewards.gather(2, index).squeeze(2),
                 "prev_done": torch.ones(n, e, device=device)}
 
