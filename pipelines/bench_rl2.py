@@ -15,11 +15,11 @@ RL² mean, rounded to the paper's one decimal, is at least the paper's RL² figu
 
 Budget: the defaults (:func:`bandit_config`, :data:`MDP_CONFIG`, :func:`default_iterations`)
 are sized for one CPU thread: one seed of a cell takes about 1 minute (n = 10 bandits) to 5
-minutes (n = 500 bandits), 2 to 30 minutes for the MDP cells. The paper trained for far longer,
-so this is what RL² reaches with that compute, not its ceiling. On a GPU, ``--bandit`` /
-``--mdp`` replace settings (e.g. ``meta_batch_size=1024 hidden_size=256``: 8 × the trials at
-about the CPU's seconds per iteration) and ``--time-budget`` bounds the training time;
-``benchmarks/rl2/gpu/README.md`` has what that reached.
+minutes (n = 500 bandits), 3 to 45 minutes for the MDP cells (n = 10 to 100). The paper
+trained for far longer, so this is what RL² reaches with that compute, not its ceiling. On a
+GPU, ``--bandit`` / ``--mdp`` replace settings (e.g. ``meta_batch_size=1024 hidden_size=256``:
+8 × the trials at about the CPU's seconds per iteration) and ``--time-budget`` bounds the
+training time; ``benchmarks/rl2/gpu/README.md`` has what that reached.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def default_iterations(table: str, n: int) -> int:
     """Training iterations per seed and cell.
 
     Bandits: 400 for n = 10 (about 0.1 s each on one CPU thread), 300 for n = 100 (about
-    0.7 s), 150 for n = 500 (about 2 s); MDP cells: 200 (about 1.6 s each at n = 25, growing
+    0.7 s), 150 for n = 500 (about 2 s); MDP cells: 200 (about 2.7 s each at n = 25, growing
     linearly with n).
     """
     if table == "mdp":
