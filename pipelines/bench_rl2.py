@@ -162,11 +162,13 @@ def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str) ->
 
     0 when there is no such file. A file written with other RL² settings, seed or device type
     is refused: training on from it would mix two configurations under one row (and a CUDA
-    generator's state does not fit a CPU one).
+    generator's state does not fit a CPU one). A setting the file does not name is one added to
+    :class:`RL2Config` after it was written, so it was trained with that setting's default.
     """
     if not path.exists():
         return 0
     saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved["config"] = {**to_dict(RL2Config()), **saved["config"]}
     wanted = to_dict(config)
     changed = sorted(k for k in {*wanted, *saved["config"]}
                      if wanted.get(k) != saved["config"].get(k))

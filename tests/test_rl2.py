@@ -292,6 +292,15 @@ def test_bench_rl2_resumes_a_cell_from_its_checkpoint(
     err = capsys.readouterr().err
     assert "bandit-10x5-s0.pt was trained with other settings (hidden_size=8 there, 16 here)" in err
     assert torch.load(tmp_path / "bandit-10x5-s0.pt", weights_only=True)["iterations"] == 4
+    # a file written before `inputs` / `head` existed was trained with their defaults
+    state = torch.load(tmp_path / "bandit-10x5-s0.pt", weights_only=True)
+    older = {k: v for k, v in state["config"].items() if k not in ("inputs", "head")}
+    torch.save({**state, "config": older}, tmp_path / "bandit-10x5-s0.pt")
+    assert main([*base, "--iterations", "5", "--checkpoints", str(tmp_path)]) == 0
+    assert "5 it (resumed at 4), " in row()
+    assert main([*base, "--bandit", "hidden_size=8", "meta_batch_size=8", "head=bilinear",
+                 "--iterations", "6", "--checkpoints", str(tmp_path)]) == 2
+    assert "(head='linear' there, 'bilinear' here)" in capsys.readouterr().err
     # a state trained on another device type (its generator state would not fit) is refused
     state = torch.load(tmp_path / "bandit-10x5-s0.pt", weights_only=True)
     torch.save({**state, "device": "cuda"}, tmp_path / "bandit-10x5-s0.pt")
@@ -396,6 +405,9 @@ def test_adapt_replays_to_the_state_the_acting_function_reached(inputs: str) -> 
         assert torch.equal(new["prev_action"], act.prev_action)
         torch.testing.assert_close(new["prev_reward"], act.prev_reward)
         torch.testing.assert_close(new["prev_obs"], act.prev_obs)
+        # the observation of each slot's final step: the next episode's first pair code
+        final = (lengths.long() - 1).reshape(3, 4, 1, 1).expand(-1, -1, 1, 4)
+        torch.testing.assert_close(new["prev_obs"], batch.obs.gather(2, final).squeeze(2))
         torch.testing.assert_close(new["prev_done"], torch.ones(3, 4))
         assert float((new["h"] - params["h"]).abs().max()) > 0.0
         params = new
@@ -486,6 +498,11 @@ def test_rl2_checkpoint_round_trip(tmp_path: Any, continuous: bool, inputs: str,
         assert torch.equal(loaded.model.state_dict()[key], value), key
     assert loaded.model.action_low == model.action_low and loaded.model.inputs == inputs
     assert loaded.model.head == head
+    if (inputs, head) == ("paper", "linear"):  # a config written before the two keys
+        older = {k: v for k, v in rl2_config(model).items() if k not in ("inputs", "head")}
+        old = load_learner(tmp_path / "rl2.pt", older)
+        assert isinstance(old, RL2Learner)
+        assert (old.model.inputs, old.model.head) == ("paper", "linear")
     wrong = rl2_config(model)
     wrong["hidden_size"] = 8
     with pytest.raises(ValueError, match="do not match the RL² architecture"):

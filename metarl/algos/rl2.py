@@ -23,8 +23,9 @@ One file, top to bottom:
    the rollout, all chunks run in parallel), PPO epochs over minibatches of trials.
 5. :class:`RL2Learner` and :func:`train_rl2`: the trained policy on the ``MetaLearner``
    contract, so the pipeline's tune / train / evaluate / register stages serve RL² as they
-   serve MAML. Its parameters are the trial's context (hidden state, previous action, reward,
-   done); "adapting" after an episode is carrying that context into the next episode.
+   serve MAML. Its parameters are the trial's context (hidden state, previous observation,
+   action, reward, done); "adapting" after an episode is carrying that context into the next
+   episode.
 
 Trials: a bandit trial is ONE episode of ``n`` pulls (``episodes_per_trial = 1``); a tabular-MDP
 trial is ``n`` episodes of horizon 10 (``episodes_per_trial = n``), each restarting in state 0.
@@ -769,7 +770,7 @@ class RL2:
 class RecurrentAct:
     """The acting function of an :class:`RL2Policy` inside one batched episode.
 
-    Built from a context (hidden state and previous action/reward/done per slot, see
+    Built from a context (hidden state and previous observation/action/reward/done per slot, see
     :meth:`RL2Learner.initial_params`); each call advances the GRU one step, and
     :func:`metarl.sampler.rollout` reports every step's reward and end flag through
     :meth:`observe`. A slot whose episode has ended keeps its state.
