@@ -175,9 +175,9 @@ def step_input(obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.
     one_hot = F.one_hot(prev_action.clamp(min=0), num_actions).to(obs.dtype)
     one_hot = one_hot * (prev_action >= 0).unsqueeze(-1).to(obs.dtype)
     x = _cat(obs, one_hot, prev_reward, prev_done)
-    reward = prev_reward.unsqueeze(-1).to(obs.dtype)
     if inputs == "paper":
         return x
+    reward = prev_reward.unsqueeze(-1).to(obs.dtype)
     if inputs == "reward_code":
         return torch.cat([x, one_hot * reward], dim=-1)
     if inputs != "pair_code":
@@ -252,9 +252,8 @@ class RL2Policy(nn.Module):
         self.obs_dim, self.num_actions, self.action_dim = obs_dim, num_actions, action_dim
         self.hidden_size = hidden_size
         self.code_dim = num_actions if self.discrete else action_dim
-        if inputs != "paper" and not self.discrete:
-            raise ValueError(f"RL2Policy: inputs={inputs!r} needs discrete actions; a "
-                             "continuous family reads inputs='paper'")
+        check(inputs == "paper" or self.discrete, "inputs", inputs,
+              "the per-action codes need discrete actions; use 'paper' for this family")
         self.inputs = inputs
         self.input_dim = input_dim(obs_dim, self.code_dim, inputs)
         if not self.discrete and (len(action_low) != action_dim
@@ -262,18 +261,18 @@ class RL2Policy(nn.Module):
             raise ValueError(f"RL2Policy: action_low/action_high need {action_dim} values")
         self.action_low = tuple(float(v) for v in action_low)
         self.action_high = tuple(float(v) for v in action_high)
-        if head not in HEADS:
-            raise ValueError(f"head={head!r}: expected one of {list(HEADS)}")
+        check(head in HEADS, "head", head, f"must be one of {list(HEADS)}")
         self.head = head
         self.gru = nn.GRU(self.input_dim, hidden_size, batch_first=True)
         self.pi = nn.Linear(hidden_size, self.code_dim)
         self.v = nn.Linear(hidden_size, 1)
         # the bilinear terms exist only for head="bilinear" (a linear-head network has exactly
         # the parameters, and so the initial values, it always had)
-        self.pi_obs = (nn.Bilinear(obs_dim, hidden_size, self.code_dim, bias=False)
-                       if head == "bilinear" else None)
-        self.v_obs = (nn.Bilinear(obs_dim, hidden_size, 1, bias=False)
-                      if head == "bilinear" else None)
+        self.pi_obs: nn.Bilinear | None = None
+        self.v_obs: nn.Bilinear | None = None
+        if head == "bilinear":
+            self.pi_obs = nn.Bilinear(obs_dim, hidden_size, self.code_dim, bias=False)
+            self.v_obs = nn.Bilinear(obs_dim, hidden_size, 1, bias=False)
         _uniform_init(self, hidden_size, generator)
         with torch.no_grad():
             self.pi.weight.mul_(0.01)  # near-uniform (or zero-mean) initial policy
@@ -614,11 +613,9 @@ def model_for(family: _TaskFamily, hidden_size: int, generator: torch.Generator,
     if env.discrete:
         return RL2Policy(env.obs_dim, env.num_actions, hidden_size, generator, inputs=inputs,
                          head=head)
-    check(inputs == "paper", "inputs", inputs,
-          "the per-action codes need discrete actions; use 'paper' for this family")
     return RL2Policy(env.obs_dim, 0, hidden_size, generator, action_dim=env.action_dim,
                      action_low=env.action_low, action_high=env.action_high,
-                     init_std=init_std * half_action_range(env), head=head)
+                     init_std=init_std * half_action_range(env), inputs=inputs, head=head)
 
 
 TaskSampler = Callable[[], list[dict[str, Any]]]
@@ -861,18 +858,18 @@ class RL2Learner:
         x = self.model.step_input(obs, prev_action, prev_reward, prev_done, prev_obs)
         states, _ = self.model.encode(x.reshape(n * e, steps, -1), ctx["h"].reshape(n * e, -1))
         last = (episodes.mask.sum(-1).long() - 1).clamp(min=0)  # [N, E], the final step
-        pick = last.reshape(n * e, 1, 1).expand(-1, 1, states.shape[-1])
-        index = last.unsqueeze(-1)
-        if self.model.discrete:
-            action = episodes.actions.gather(2, index).squeeze(2)
-        else:
-            action = episodes.actions.gather(
-                2, index.unsqueeze(-1).expand(-1, -1, 1, episodes.actions.shape[-1])).squeeze(2)
-        last_obs = obs.gather(2, index.unsqueeze(-1).expand(-1, -1, 1, obs.shape[-1]))
-        return {"h": states.gather(1, pick).reshape(n, e, -1), "prev_obs": last_obs.squeeze(2),
-                "prev_action": action,
-                "prev_reward": episodes.rewards.gather(2, index).squeeze(2),
+        return {"h": _at_step(states.reshape(n, e, steps, -1), last),
+                "prev_obs": _at_step(obs, last),
+                "prev_action": _at_step(episodes.actions, last),
+                "prev_reward": _at_step(episodes.rewards, last),
                 "prev_done": torch.ones(n, e, device=device)}
+
+
+def _at_step(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``x [N, E, T, ...]`` at step ``step [N, E]`` of each slot: ``[N, E, ...]``."""
+    trailing = x.shape[3:]
+    index = step.reshape(*step.shape, 1, *(1 for _ in trailing))
+    return x.gather(2, index.expand(*step.shape, 1, *trailing)).squeeze(2)
 
 
 def train_rl2(family: _TaskFamily, train_set: TaskSet, config: RL2Config,
