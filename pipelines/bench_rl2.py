@@ -173,6 +173,9 @@ def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str) ->
     changed = sorted(k for k in {*wanted, *saved["config"]}
                      if wanted.get(k) != saved["config"].get(k))
     here = torch.device(device).type
+    # Files written before the device was recorded: a CUDA generator's state is 16 bytes (seed
+    # and offset), a CPU one's thousands.
+    saved.setdefault("device", "cuda" if saved["state"]["generator"].numel() <= 16 else "cpu")
     if changed or saved["seed"] != seed or saved["device"] != here:
         what = ", ".join(f"{k}={saved['config'].get(k)!r} there, {wanted.get(k)!r} here"
                          for k in changed) or (

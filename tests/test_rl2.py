@@ -306,6 +306,17 @@ def test_bench_rl2_resumes_a_cell_from_its_checkpoint(
     torch.save({**state, "device": "cuda"}, tmp_path / "bandit-10x5-s0.pt")
     assert main([*base, "--iterations", "6", "--checkpoints", str(tmp_path)]) == 2
     assert "(device cuda there, cpu here)" in capsys.readouterr().err
+    # files written before the device was recorded: told apart by the generator's state (a
+    # CPU one is thousands of bytes, a CUDA one 16); the CPU file resumes, the CUDA one is refused
+    undated = {k: v for k, v in state.items() if k != "device"}
+    torch.save(undated, tmp_path / "bandit-10x5-s0.pt")
+    assert main([*base, "--iterations", "6", "--checkpoints", str(tmp_path)]) == 0
+    assert "6 it (resumed at 5), " in row()
+    cuda_like = {**undated, "state": {**undated["state"],
+                                      "generator": torch.zeros(16, dtype=torch.uint8)}}
+    torch.save(cuda_like, tmp_path / "bandit-10x5-s0.pt")
+    assert main([*base, "--iterations", "7", "--checkpoints", str(tmp_path)]) == 2
+    assert "(device cuda there, cpu here)" in capsys.readouterr().err
 
 
 class FarApartBandits:
