@@ -127,6 +127,21 @@ def test_bilinear_heads_read_the_gru_state_per_observation() -> None:
         RL2Config(head="mlp")
 
 
+def test_bilinear_term_equals_torchs_bilinear_for_any_observation() -> None:
+    from metarl.algos.rl2 import _bilinear
+
+    g = torch.Generator().manual_seed(3)
+    obs, z = torch.randn(6, 4, generator=g), torch.randn(6, 7, generator=g)
+    weight = torch.randn(5, 4, 7, generator=g, requires_grad=True)
+    ours = _bilinear(obs, z, weight)
+    theirs = torch.nn.functional.bilinear(obs, z, weight)
+    torch.testing.assert_close(ours, theirs)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), weight)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), weight)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+    assert not torch.allclose(ours, torch.zeros_like(ours))
+
+
 def _model(obs_dim: int, num_actions: int, seed: int = 0, inputs: str = "paper") -> RL2Policy:
     return RL2Policy(obs_dim, num_actions, 16, torch.Generator().manual_seed(seed),
                      inputs=inputs)

@@ -188,6 +188,17 @@ def step_input(obs: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.
     return torch.cat([x, pair, pair * reward], dim=-1)
 
 
+def _bilinear(obs: torch.Tensor, z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``Σ_i obs_i · W_i z`` for ``obs [B, I]``, ``z [B, H]``, ``weight [O, I, H]``: ``[B, O]``.
+
+    What :class:`torch.nn.Bilinear` (without bias) computes, as one matrix product: its own
+    kernel ran the RL² bandit cells 2.5 times slower on a CPU (backward included).
+    """
+    out_dim, in_dim, hidden = weight.shape
+    u = (z @ weight.reshape(out_dim * in_dim, hidden).T).view(-1, out_dim, in_dim)
+    return (u * obs.unsqueeze(-2)).sum(-1)
+
+
 def input_dim(obs_dim: int, code_dim: int, inputs: str = "paper") -> int:
     """Size of one step's GRU input for the encoding ``inputs`` (see :func:`step_input`)."""
     extra = {"paper": 0, "reward_code": code_dim, "pair_code": 2 * obs_dim * code_dim}
@@ -332,8 +343,8 @@ class RL2Policy(nn.Module):
         if self.pi_obs is not None and self.v_obs is not None:
             obs = x[..., :self.obs_dim].reshape(-1, self.obs_dim)
             z = out.reshape(-1, self.hidden_size)
-            head = head + self.pi_obs(obs, z).reshape(head.shape)
-            values = values + self.v_obs(obs, z).reshape(values.shape)
+            head = head + _bilinear(obs, z, self.pi_obs.weight).reshape(head.shape)
+            values = values + _bilinear(obs, z, self.v_obs.weight).reshape(values.shape)
         return head, values, h_last
 
     # -- the action distribution ---------------------------------------------------------------
