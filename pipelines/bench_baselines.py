@@ -10,8 +10,10 @@ same ones); hyperparameters the paper tuned (Gittins' discount, UCB1's ``c``, ε
 the best mean on a *separate* set of as many tuning instances, then scored on the evaluation
 instances (the paper picked the best on its evaluation instances, which flatters the tuned
 methods by a little). Intervals are mean ± 1.96 standard errors over instances. Rows without a
-paper figure (Bayes-optimal, Oracle) are references: the exact Bayes-optimal value of the bandit
-trial where the dynamic program is small (``n <= 20``), and the true optimum of every instance.
+paper figure (Bayes-optimal, Myopic-Bayes, Oracle) are references: the exact Bayes-optimal value
+of the bandit trial where the dynamic program is small (``n <= 20``), the MDP's one-step Bayes
+rule (:class:`~metarl.baselines.tabular.MyopicBayesAgent`), and the true optimum of every
+instance.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from metarl.baselines.bandit import (
 from metarl.baselines.tabular import (
     MDP_EPSILON_GRID,
     EpsilonGreedyAgent,
+    MyopicBayesAgent,
     PSRLAgent,
     RandomAgent,
     TabularAgent,
@@ -226,6 +229,7 @@ def mdp_cell(n: int, instances: int, seed: int, device: str,
         ("PSRL", PSRLAgent(), "TabulaRL prior: mu0=0, tau0=1, alpha0=1"),
         ("eps-Greedy", EpsilonGreedyAgent(eps), f"ε={eps} (tuned)"),
         ("Greedy", EpsilonGreedyAgent(0.0), ""),
+        ("Myopic-Bayes", MyopicBayesAgent(), "true prior N(1,1), updated every step"),
     ]
     cell = f"n={n}"
     rows = [Row("mdp", cell, name, *_summary(totals(agent, eval_env)),

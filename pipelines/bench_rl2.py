@@ -107,7 +107,7 @@ def default_iterations(table: str, n: int) -> int:
     return 400 if n <= 10 else 300 if n <= 100 else 150
 
 BANDIT_BASELINES = ("Random", "Gittins", "UCB1", "TS", "Bayes-optimal", "Oracle")
-MDP_BASELINES = ("Random", "PSRL", "Oracle")
+MDP_BASELINES = ("Random", "PSRL", "Myopic-Bayes", "Oracle")
 
 
 def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,

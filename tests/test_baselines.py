@@ -22,6 +22,7 @@ from metarl.baselines.bandit import (
 )
 from metarl.baselines.tabular import (
     EpsilonGreedyAgent,
+    MyopicBayesAgent,
     OracleAgent,
     PSRLAgent,
     RandomAgent,
@@ -282,6 +283,7 @@ def test_run_tabular_counts_what_the_agent_observes() -> None:
 
     class Spy:
         epsilon = 1.0
+        plans_every_step = False
 
         def plan(self, stats: TabularStats, horizon: int, generator: torch.Generator):
             seen.append(stats)
@@ -292,6 +294,25 @@ def test_run_tabular_counts_what_the_agent_observes() -> None:
     assert (stats.visits.sum((1, 2)) == 70).all()
     assert (stats.counts.sum((1, 2, 3)) == 63).all(), "the final next state is not observed"
     torch.testing.assert_close(stats.reward_sum.sum((1, 2)), returns.sum(1))
+
+
+def test_myopic_bayes_replans_after_every_step() -> None:
+    """One state, noiseless arms of mean 2 and 0.5 under the prior N(1, 1): the first pull is a
+    coin flip; after a 0.5 the posterior mean (1 + 0.5) / 2 = 0.75 falls under the untried arm's
+    1, so the rule switches *within* the episode and keeps the arm of mean 2 from then on."""
+    tasks = [{"reward_means": [[2.0, 0.5]], "transitions": [[[1.0], [1.0]]]}] * 400
+    env = BatchedTabularMDP.from_tasks(tasks, 1, horizon=5, reward_noise_std=0.0,
+                                       dtype=torch.float64)
+    returns = run_tabular(MyopicBayesAgent(), env, 2, _gen(0))
+    first = returns[:, 0]
+    assert set(first.tolist()) == {10.0, 0.5 + 4 * 2.0}
+    assert 0.4 < (first == 10.0).double().mean().item() < 0.6
+    assert (returns[:, 1] == 10.0).all()
+    stats = TabularStats.zeros(1, 1, 2)
+    stats.visits[0, 0, 1], stats.reward_sum[0, 0, 1] = 1.0, 0.5
+    q = MyopicBayesAgent().plan(stats, 3, _gen(0))
+    assert q.shape == (1, 3, 1, 2)
+    torch.testing.assert_close(q[0, :, 0], torch.tensor([[1.0, 0.75]] * 3, dtype=torch.float64))
 
 
 def test_psrl_converges_to_near_oracle() -> None:
@@ -341,7 +362,7 @@ def test_cli_bench_baselines_prints_table_and_deviation(capsys: pytest.CaptureFi
     captured = capsys.readouterr()
     lines = captured.out.strip().splitlines()
     methods = [line.split()[2] for line in lines if line.startswith("mdp ")]
-    assert methods == ["Random", "PSRL", "eps-Greedy", "Greedy", "Oracle"]
+    assert methods == ["Random", "PSRL", "eps-Greedy", "Greedy", "Myopic-Bayes", "Oracle"]
     assert lines[-1].startswith("largest relative deviation from the paper:")
     assert "mdp n=10" in captured.err
     assert main(["bench", "baselines", "--cells", "10x1"]) == 2

@@ -2,7 +2,8 @@
 
 :mod:`metarl.baselines.bandit`: Random, Greedy, ε-greedy, UCB1, Thompson sampling, the Gittins
 index policy and the exact Bayes-optimal value, for Bernoulli bandits.
-:mod:`metarl.baselines.tabular`: Random, Greedy / ε-greedy, PSRL and the value-iteration oracle,
+:mod:`metarl.baselines.tabular`: Random, Greedy / ε-greedy, PSRL, the myopic Bayes rule and the
+value-iteration oracle,
 for random tabular MDPs.
 """
 
@@ -20,6 +21,7 @@ from metarl.baselines.bandit import (
 )
 from metarl.baselines.tabular import (
     EpsilonGreedyAgent,
+    MyopicBayesAgent,
     OracleAgent,
     PSRLAgent,
     RandomAgent,
@@ -32,6 +34,7 @@ __all__ = [
     "EpsilonGreedy",
     "EpsilonGreedyAgent",
     "Gittins",
+    "MyopicBayesAgent",
     "OracleAgent",
     "PSRLAgent",
     "RandomAgent",

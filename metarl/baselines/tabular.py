@@ -17,6 +17,12 @@ and at the start of every episode plans by finite-horizon value iteration on an 
   1e-4``, ``mu0 = 0``: unvisited pairs look like reward 0 and uniform transitions), acting
   uniformly at random with probability ε (tuned per cell over 0.1, ..., 1.0; Greedy is ε = 0).
 * **Random**: uniform actions (TabulaRL's ε-greedy with ε = 1).
+* **Myopic Bayes** (ours, not in the paper): in the current state, the action whose mean reward
+  has the highest posterior mean under the tasks' *true* prior (``N(1, 1)``, unit noise),
+  updated after every step, transitions ignored. Because the next-state rows are flat-Dirichlet
+  draws, an action's immediate reward is most of its value, and this one-line rule scores about
+  159 at ``n = 10`` — above the paper's RL² (156.2) and every baseline of its Table 2 — so it is
+  the yardstick to beat at short trials.
 * **Oracle**: value iteration on the true MDP.
 
 Greedy actions break ties uniformly at random, as TabulaRL does. Like the paper's environment,
@@ -77,11 +83,16 @@ class TabularStats:
 
 
 class TabularAgent(Protocol):
-    """Plans once per episode from the statistics so far."""
+    """Plans once per episode (or every step) from the statistics so far."""
 
     @property
     def epsilon(self) -> float:
         """Probability of a uniformly random action at each step."""
+        ...
+
+    @property
+    def plans_every_step(self) -> bool:
+        """Plan again before every step, from statistics that include the episode so far."""
         ...
 
     def plan(self, stats: TabularStats, horizon: int, generator: torch.Generator
@@ -95,6 +106,7 @@ class RandomAgent:
     """Uniformly random actions."""
 
     epsilon: float = 1.0
+    plans_every_step = False
 
     def plan(self, stats: TabularStats, horizon: int, generator: torch.Generator
              ) -> torch.Tensor:
@@ -117,6 +129,7 @@ class EpsilonGreedyAgent:
     """Prior precision of the mean rewards."""
     tau: float = 1.0
     """Precision of the reward noise."""
+    plans_every_step = False
 
     def plan(self, stats: TabularStats, horizon: int, generator: torch.Generator
              ) -> torch.Tensor:
@@ -139,6 +152,7 @@ class PSRLAgent:
     tau: float = 1.0
     """Precision of the reward noise (the tasks' true value is 1)."""
     epsilon: float = 0.0
+    plans_every_step = False
 
     def plan(self, stats: TabularStats, horizon: int, generator: torch.Generator
              ) -> torch.Tensor:
@@ -152,12 +166,38 @@ class PSRLAgent:
 
 
 @dataclass(frozen=True)
+class MyopicBayesAgent:
+    """The action with the best posterior-mean reward in the current state, updated every step.
+
+    The posterior is the conjugate one of the module doc with the tasks' true prior (defaults:
+    mean rewards ``N(1, 1)``, unit noise); transitions are ignored, so an unvisited pair looks
+    as good as the prior mean and a visited one is kept while its mean stays above it.
+    """
+
+    mu0: float = 1.0
+    """Prior mean of every mean reward (the tasks' true value)."""
+    tau0: float = 1.0
+    """Prior precision of the mean rewards (the tasks' true value)."""
+    tau: float = 1.0
+    """Precision of the reward noise (the tasks' true value)."""
+    epsilon: float = 0.0
+    plans_every_step = True
+
+    def plan(self, stats: TabularStats, horizon: int, generator: torch.Generator
+             ) -> torch.Tensor:
+        """The posterior-mean rewards, the same at every step to go."""
+        mean, _ = stats.reward_posterior(self.mu0, self.tau0, self.tau)
+        return mean.unsqueeze(1).expand(-1, horizon, -1, -1)
+
+
+@dataclass(frozen=True)
 class OracleAgent:
     """Knows the MDP: acts optimally (value iteration on the true means and transitions)."""
 
     q: torch.Tensor
     """``[N, H, S, A]`` true optimal action values (:func:`value_iteration`)."""
     epsilon: float = 0.0
+    plans_every_step = False
 
     def plan(self, stats: TabularStats, horizon: int, generator: torch.Generator
              ) -> torch.Tensor:
@@ -171,7 +211,8 @@ def run_tabular(agent: TabularAgent, env: BatchedTabularMDP, num_episodes: int,
     """Play a trial of ``num_episodes`` episodes on every instance of ``env``.
 
     Args:
-        agent: plans at each episode start from the statistics gathered so far in the trial.
+        agent: plans at each episode start (before each step if ``agent.plans_every_step``)
+            from the statistics gathered so far in the trial.
         env: ``N`` MDPs with ``num_envs = 1``; each episode restarts in the initial state.
         num_episodes: episodes per trial ``n``.
         generator: source of the env's noise and the agent's randomness.
@@ -191,6 +232,8 @@ def run_tabular(agent: TabularAgent, env: BatchedTabularMDP, num_episodes: int,
         env.reset(generator)
         ep_return = torch.zeros(n, dtype=torch.float64, device=env.device)
         for h in range(env.max_steps):
+            if h > 0 and agent.plans_every_step:
+                q = agent.plan(stats, env.max_steps, generator)
             state = env.state[:, 0]
             actions = argmax_random_ties(q[rows, h, state], generator)
             if agent.epsilon > 0:
