@@ -399,7 +399,7 @@ def test_cli_bench_rl2_prints_table_and_count(capsys: pytest.CaptureFixture[str]
                  "20"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     methods = [line.split()[2] for line in out if line.startswith("mdp ")]
-    assert methods == ["RL2", "Random", "PSRL", "Oracle"]
+    assert methods == ["RL2", "Random", "PSRL", "Myopic-Bayes", "Oracle"]
     assert out[-1].endswith("0/0 bandit, 0/1 MDP")
     assert any("wall-clock: RL²" in line for line in out)
     assert main(["bench", "rl2", "--cells", "10x1"]) == 2
@@ -550,8 +550,9 @@ def test_cli_bench_rl2_reads_params_file_and_writes_json(
     results = json.loads(out.read_text())
     cell = results["cells"]["mdp n=10"]
     assert cell["paper_rl2"] == pytest.approx(156.2)
-    assert set(cell) >= {"rl2", "rl2_half_width", "Random", "PSRL", "Oracle"}
+    assert set(cell) >= {"rl2", "rl2_half_width", "Random", "PSRL", "Myopic-Bayes", "Oracle"}
     assert cell["Random"] < cell["PSRL"] < cell["Oracle"]
+    assert cell["Random"] < cell["Myopic-Bayes"] < cell["Oracle"]
     assert results["at_or_above_paper"] == {"bandit": 0, "bandit_cells": 0, "mdp": 0,
                                             "mdp_cells": 1}
     table = capsys.readouterr().out
