@@ -15,7 +15,8 @@ RL² mean, rounded to the paper's one decimal, is at least the paper's RL² figu
 
 Budget: the defaults (:func:`bandit_config`, :data:`MDP_CONFIG`, :func:`default_iterations`)
 are sized for one CPU thread: one seed of a cell takes about 1 minute (n = 10 bandits) to 5
-minutes (n = 500 bandits), 3 to 45 minutes for the MDP cells (n = 10 to 100). The paper
+minutes (n = 500 bandits), 35 minutes for MDP n = 10 (2000 iterations) and 9 to 45 minutes for
+the MDP cells n = 25 to 100 (200). The paper
 trained for far longer, so this is what RL² reaches with that compute, not its ceiling. On a
 GPU, ``--bandit`` / ``--mdp`` replace settings (e.g. ``meta_batch_size=1024 hidden_size=256``:
 8 × the trials at about the CPU's seconds per iteration) and ``--time-budget`` bounds the
@@ -51,7 +52,8 @@ from pipelines.bench_baselines import (
 )
 
 DEFAULT_CELLS = ("10x5", "10x10", "10")
-"""The quick cells: bandit n=10 k=5 and k=10, tabular MDP n=10."""
+"""The short-trial cells: bandit n=10 k=5 and k=10 (about a minute each on one CPU thread),
+tabular MDP n=10 (about 35 minutes; ``--iterations 200``: 3 minutes, 145.0 instead of 156.2)."""
 
 BANDIT_CONFIG = RL2Config(hidden_size=64, meta_batch_size=128, trials_per_task=8, lr=6e-3,
                           entropy_coef=0.02)
@@ -80,9 +82,10 @@ def bandit_config(num_pulls: int) -> RL2Config:
 
 
 MDP_CONFIG = RL2Config(hidden_size=128, meta_batch_size=64, trials_per_task=4, lr=3e-3,
-                       bptt_length=10, discount=0.9, reward_scale=0.1, inputs="pair_code",
-                       head="bilinear")
-"""MDP cells: 256 trials per iteration, truncated BPTT over one episode (10 steps). Rewards
+                       bptt_length=0, discount=0.9, reward_scale=0.1, inputs="pair_code",
+                       head="bilinear", lr_drop_at=1600, lr_drop_to=1e-3)
+"""MDP cells: 256 trials per iteration, back-propagation through the whole trial, the learning
+rate 3e-3 dropped to 1e-3 after 1600 iterations (only n = 10 trains that long). Rewards
 scaled by 0.1 for the value targets (with the paper's 0.99 and unscaled rewards the value loss
 swamped the policy gradient and nothing was learned in this budget); discount 0.9, with which
 learning started several times sooner than with 0.99 (on our own validation tasks).
@@ -92,18 +95,32 @@ The GRU reads each reward in the slot of the ``(s, a)`` pair it was earned in
 (``head="bilinear"``): with the paper's encoding and linear heads these cells reached 119.4
 (n = 10) and 298.9 (n = 25) in 200 iterations, with them 136.3 and 379.5 (same seed and
 budget; the pair code alone: 119.2 on n = 10). The paper's encoding stays available
-(``--mdp inputs=paper head=linear``)."""
+(``--mdp inputs=paper head=linear``).
+
+Gradients flow through the whole trial (``bptt_length=0``): truncated at one episode (10 steps,
+the default until 2026-11-23) they never reached the steps that wrote what a later episode
+reads, and the cells learned several times slower at the same seconds per iteration — seed 0,
+n = 10: 134.4 / 140.4 / 143.9 after 200 / 400 / 800 iterations truncated, 145.0 / 151.1 /
+154.3 / 155.1 after 200 / 400 / 800 / 1200 whole; n = 25: 384.8 → 410.9 in 200 iterations
+(``benchmarks/rl2/mdp-cpu/``). For the 500-pull bandits whole-trial gradients were no better
+(150 iterations, seed 0: 500x5 341.5 vs 331.9, inside the seeds' spread; 500x50 358.1 vs 366.1)
+and 1.6-1.8× slower, so the bandits keep their chunks of 100.
+
+The drop: at a constant 3e-3 n = 10 stalled at 154.3 / 155.1 / 154.8 after 800 / 1200 / 1600
+iterations (seed 0); 400 more at 1e-3 reached 156.2, the paper's figure (its gradient noise no
+longer swamped the last gains)."""
 
 
 def default_iterations(table: str, n: int) -> int:
     """Training iterations per seed and cell.
 
     Bandits: 400 for n = 10 (about 0.1 s each on one CPU thread), 300 for n = 100 (about
-    0.7 s), 150 for n = 500 (about 2 s); MDP cells: 200 (about 2.7 s each at n = 25, growing
-    linearly with n).
+    0.7 s), 150 for n = 500 (about 2 s); MDP cells: 2000 at n = 10 (about 1 s each, 35 min:
+    the 1600 of :data:`MDP_CONFIG`'s learning rate, then 400 at the dropped one), 200 for
+    longer trials (about 2.7 s each at n = 25, growing linearly with n).
     """
     if table == "mdp":
-        return 200
+        return 2000 if n <= 10 else 200
     return 400 if n <= 10 else 300 if n <= 100 else 150
 
 BANDIT_BASELINES = ("Random", "Gittins", "UCB1", "TS", "Bayes-optimal", "Oracle")
@@ -184,7 +201,8 @@ def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str) ->
         raise ValueError(f"--checkpoints: {path} was trained with other settings ({what}); "
                          "pass the same settings, or move the file away to start afresh")
     algo.load_training_state(saved["state"])
-    return int(saved["iterations"])
+    algo.iteration = int(saved["iterations"])  # files written before the state counted them
+    return algo.iteration
 
 
 def _save_training(algo: RL2, path: Path, config: RL2Config, seed: int, device: str,

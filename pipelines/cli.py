@@ -116,12 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--table", choices=["bandit", "mdp", "all"], default="all",
                      help="which table (default: all)")
     rl2.add_argument("--cells", nargs="+", default=None, metavar="CELL",
-                     help="NxK bandit cells, N MDP cells (default: 10x5 10x10 10, the quick set)")
+                     help="NxK bandit cells, N MDP cells (default: 10x5 10x10 10: two 1-minute "
+                     "bandit cells and the 35-minute MDP n=10)")
     rl2.add_argument("--seeds", type=int, nargs="+", default=[0],
                      help="training seeds, one model each (default: 0)")
     rl2.add_argument("--iterations", type=int, default=None,
                      help="PPO iterations per seed (default: bandit 400 / 300 / 150 for n = 10 "
-                     "/ 100 / 500, MDP 200)")
+                     "/ 100 / 500, MDP 2000 at n = 10 and 200 for longer trials)")
     rl2.add_argument("--instances", type=int, default=1000,
                      help="test instances per cell (default 1000, as the paper)")
     rl2.add_argument("--instance-seed", type=int, default=0,

@@ -215,6 +215,10 @@ def test_config_validation_names_the_field() -> None:
         RL2Config(gae_lambda=1.5)
     with pytest.raises(ConfigError, match=r"critic.*'oracle'.*shared"):
         RL2Config(critic="oracle")
+    with pytest.raises(ConfigError, match=r"lr_drop_at.*-5"):
+        RL2Config(lr_drop_at=-5)
+    with pytest.raises(ConfigError, match=r"lr_drop_to.*0"):
+        RL2Config(lr_drop_at=10, lr_drop_to=0.0)
 
 
 def test_critic_chunks_restart_from_the_states_of_the_whole_trial() -> None:
@@ -279,6 +283,28 @@ def test_training_resumed_from_its_state_goes_on_exactly_as_uninterrupted(
     if critic == "shared":
         with pytest.raises(ValueError, match="critic does not match critic='separate'"):
             other.load_training_state(first.training_state())
+
+
+def test_lr_drop_switches_the_rate_at_its_iteration_and_across_a_resume(tmp_path: Any) -> None:
+    family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=2, horizon=5))
+    config = dataclasses.replace(SMALL, lr=3e-3, lr_drop_at=2, lr_drop_to=1e-3)
+    straight = RL2(family, None, None, 2, config, seed=3)
+    assert [straight.train_step()["lr"] for _ in range(4)] == [3e-3, 3e-3, 1e-3, 1e-3]
+    assert straight.iteration == 4
+    assert [g["lr"] for g in straight.optimizer.param_groups] == [1e-3]
+    first = RL2(family, None, None, 2, config, seed=3)
+    first.train_step()
+    torch.save(first.training_state(), tmp_path / "state.pt")
+    resumed = RL2(family, None, None, 2, config, seed=3)
+    resumed.load_training_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed.iteration == 1
+    assert [resumed.train_step()["lr"] for _ in range(3)] == [3e-3, 1e-3, 1e-3]
+    for a, b in zip(straight.params, resumed.params, strict=True):
+        assert torch.equal(a, b)
+    constant = RL2(family, None, None, 2, dataclasses.replace(config, lr_drop_at=0), seed=3)
+    assert [constant.train_step()["lr"] for _ in range(4)] == [3e-3] * 4
+    assert not all(torch.equal(a, b) for a, b in zip(straight.params, constant.params,
+                                                      strict=True))
 
 
 def test_bench_rl2_resumes_a_cell_from_its_checkpoint(
@@ -568,6 +594,7 @@ def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None
     assert bandit_config(10) == BANDIT_CONFIG
     assert [default_iterations("bandit", n) for n in (10, 100, 500)] == [400, 300, 150]
     assert default_iterations("mdp", 25) == 200
+    assert default_iterations("mdp", 10) == 2000
     long, longer = bandit_config(100), bandit_config(500)
     assert (long.reward_scale, long.trials_per_task, long.bptt_length) == (0.1, 4, 0)
     assert (longer.reward_scale, longer.trials_per_task, longer.bptt_length) == (0.02, 2, 100)

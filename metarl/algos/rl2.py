@@ -80,6 +80,12 @@ class RL2Config:
     """GAE's lambda (the paper: 0.3)."""
     lr: float = 1e-3
     """Adam learning rate."""
+    lr_drop_at: int = 0
+    """A step schedule: from this many training iterations on, ``lr_drop_to`` replaces ``lr``
+    (0: ``lr`` throughout). Constant-rate PPO plateaus where its gradient noise balances the
+    gain; a smaller rate late in training lowers that floor."""
+    lr_drop_to: float = 1e-4
+    """The learning rate from iteration ``lr_drop_at`` on."""
     num_epochs: int = 4
     """PPO epochs over each iteration's trials."""
     num_minibatches: int = 4
@@ -134,7 +140,10 @@ class RL2Config:
         for name in ("discount", "gae_lambda"):
             value = getattr(self, name)
             check(0.0 <= value <= 1.0, name, value, "must be in [0, 1]")
-        for name in ("lr", "clip_eps", "max_grad_norm", "reward_scale", "init_std"):
+        check(isinstance(self.lr_drop_at, int) and self.lr_drop_at >= 0, "lr_drop_at",
+              self.lr_drop_at, "must be an integer >= 0 (0: no drop)")
+        for name in ("lr", "lr_drop_to", "clip_eps", "max_grad_norm", "reward_scale",
+                     "init_std"):
             value = getattr(self, name)
             check(value > 0, name, value, "must be > 0")
         for name in ("value_coef", "entropy_coef"):
@@ -681,6 +690,8 @@ class RL2:
             params += list(self.critic.parameters())
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
+        self.iteration = 0
+        """Training iterations run so far (:meth:`train_step` calls, resumed ones included)."""
         self.sample_tasks: TaskSampler = task_sampler or (
             lambda: family.sample(config.meta_batch_size, self.rng))
 
@@ -695,7 +706,8 @@ class RL2:
                 "critic": None if self.critic is None else self.critic.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(),
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state,
+                "iteration": self.iteration}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`training_state` (same family, config and seed)."""
@@ -708,6 +720,7 @@ class RL2:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
         self.rng.bit_generator.state = state["rng"]
+        self.iteration = int(state.get("iteration", 0))
 
     def critic_inputs(self, batch: TrialBatch, tasks: list[dict[str, Any]]) -> torch.Tensor:
         """What the separate critic reads: the step inputs, plus the task features (``task``)."""
@@ -728,6 +741,9 @@ class RL2:
         last episode: the in-context adaptation).
         """
         c = self.config
+        lr = c.lr_drop_to if 0 < c.lr_drop_at <= self.iteration else c.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         tasks = self.sample_tasks()
         env = self.family.make_env(tasks, c.trials_per_task, device=self.device)
         batch = collect_trials(self.model, env, self.episodes_per_trial, self.generator,
@@ -756,6 +772,8 @@ class RL2:
         stats["trial_return"] = float(batch.trial_returns.mean())
         stats["first_episode_return"] = float(per_episode[0])
         stats["last_episode_return"] = float(per_episode[-1])
+        stats["lr"] = lr
+        self.iteration += 1
         return stats
 
     def evaluate(self, tasks: list[dict[str, Any]], generator: torch.Generator,
