@@ -3,8 +3,7 @@
 :mod:`metarl.baselines.bandit`: Random, Greedy, ε-greedy, UCB1, Thompson sampling, the Gittins
 index policy and the exact Bayes-optimal value, for Bernoulli bandits.
 :mod:`metarl.baselines.tabular`: Random, Greedy / ε-greedy, PSRL, the myopic Bayes rule and the
-value-iteration oracle,
-for random tabular MDPs.
+value-iteration oracle, for random tabular MDPs.
 """
 
 from __future__ import annotations
