@@ -291,7 +291,11 @@ def parse_overrides(items: Sequence[str] | None, option: str) -> dict[str, Any]:
 
 
 def read_params(path: Path) -> BenchRL2Params:
-    """The bench's options from a YAML file; a bad key or value names itself."""
+    """The bench's options from a YAML file; a bad key or value names itself.
+
+    ``cells`` may also be a mapping ``{bandit: [10x5, ...], mdp: ["10", ...]}`` (as
+    ``benchmarks/rl2/params.yaml``, whose DVC stages run each family's list apart).
+    """
     import yaml
 
     from metarl.config import ConfigError, from_mapping
@@ -300,26 +304,56 @@ def read_params(path: Path) -> BenchRL2Params:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError("--params", str(path), f"cannot read the YAML file ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get("cells"), dict):
+        groups = data["cells"]
+        for family, listed in groups.items():
+            if family not in ("bandit", "mdp") or not isinstance(listed, list | None):
+                raise ConfigError(f"cells.{family}", listed, "expected the lists cells.bandit "
+                                  "(NxK cells) and cells.mdp (N cells)")
+        data = {**data, "cells": [str(c) for family in ("bandit", "mdp")
+                                  for c in groups.get(family) or ()]}
     return from_mapping(BenchRL2Params, data)
 
 
-def results_json(rows: list[Row], reached: dict[str, list[int]]) -> dict[str, object]:
-    """The table as nested numbers (DVC metrics).
+@dataclasses.dataclass(frozen=True)
+class CellRun:
+    """One cell's rows (RL² per seed, their mean with several seeds, the baselines) and times."""
 
-    Per cell: RL² (the mean over seeds, 95% half-width), the paper's RL² and our baselines;
-    then the count of cells at or above the paper.
+    table: str
+    """``bandit`` or ``mdp``."""
+    cell: str
+    """``10x5`` or ``10``: the name ``--cells`` takes."""
+    rows: list[Row]
+    rl2_seconds: float
+    """Wall-clock of RL²'s training and scoring, all seeds."""
+    baseline_seconds: float
+
+
+def results_json(runs: Sequence[CellRun], reached: dict[str, list[int]],
+                 settings: dict[str, Any] | None = None) -> dict[str, object]:
+    """The table as nested numbers (DVC metrics), with what ``--combine`` needs to reprint it.
+
+    Per cell (``"bandit n=10 k=5"``): RL² (the mean over seeds, 95% half-width), the paper's RL²,
+    our baselines and the wall-clock, then every printed row (a list: DVC's metrics tables skip
+    it); the count of cells at or above the paper; the run's settings.
     """
     cells: dict[str, dict[str, object]] = {}
-    for row in rows:
-        cell = cells.setdefault(f"{row.table} {row.cell}", {"paper_rl2": row.paper})
-        if row.method.startswith("RL2"):
-            cell["rl2"], cell["rl2_half_width"] = row.ours, row.half_width  # the last: mean
-        else:
-            cell[row.method] = row.ours
+    for run in runs:
+        cell = cells.setdefault(f"{run.table} {run.rows[0].cell}",
+                                {"paper_rl2": run.rows[0].paper})
+        for row in run.rows:
+            if row.method.startswith("RL2"):
+                cell["rl2"], cell["rl2_half_width"] = row.ours, row.half_width  # last: mean
+            else:
+                cell[row.method] = row.ours
+        cell["wall_clock_s"] = {"rl2": round(run.rl2_seconds, 1),
+                                "baselines": round(run.baseline_seconds, 1)}
+        cell["rows"] = [dataclasses.asdict(row) for row in run.rows]
     return {"cells": cells,
             "at_or_above_paper": {"bandit": reached["bandit"][0],
                                   "bandit_cells": reached["bandit"][1],
-                                  "mdp": reached["mdp"][0], "mdp_cells": reached["mdp"][1]}}
+                                  "mdp": reached["mdp"][0], "mdp_cells": reached["mdp"][1]},
+            "settings": settings or {}}
 
 
 def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
@@ -369,16 +403,12 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
     out, progress = out or sys.stdout, progress or sys.stderr
     torch.set_num_threads(1)
     reference = load_reference()
-    print(f"RL² (Duan et al. 2016) on Tables 1-2 cells: {instances} test instances per cell "
-          f"(those of `metarl bench baselines --seed {instance_seed}`), training seeds "
-          f"{list(seeds)}, torch threads 1, device {device}", file=out)
-    for name, overrides in (("bandit", bandit_overrides), ("MDP", mdp_overrides)):
-        if overrides:
-            print(f"{name} cells: RL² settings {overrides} (in place of the defaults')",
-                  file=out)
-    print(HEADER, file=out)
-    print("-" * len(HEADER), file=out, flush=True)
-    rows: list[Row] = []
+    settings = {"instances": instances, "instance_seed": instance_seed, "seeds": list(seeds),
+                "device": device, "iterations": iterations, "time_budget": time_budget,
+                "bandit": dict(bandit_overrides or {}) if bandit else {},
+                "mdp": dict(mdp_overrides or {}) if mdp else {}}
+    _print_header(settings, out)
+    runs: list[CellRun] = []
     reached = {"bandit": [0, 0], "mdp": [0, 0]}
     for n, k in bandit:
         start = time.perf_counter()
@@ -392,7 +422,9 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         base_start = time.perf_counter()
         cell_rows += [r for r in bandit_cell(n, k, instances, instance_seed, device, reference)
                       if r.method in BANDIT_BASELINES]
-        rows += _report(cell_rows, reached["bandit"], paper, start, base_start, out)
+        runs.append(CellRun("bandit", f"{n}x{k}", cell_rows, base_start - start,
+                            time.perf_counter() - base_start))
+        _report(runs[-1], reached, out)
     for n in mdp:
         start = time.perf_counter()
         mdp_family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=n))
@@ -407,15 +439,103 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         base_start = time.perf_counter()
         cell_rows += [r for r in mdp_cell(n, instances, instance_seed, device, reference)
                       if r.method in MDP_BASELINES]
-        rows += _report(cell_rows, reached["mdp"], paper, start, base_start, out)
-    print(f"cells at or above the paper's RL² (ours rounded to 0.1): "
-          f"{reached['bandit'][0]}/{reached['bandit'][1]} bandit, "
-          f"{reached['mdp'][0]}/{reached['mdp'][1]} MDP", file=out, flush=True)
+        runs.append(CellRun("mdp", str(n), cell_rows, base_start - start,
+                            time.perf_counter() - base_start))
+        _report(runs[-1], reached, out)
+    _print_count(reached, out)
     if json_path is not None:
         from pipelines.io import atomic_write_json
 
-        atomic_write_json(Path(json_path), results_json(rows, reached))
-    return rows
+        atomic_write_json(Path(json_path), results_json(runs, reached, settings))
+    return [row for run in runs for row in run.rows]
+
+
+SHARED_SETTINGS = ("instances", "instance_seed", "seeds", "device")
+"""Settings every cell of one table must share (the header line states them once)."""
+
+
+def combine(cells: Sequence[str], folder: Path, out: TextIO | None = None,
+            json_path: Path | None = None) -> list[Row]:
+    """Print one table from cells run apart (``--json FOLDER/<table>-<cell>.json`` each).
+
+    What ``benchmarks/rl2/dvc.yaml`` does: one DVC stage per cell (so a cell's settings or
+    seeds rerun that cell alone), then this. The cells come in the order of ``cells``; with
+    ``json_path``, the combined :func:`results_json` goes there (atomically).
+
+    Raises:
+        ValueError: a cell's file is missing or not a ``bench rl2 --json`` file of that one
+            cell, or the files disagree on a setting the table states once.
+
+    """
+    import json
+
+    bandit, mdp = parse_cells(cells, "all")
+    names = [("bandit", f"{n}x{k}") for n, k in bandit] + [("mdp", str(n)) for n in mdp]
+    out = out or sys.stdout
+    runs: list[CellRun] = []
+    settings: dict[str, Any] = {}
+    for table, cell in names:
+        path = Path(folder) / f"{table}-{cell}.json"
+        try:
+            data = json.loads(path.read_text())
+            (entry,) = data["cells"].values()
+            rows = [Row(**row) for row in entry["rows"]]
+            run_settings = data["settings"]
+            run = CellRun(table, cell, rows, float(entry["wall_clock_s"]["rl2"]),
+                          float(entry["wall_clock_s"]["baselines"]))
+        except FileNotFoundError:
+            raise ValueError(f"--combine: no {path}; run the cell first: metarl bench rl2 "
+                             f"--cells {cell} --json {path}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"--combine: {path} is not the `metarl bench rl2 --json` file of "
+                             f"cell {cell} alone ({type(err).__name__}: {err})") from None
+        if rows[0].table != table or rows[0].cell != _row_cell(table, cell):
+            raise ValueError(f"--combine: {path} holds cell {rows[0].table} {rows[0].cell}, "
+                             f"not {table} {cell}")
+        for key in (*SHARED_SETTINGS, table):
+            if key in settings and settings[key] != run_settings.get(key):
+                raise ValueError(
+                    f"--combine: {path} was run with {key}={run_settings.get(key)!r}, an "
+                    f"earlier cell with {key}={settings[key]!r}; rerun the cells with one "
+                    "setting")
+            settings[key] = run_settings.get(key)
+        runs.append(run)
+    settings.setdefault("bandit", {})
+    settings.setdefault("mdp", {})
+    _print_header(settings, out)
+    reached = {"bandit": [0, 0], "mdp": [0, 0]}
+    for run in runs:
+        _report(run, reached, out)
+    _print_count(reached, out)
+    if json_path is not None:
+        from pipelines.io import atomic_write_json
+
+        atomic_write_json(Path(json_path), results_json(runs, reached, settings))
+    return [row for run in runs for row in run.rows]
+
+
+def _row_cell(table: str, cell: str) -> str:
+    """``10x5`` → ``n=10 k=5``, ``10`` → ``n=10``: the cell as the table's rows name it."""
+    return "n=" + cell.replace("x", " k=") if table == "bandit" else f"n={cell}"
+
+
+def _print_header(settings: dict[str, Any], out: TextIO) -> None:
+    print(f"RL² (Duan et al. 2016) on Tables 1-2 cells: {settings['instances']} test instances "
+          f"per cell (those of `metarl bench baselines --seed {settings['instance_seed']}`), "
+          f"training seeds {list(settings['seeds'])}, torch threads 1, device "
+          f"{settings['device']}", file=out)
+    for name, key in (("bandit", "bandit"), ("MDP", "mdp")):
+        if settings.get(key):
+            print(f"{name} cells: RL² settings {settings[key]} (in place of the defaults')",
+                  file=out)
+    print(HEADER, file=out)
+    print("-" * len(HEADER), file=out, flush=True)
+
+
+def _print_count(reached: dict[str, list[int]], out: TextIO) -> None:
+    print(f"cells at or above the paper's RL² (ours rounded to 0.1): "
+          f"{reached['bandit'][0]}/{reached['bandit'][1]} bandit, "
+          f"{reached['mdp'][0]}/{reached['mdp'][1]} MDP", file=out, flush=True)
 
 
 def _check_options(tables: str, seeds: Sequence[int], instances: int, iterations: int | None,
@@ -432,16 +552,13 @@ def _check_options(tables: str, seeds: Sequence[int], instances: int, iterations
         raise ValueError(f"--time-budget {time_budget}: must be > 0 seconds")
 
 
-def _report(cell_rows: list[Row], reached: list[int], paper: float | None, start: float,
-            base_start: float, out: TextIO) -> list[Row]:
+def _report(run: CellRun, reached: dict[str, list[int]], out: TextIO) -> None:
     """Print a cell's rows and wall-clock; count it against the paper's RL² figure."""
-    now = time.perf_counter()
-    for row in cell_rows:
+    for row in run.rows:
         print(format_row(row), file=out)
-    print(f"  wall-clock: RL² {base_start - start:.0f} s (all seeds), baselines "
-          f"{now - base_start:.0f} s", file=out, flush=True)
-    ours = [r for r in cell_rows if r.method.startswith("RL2")][-1]
-    if paper is not None:
-        reached[1] += 1
-        reached[0] += int(round(ours.ours, 1) >= paper)
-    return cell_rows
+    print(f"  wall-clock: RL² {run.rl2_seconds:.0f} s (all seeds), baselines "
+          f"{run.baseline_seconds:.0f} s", file=out, flush=True)
+    ours = [r for r in run.rows if r.method.startswith("RL2")][-1]
+    if ours.paper is not None:
+        reached[run.table][1] += 1
+        reached[run.table][0] += int(round(ours.ours, 1) >= ours.paper)

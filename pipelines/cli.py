@@ -142,8 +142,9 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
                      help="read all the options above from a YAML file instead (keys: table, "
                      "cells, seeds, iterations, instances, instance_seed, device, time_budget, "
-                     "bandit, mdp), as "
-                     "benchmarks/rl2/params.yaml does for `dvc exp run benchmarks/rl2/dvc.yaml`")
+                     "bandit, mdp; cells a list or {bandit: [...], mdp: [...]}), as "
+                     "benchmarks/rl2/params.yaml does for `dvc repro benchmarks/rl2/dvc.yaml`; "
+                     "--cells given too runs those cells with the file's other options")
     rl2.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
                      help="keep each cell's and seed's training state in DIR (e.g. "
                      "DIR/bandit-500x5-s0.pt) and resume from it when it is there: run a long "
@@ -154,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="also draw the cells as a PNG: ours with 95%% intervals, the paper's "
                      "RL² and our Gittins / PSRL, each cell scaled random 0 to oracle 1 (its "
                      "numbers go beside it as PNG-name.json unless --json says where)")
+    rl2.add_argument("--combine", type=Path, default=None, metavar="DIR",
+                     help="train nothing: print one table (and --json, --plot) from cells run "
+                     "apart, DIR/bandit-10x5.json, DIR/mdp-10.json, ... (each a --json of "
+                     "that one cell), in the order of --cells or --params; what "
+                     "benchmarks/rl2/dvc.yaml's last stage does")
     rl2.add_argument("--replot", type=Path, default=None, metavar="JSON",
                      help="train nothing: draw --plot from a --json file of an earlier run "
                      "(e.g. benchmarks/rl2/results.json)")
@@ -183,7 +189,7 @@ def _replot_rl2(results: Path, png: Path | None) -> None:
         plot_rl2_cells(data, png, f"RL² per cell ({Path(results).name})")
     except ValueError as err:
         raise ValueError(f"--replot {str(results)!r}: {err}") from None
-    print(f"wrote {png}")
+    print(f"wrote {png}", file=sys.stderr)  # stdout is the table (table.txt in DVC)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -193,7 +199,13 @@ def _bench(args: argparse.Namespace) -> None:
 
         bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
     elif args.bench == "rl2":
-        from pipelines.bench_rl2 import bench_rl2, parse_overrides, read_params
+        from pipelines.bench_rl2 import (
+            DEFAULT_CELLS,
+            bench_rl2,
+            combine,
+            parse_overrides,
+            read_params,
+        )
 
         if args.replot is not None:
             _replot_rl2(args.replot, args.plot)
@@ -203,10 +215,16 @@ def _bench(args: argparse.Namespace) -> None:
             json_path = args.plot.with_suffix(".json")
         if args.params is not None:
             p = read_params(args.params)
-            bench_rl2(p.table, p.cells, p.seeds, p.instances, p.iterations,
-                      p.instance_seed, p.device, json_path=json_path,
-                      bandit_overrides=p.bandit, mdp_overrides=p.mdp,
-                      time_budget=p.time_budget, checkpoints=args.checkpoints)
+            cells = args.cells or p.cells  # --cells picks cells out of the file's
+            if args.combine is not None:
+                combine(cells, args.combine, json_path=json_path)
+            else:
+                bench_rl2(p.table, cells, p.seeds, p.instances, p.iterations,
+                          p.instance_seed, p.device, json_path=json_path,
+                          bandit_overrides=p.bandit, mdp_overrides=p.mdp,
+                          time_budget=p.time_budget, checkpoints=args.checkpoints)
+        elif args.combine is not None:
+            combine(args.cells or list(DEFAULT_CELLS), args.combine, json_path=json_path)
         else:
             bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
                       args.instance_seed, args.device, json_path=json_path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -586,6 +587,67 @@ def test_cli_bench_rl2_reads_params_file_and_writes_json(
     params.write_text(yaml.safe_dump({"cells": ["10"], "iteratons": 1}))
     assert main(["bench", "rl2", "--params", str(params)]) == 2
     assert "iteratons" in capsys.readouterr().err
+
+
+def test_cells_run_apart_combine_into_the_table_of_one_run(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from pipelines.bench_rl2 import read_params
+    from pipelines.cli import main
+
+    # the DVC layout: cells as a mapping per family, --cells picks one, --combine prints all
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"cells": {"bandit": [], "mdp": ["25", "10"]},
+                                      "iterations": 1, "instances": 20}))
+    assert read_params(params).cells == ("25", "10")
+    cells = tmp_path / "cells"
+    for cell in ("10", "25"):
+        assert main(["bench", "rl2", "--params", str(params), "--cells", cell, "--json",
+                     str(cells / f"mdp-{cell}.json")]) == 0
+        apart = capsys.readouterr().out.splitlines()
+        assert sum(line.startswith("mdp ") for line in apart) == 5  # that cell alone
+    assert main(["bench", "rl2", "--params", str(params), "--combine", str(cells), "--json",
+                 str(tmp_path / "results.json")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in table if " RL2 s0 " in line] == ["n=25", "n=10"]
+    assert table[-1].endswith("0/0 bandit, 0/2 MDP")
+    combined = json.loads((tmp_path / "results.json").read_text())
+    for cell in ("10", "25"):
+        alone = json.loads((cells / f"mdp-{cell}.json").read_text())
+        assert combined["cells"][f"mdp n={cell}"] == alone["cells"][f"mdp n={cell}"]
+        rl2 = alone["cells"][f"mdp n={cell}"]["rl2"]
+        assert any(" RL2 s0 " in line and f" {rl2:.1f} " in line for line in table)
+    assert combined["settings"]["instances"] == 20
+    assert combined["at_or_above_paper"]["mdp_cells"] == 2
+
+    # a cell run with other settings, a missing one, a file of another cell: clear errors
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"cells": ["10"], "iterations": 1, "instances": 21}))
+    assert main(["bench", "rl2", "--params", str(other), "--json",
+                 str(cells / "mdp-10.json")]) == 0
+    capsys.readouterr()
+    assert main(["bench", "rl2", "--params", str(params), "--combine", str(cells)]) == 2
+    assert "mdp-10.json was run with instances=21, an earlier cell with instances=20" in (
+        capsys.readouterr().err)
+    assert main(["bench", "rl2", "--cells", "50", "--combine", str(cells)]) == 2
+    assert f"no {cells / 'mdp-50.json'}; run the cell first: metarl bench rl2 --cells 50" in (
+        capsys.readouterr().err)
+    (cells / "mdp-50.json").write_text((cells / "mdp-25.json").read_text())
+    assert main(["bench", "rl2", "--cells", "50", "--combine", str(cells)]) == 2
+    assert "holds cell mdp n=25, not mdp 50" in capsys.readouterr().err
+    params.write_text(yaml.safe_dump({"cells": {"bandits": ["10x5"]}}))
+    assert main(["bench", "rl2", "--params", str(params), "--combine", str(cells)]) == 2
+    assert "cells.bandits=['10x5']: expected the lists cells.bandit" in capsys.readouterr().err
+
+
+def test_the_benchmarks_dvc_params_file_reads() -> None:
+    from pipelines.bench_rl2 import read_params
+
+    params = read_params(Path(__file__).parents[1] / "benchmarks/rl2/params.yaml")
+    assert len([c for c in params.cells if "x" in c]) == 9 and params.cells[-2:] == ("10", "25")
 
 
 def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None:
