@@ -232,6 +232,9 @@ class BenchRL2Params:
     """``NxK`` bandit cells and ``N`` MDP cells."""
     seeds: tuple[int, ...] = (0,)
     """Training seeds, one model each."""
+    mdp_seeds: tuple[int, ...] | None = None
+    """Training seeds of the MDP cells (each costs 10 to 45 minutes on one CPU thread, a
+    bandit cell's seed 1 to 5); null: ``seeds``."""
     iterations: int | None = None
     """PPO iterations per seed (null: :func:`default_iterations`)."""
     instances: int = 1000
@@ -362,7 +365,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               progress: TextIO | None = None, json_path: Path | None = None,
               bandit_overrides: dict[str, Any] | None = None,
               mdp_overrides: dict[str, Any] | None = None,
-              time_budget: float | None = None, checkpoints: Path | None = None) -> list[Row]:
+              time_budget: float | None = None, checkpoints: Path | None = None,
+              mdp_seeds: Sequence[int] | None = None) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
 
     With ``json_path``, also write :func:`results_json` there (atomically).
@@ -386,6 +390,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
             (``bandit-500x5-s0.pt``, ``mdp-10-s0.pt``), written after training; a later run
             with the same settings resumes from it, up to ``iterations`` in all (so a long
             cell can be trained in several runs, e.g. under a per-call time limit).
+        mdp_seeds: the MDP cells' training seeds (default ``seeds``).
 
     Raises:
         ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances`` or ``iterations``.
@@ -393,6 +398,9 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
 
     """
     _check_options(tables, seeds, instances, iterations, time_budget)
+    mdp_seeds = list(seeds if mdp_seeds is None else mdp_seeds)
+    if not mdp_seeds:
+        raise ValueError("--mdp-seeds: give at least one training seed")
     if not cells:
         cells = [c for c in DEFAULT_CELLS
                  if tables == "all" or (tables == "bandit") == ("x" in c)]
@@ -403,8 +411,10 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
     out, progress = out or sys.stdout, progress or sys.stderr
     torch.set_num_threads(1)
     reference = load_reference()
-    settings = {"instances": instances, "instance_seed": instance_seed, "seeds": list(seeds),
-                "device": device, "iterations": iterations, "time_budget": time_budget,
+    settings = {"instances": instances, "instance_seed": instance_seed, "device": device,
+                "bandit_seeds": list(seeds) if bandit else [],
+                "mdp_seeds": mdp_seeds if mdp else [],
+                "iterations": iterations, "time_budget": time_budget,
                 "bandit": dict(bandit_overrides or {}) if bandit else {},
                 "mdp": dict(mdp_overrides or {}) if mdp else {}}
     _print_header(settings, out)
@@ -433,7 +443,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         paper = reference.get(("mdp", n, 0, "RL2"))
         c = mdp_family.config
         cell_rows = _rl2_rows("mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n,
-                              mdp_config, iterations or default_iterations("mdp", n), test, seeds,
+                              mdp_config, iterations or default_iterations("mdp", n), test,
+                              mdp_seeds,
                               (instance_seed, n), paper, device, progress, time_budget,
                               checkpoints)
         base_start = time.perf_counter()
@@ -450,8 +461,9 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
     return [row for run in runs for row in run.rows]
 
 
-SHARED_SETTINGS = ("instances", "instance_seed", "seeds", "device")
-"""Settings every cell of one table must share (the header line states them once)."""
+SHARED_SETTINGS = ("instances", "instance_seed", "device")
+"""Settings every cell of one table must share (the header line states them once); the cells
+of one family also share their RL² settings and seeds (``bandit`` / ``bandit_seeds``, ...)."""
 
 
 def combine(cells: Sequence[str], folder: Path, out: TextIO | None = None,
@@ -492,7 +504,7 @@ def combine(cells: Sequence[str], folder: Path, out: TextIO | None = None,
         if rows[0].table != table or rows[0].cell != _row_cell(table, cell):
             raise ValueError(f"--combine: {path} holds cell {rows[0].table} {rows[0].cell}, "
                              f"not {table} {cell}")
-        for key in (*SHARED_SETTINGS, table):
+        for key in (*SHARED_SETTINGS, table, f"{table}_seeds"):
             if key in settings and settings[key] != run_settings.get(key):
                 raise ValueError(
                     f"--combine: {path} was run with {key}={run_settings.get(key)!r}, an "
@@ -500,8 +512,9 @@ def combine(cells: Sequence[str], folder: Path, out: TextIO | None = None,
                     "setting")
             settings[key] = run_settings.get(key)
         runs.append(run)
-    settings.setdefault("bandit", {})
-    settings.setdefault("mdp", {})
+    for table in ("bandit", "mdp"):
+        settings.setdefault(table, {})
+        settings.setdefault(f"{table}_seeds", [])
     _print_header(settings, out)
     reached = {"bandit": [0, 0], "mdp": [0, 0]}
     for run in runs:
@@ -520,10 +533,12 @@ def _row_cell(table: str, cell: str) -> str:
 
 
 def _print_header(settings: dict[str, Any], out: TextIO) -> None:
+    bandit, mdp = settings["bandit_seeds"], settings["mdp_seeds"]
+    seeds = (f"{bandit or mdp}" if not (bandit and mdp) or bandit == mdp
+             else f"{bandit} (bandit), {mdp} (MDP)")
     print(f"RL² (Duan et al. 2016) on Tables 1-2 cells: {settings['instances']} test instances "
           f"per cell (those of `metarl bench baselines --seed {settings['instance_seed']}`), "
-          f"training seeds {list(settings['seeds'])}, torch threads 1, device "
-          f"{settings['device']}", file=out)
+          f"training seeds {seeds}, torch threads 1, device {settings['device']}", file=out)
     for name, key in (("bandit", "bandit"), ("MDP", "mdp")):
         if settings.get(key):
             print(f"{name} cells: RL² settings {settings[key]} (in place of the defaults')",

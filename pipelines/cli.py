@@ -120,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
                      "bandit cells and the 35-minute MDP n=10)")
     rl2.add_argument("--seeds", type=int, nargs="+", default=[0],
                      help="training seeds, one model each (default: 0)")
+    rl2.add_argument("--mdp-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                     help="the MDP cells' training seeds, when they should differ from --seeds "
+                     "(an MDP seed costs 10 to 45 minutes on one CPU thread, a bandit seed 1 to "
+                     "5; default: --seeds)")
     rl2.add_argument("--iterations", type=int, default=None,
                      help="PPO iterations per seed (default: bandit 400 / 300 / 150 for n = 10 "
                      "/ 100 / 500, MDP 2000 at n = 10 and 200 for longer trials)")
@@ -141,8 +145,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="likewise for the MDP cells (e.g. --mdp hidden_size=256)")
     rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
                      help="read all the options above from a YAML file instead (keys: table, "
-                     "cells, seeds, iterations, instances, instance_seed, device, time_budget, "
-                     "bandit, mdp; cells a list or {bandit: [...], mdp: [...]}), as "
+                     "cells, seeds, mdp_seeds, iterations, instances, instance_seed, device, "
+                     "time_budget, bandit, mdp; cells a list or {bandit: [...], mdp: [...]}), as "
                      "benchmarks/rl2/params.yaml does for `dvc repro benchmarks/rl2/dvc.yaml`; "
                      "--cells given too runs those cells with the file's other options")
     rl2.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
@@ -222,7 +226,8 @@ def _bench(args: argparse.Namespace) -> None:
                 bench_rl2(p.table, cells, p.seeds, p.instances, p.iterations,
                           p.instance_seed, p.device, json_path=json_path,
                           bandit_overrides=p.bandit, mdp_overrides=p.mdp,
-                          time_budget=p.time_budget, checkpoints=args.checkpoints)
+                          time_budget=p.time_budget, checkpoints=args.checkpoints,
+                          mdp_seeds=p.mdp_seeds)
         elif args.combine is not None:
             combine(args.cells or list(DEFAULT_CELLS), args.combine, json_path=json_path)
         else:
@@ -230,7 +235,8 @@ def _bench(args: argparse.Namespace) -> None:
                       args.instance_seed, args.device, json_path=json_path,
                       bandit_overrides=parse_overrides(args.bandit, "--bandit"),
                       mdp_overrides=parse_overrides(args.mdp, "--mdp"),
-                      time_budget=args.time_budget, checkpoints=args.checkpoints)
+                      time_budget=args.time_budget, checkpoints=args.checkpoints,
+                      mdp_seeds=args.mdp_seeds)
         if args.plot is not None:
             _replot_rl2(json_path, args.plot)
     elif args.bench == "maml":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -595,13 +596,13 @@ def test_cells_run_apart_combine_into_the_table_of_one_run(
 
     import yaml
 
-    from pipelines.bench_rl2 import read_params
+    from pipelines.bench_rl2 import _print_header, read_params
     from pipelines.cli import main
 
     # the DVC layout: cells as a mapping per family, --cells picks one, --combine prints all
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"cells": {"bandit": [], "mdp": ["25", "10"]},
-                                      "iterations": 1, "instances": 20}))
+                                      "iterations": 1, "instances": 20, "mdp_seeds": [1]}))
     assert read_params(params).cells == ("25", "10")
     cells = tmp_path / "cells"
     for cell in ("10", "25"):
@@ -612,25 +613,30 @@ def test_cells_run_apart_combine_into_the_table_of_one_run(
     assert main(["bench", "rl2", "--params", str(params), "--combine", str(cells), "--json",
                  str(tmp_path / "results.json")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in table if " RL2 s0 " in line] == ["n=25", "n=10"]
+    assert [line.split()[1] for line in table if " RL2 s1 " in line] == ["n=25", "n=10"]
+    assert "training seeds [1]," in table[0] and " RL2 s0 " not in "".join(table)
     assert table[-1].endswith("0/0 bandit, 0/2 MDP")
     combined = json.loads((tmp_path / "results.json").read_text())
     for cell in ("10", "25"):
         alone = json.loads((cells / f"mdp-{cell}.json").read_text())
         assert combined["cells"][f"mdp n={cell}"] == alone["cells"][f"mdp n={cell}"]
         rl2 = alone["cells"][f"mdp n={cell}"]["rl2"]
-        assert any(" RL2 s0 " in line and f" {rl2:.1f} " in line for line in table)
+        assert any(" RL2 s1 " in line and f" {rl2:.1f} " in line for line in table)
     assert combined["settings"]["instances"] == 20
+    header = io.StringIO()
+    _print_header({"instances": 9, "instance_seed": 0, "device": "cpu", "bandit_seeds": [0, 1],
+                   "mdp_seeds": [0]}, header)
+    assert "training seeds [0, 1] (bandit), [0] (MDP), torch" in header.getvalue()
     assert combined["at_or_above_paper"]["mdp_cells"] == 2
 
     # a cell run with other settings, a missing one, a file of another cell: clear errors
     other = tmp_path / "other.yaml"
-    other.write_text(yaml.safe_dump({"cells": ["10"], "iterations": 1, "instances": 21}))
+    other.write_text(yaml.safe_dump({"cells": ["10"], "iterations": 1, "instances": 20}))
     assert main(["bench", "rl2", "--params", str(other), "--json",
                  str(cells / "mdp-10.json")]) == 0
     capsys.readouterr()
     assert main(["bench", "rl2", "--params", str(params), "--combine", str(cells)]) == 2
-    assert "mdp-10.json was run with instances=21, an earlier cell with instances=20" in (
+    assert "mdp-10.json was run with mdp_seeds=[0], an earlier cell with mdp_seeds=[1]" in (
         capsys.readouterr().err)
     assert main(["bench", "rl2", "--cells", "50", "--combine", str(cells)]) == 2
     assert f"no {cells / 'mdp-50.json'}; run the cell first: metarl bench rl2 --cells 50" in (
