@@ -333,7 +333,7 @@ class CellRun:
 
 
 def results_json(runs: Sequence[CellRun], reached: dict[str, list[int]],
-                 settings: dict[str, Any] | None = None) -> dict[str, object]:
+                 settings: dict[str, Any]) -> dict[str, object]:
     """The table as nested numbers (DVC metrics), with what ``--combine`` needs to reprint it.
 
     Per cell (``"bandit n=10 k=5"``): RL² (the mean over seeds, 95% half-width), the paper's RL²,
@@ -356,7 +356,7 @@ def results_json(runs: Sequence[CellRun], reached: dict[str, list[int]],
             "at_or_above_paper": {"bandit": reached["bandit"][0],
                                   "bandit_cells": reached["bandit"][1],
                                   "mdp": reached["mdp"][0], "mdp_cells": reached["mdp"][1]},
-            "settings": settings or {}}
+            "settings": settings}
 
 
 def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
@@ -453,12 +453,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         runs.append(CellRun("mdp", str(n), cell_rows, base_start - start,
                             time.perf_counter() - base_start))
         _report(runs[-1], reached, out)
-    _print_count(reached, out)
-    if json_path is not None:
-        from pipelines.io import atomic_write_json
-
-        atomic_write_json(Path(json_path), results_json(runs, reached, settings))
-    return [row for run in runs for row in run.rows]
+    return _finish(runs, reached, settings, out, json_path)
 
 
 SHARED_SETTINGS = ("instances", "instance_seed", "device")
@@ -466,12 +461,13 @@ SHARED_SETTINGS = ("instances", "instance_seed", "device")
 of one family also share their RL² settings and seeds (``bandit`` / ``bandit_seeds``, ...)."""
 
 
-def combine(cells: Sequence[str], folder: Path, out: TextIO | None = None,
+def combine(cells: Sequence[str] | None, folder: Path, out: TextIO | None = None,
             json_path: Path | None = None) -> list[Row]:
     """Print one table from cells run apart (``--json FOLDER/<table>-<cell>.json`` each).
 
     What ``benchmarks/rl2/dvc.yaml`` does: one DVC stage per cell (so a cell's settings or
-    seeds rerun that cell alone), then this. The cells come in the order of ``cells``; with
+    seeds rerun that cell alone), then this. The cells come in the order of ``cells`` (default
+    :data:`DEFAULT_CELLS`); with
     ``json_path``, the combined :func:`results_json` goes there (atomically).
 
     Raises:
@@ -481,7 +477,7 @@ def combine(cells: Sequence[str], folder: Path, out: TextIO | None = None,
     """
     import json
 
-    bandit, mdp = parse_cells(cells, "all")
+    bandit, mdp = parse_cells(cells or DEFAULT_CELLS, "all")
     names = [("bandit", f"{n}x{k}") for n, k in bandit] + [("mdp", str(n)) for n in mdp]
     out = out or sys.stdout
     runs: list[CellRun] = []
@@ -519,7 +515,15 @@ def combine(cells: Sequence[str], folder: Path, out: TextIO | None = None,
     reached = {"bandit": [0, 0], "mdp": [0, 0]}
     for run in runs:
         _report(run, reached, out)
-    _print_count(reached, out)
+    return _finish(runs, reached, settings, out, json_path)
+
+
+def _finish(runs: list[CellRun], reached: dict[str, list[int]], settings: dict[str, Any],
+            out: TextIO, json_path: Path | None) -> list[Row]:
+    """Print the count line, write the JSON (atomically) if asked; all the rows."""
+    print(f"cells at or above the paper's RL² (ours rounded to 0.1): "
+          f"{reached['bandit'][0]}/{reached['bandit'][1]} bandit, "
+          f"{reached['mdp'][0]}/{reached['mdp'][1]} MDP", file=out, flush=True)
     if json_path is not None:
         from pipelines.io import atomic_write_json
 
@@ -545,12 +549,6 @@ def _print_header(settings: dict[str, Any], out: TextIO) -> None:
                   file=out)
     print(HEADER, file=out)
     print("-" * len(HEADER), file=out, flush=True)
-
-
-def _print_count(reached: dict[str, list[int]], out: TextIO) -> None:
-    print(f"cells at or above the paper's RL² (ours rounded to 0.1): "
-          f"{reached['bandit'][0]}/{reached['bandit'][1]} bandit, "
-          f"{reached['mdp'][0]}/{reached['mdp'][1]} MDP", file=out, flush=True)
 
 
 def _check_options(tables: str, seeds: Sequence[int], instances: int, iterations: int | None,

@@ -203,13 +203,7 @@ def _bench(args: argparse.Namespace) -> None:
 
         bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
     elif args.bench == "rl2":
-        from pipelines.bench_rl2 import (
-            DEFAULT_CELLS,
-            bench_rl2,
-            combine,
-            parse_overrides,
-            read_params,
-        )
+        from pipelines.bench_rl2 import bench_rl2, combine, parse_overrides, read_params
 
         if args.replot is not None:
             _replot_rl2(args.replot, args.plot)
@@ -229,7 +223,7 @@ def _bench(args: argparse.Namespace) -> None:
                           time_budget=p.time_budget, checkpoints=args.checkpoints,
                           mdp_seeds=p.mdp_seeds)
         elif args.combine is not None:
-            combine(args.cells or list(DEFAULT_CELLS), args.combine, json_path=json_path)
+            combine(args.cells, args.combine, json_path=json_path)
         else:
             bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
                       args.instance_seed, args.device, json_path=json_path,
