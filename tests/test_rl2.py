@@ -666,6 +666,10 @@ def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None
     long, longer = bandit_config(100), bandit_config(500)
     assert (long.reward_scale, long.trials_per_task, long.bptt_length) == (0.1, 4, 0)
     assert (longer.reward_scale, longer.trials_per_task, longer.bptt_length) == (0.02, 2, 100)
+    for config in (long, longer):  # long trials: expected rewards, long-horizon credit
+        assert (config.reward_signal, config.gae_lambda, config.discount) == (
+            "expected", 0.8, 0.999)
+    assert BANDIT_CONFIG.reward_signal == "sampled"
 
 
 def test_bench_rl2_settings_overrides_and_time_budget(
@@ -807,3 +811,83 @@ def test_pair_code_and_bilinear_heads_learn_tabular_mdps_faster() -> None:
         scores[head] = algo.evaluate(test, torch.Generator().manual_seed(0)).mean()
     assert scores["bilinear"] > 54.0, scores
     assert scores["bilinear"] > scores["linear"] + 2.5, scores
+
+
+def test_envs_expected_reward_is_the_mean_of_the_sampled_one() -> None:
+    probs = torch.tensor([[0.2, 0.7, 1.0], [0.0, 0.5, 0.9]])
+    bandit = BatchedBandit(probs, 20000, 3)
+    bandit.reset(torch.Generator().manual_seed(0))
+    actions = torch.tensor([1, 2]).reshape(2, 1).expand(2, 20000)
+    torch.testing.assert_close(bandit.mean_reward(actions)[:, 0], torch.tensor([0.7, 0.9]))
+    _, reward, _ = bandit.step(actions)
+    torch.testing.assert_close(reward.mean(1), torch.tensor([0.7, 0.9]), atol=0.01, rtol=0)
+    bandit.done[0] = True  # a trial that ended pays nothing, in expectation too
+    torch.testing.assert_close(bandit.mean_reward(actions)[:, 0], torch.tensor([0.0, 0.9]))
+    family = TabularMDPFamily(TabularMDPFamilyConfig(num_states=4, num_actions=3, horizon=2))
+    tasks = family.sample(2, np.random.default_rng(0))
+    mdp = family.make_env(tasks, 1)
+    mdp.reset(torch.Generator().manual_seed(0))
+    mdp.state = torch.tensor([[3], [1]])
+    means = torch.tensor([t["reward_means"] for t in tasks], dtype=torch.float32)
+    want = torch.stack([means[0, 3, 2], means[1, 1, 0]]).reshape(2, 1)
+    torch.testing.assert_close(mdp.mean_reward(torch.tensor([[2], [0]])), want)
+    _, reward, _ = mdp.step_with(torch.tensor([[2], [0]]), torch.zeros(2, 1, 2))  # no noise
+    torch.testing.assert_close(reward, want)
+
+
+class FixedBandits:
+    """Two-armed bandits whose arms all have the probabilities ``probs``."""
+
+    def __init__(self, probs: list[float]) -> None:
+        self.probs = probs
+        self.inner = BanditFamily(BanditFamilyConfig(num_arms=2, num_pulls=6))
+
+    def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+        return [{"probs": list(self.probs)} for _ in range(num_tasks)]
+
+    def make_env(self, tasks: list[dict[str, Any]], num_envs: int,
+                 device: torch.device | str = "cpu") -> BatchedBandit:
+        return self.inner.make_env(tasks, num_envs, device)
+
+
+def test_expected_reward_signal_is_recorded_and_drives_the_update() -> None:
+    family = FixedBandits([0.3, 0.8])
+    env = family.make_env(family.sample(3, np.random.default_rng(0)), 2)
+    batch = collect_trials(_model(1, 2), env, 1, torch.Generator().manual_seed(0),
+                           expected_rewards=True)
+    assert batch.expected_rewards is not None
+    want = torch.tensor([0.3, 0.8])[batch.actions] * batch.mask
+    torch.testing.assert_close(batch.expected_rewards, want)
+    assert not torch.equal(batch.rewards, batch.expected_rewards)  # the GRU read 0/1 rewards
+    plain = collect_trials(_model(1, 2), family.make_env(family.sample(3, np.random.default_rng(0)),
+                                                          2), 1, torch.Generator().manual_seed(0))
+    assert plain.expected_rewards is None
+    torch.testing.assert_close(plain.rewards, batch.rewards)  # same trials either way
+
+    def trained(probs: list[float], signal: str) -> dict[str, torch.Tensor]:
+        config = dataclasses.replace(SMALL, reward_signal=signal)
+        algo = RL2(FixedBandits(probs), 1, 2, 1, config, seed=0)
+        algo.train_step()
+        return algo.model.state_dict()
+
+    # arms that always / never pay: the expected reward is the sampled one, same update
+    sure, sure_expected = trained([0.0, 1.0], "sampled"), trained([0.0, 1.0], "expected")
+    assert all(torch.equal(sure[k], sure_expected[k]) for k in sure)
+    # coin-flip arms: the update follows the expectations, not the draws
+    coin, coin_expected = trained([0.5, 0.5], "sampled"), trained([0.5, 0.5], "expected")
+    assert any(not torch.equal(coin[k], coin_expected[k]) for k in coin)
+    with pytest.raises(ConfigError, match=r"reward_signal.*'mean'.*sampled"):
+        RL2Config(reward_signal="mean")
+
+
+def test_expected_reward_signal_needs_an_env_that_knows_its_means() -> None:
+    from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
+
+    family = CartPoleFamily(CartPoleFamilyConfig())
+    config = dataclasses.replace(SMALL, reward_signal="expected")
+    with pytest.raises(ConfigError, match=r"reward_signal.*expected.*no mean_reward.*sampled"):
+        RL2(family, None, None, 1, config, seed=0)
+    env = family.make_env(family.sample(2, np.random.default_rng(0)), 1)
+    with pytest.raises(ValueError, match=r"no mean_reward.*sampled"):
+        collect_trials(RL2Policy(4, 2, 8, torch.Generator().manual_seed(0)), env, 1,
+                       torch.Generator().manual_seed(0), expected_rewards=True)

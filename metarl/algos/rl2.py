@@ -62,6 +62,8 @@ INPUTS = ("paper", "reward_code", "pair_code")
 """The step encodings :class:`RL2Policy` can read (see ``RL2Config.inputs``)."""
 HEADS = ("linear", "bilinear")
 """The policy and value heads :class:`RL2Policy` can have (see ``RL2Config.head``)."""
+REWARD_SIGNALS = ("sampled", "expected")
+"""The rewards :class:`RL2` can learn from (see ``RL2Config.reward_signal``)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,16 @@ class RL2Config:
     remembers about each state can be read out in that state without the GRU having to learn
     the selection itself. The policy still acts from its history (``o`` is part of it)."""
 
+    reward_signal: str = "sampled"
+    """The rewards the advantages and value targets are computed from: ``sampled``, the
+    rewards the env returned (the paper); ``expected``, each step's expected reward given the
+    state and action (the env's ``mean_reward``: an arm's success probability, an ``(s, a)``
+    pair's mean reward). Training only, like ``critic="task"``: the GRU still reads the sampled
+    reward and the policy acts from its history alone. The policy gradient stays unbiased
+    (``E[r_t | history, a_t]`` is that expectation, and every score term that multiplies
+    ``r_t`` is fixed before ``r_t`` is drawn) and loses the reward noise's variance, which is
+    most of a Bernoulli bandit's. Needs a family whose env has ``mean_reward``."""
+
     def __post_init__(self) -> None:
         for name in ("hidden_size", "meta_batch_size", "trials_per_task", "num_epochs",
                      "num_minibatches"):
@@ -152,6 +164,8 @@ class RL2Config:
         check(self.critic in CRITICS, "critic", self.critic, f"must be one of {list(CRITICS)}")
         check(self.inputs in INPUTS, "inputs", self.inputs, f"must be one of {list(INPUTS)}")
         check(self.head in HEADS, "head", self.head, f"must be one of {list(HEADS)}")
+        check(self.reward_signal in REWARD_SIGNALS, "reward_signal", self.reward_signal,
+              f"must be one of {list(REWARD_SIGNALS)}")
         check(self.num_minibatches <= self.meta_batch_size * self.trials_per_task,
               "num_minibatches", self.num_minibatches,
               "must be <= meta_batch_size * trials_per_task (a minibatch holds whole trials)")
@@ -430,6 +444,8 @@ class TrialBatch:
         log_probs: ``[B, T]`` log-probabilities of the actions under the acting policy.
         values: ``[B, T]`` value estimates while acting.
         rewards: ``[B, T]`` (0 on padding).
+        expected_rewards: ``[B, T]`` each step's expected reward given its state and action
+            (the env's ``mean_reward``; 0 on padding), or ``None`` when not recorded.
         dones: ``[B, T]`` 1.0 where the step ended an episode.
         mask: ``[B, T]`` 1.0 on steps of the trial, 0.0 once it has played all its episodes.
         episode: ``[B, T]`` long, which episode of the trial each step belongs to.
@@ -451,6 +467,7 @@ class TrialBatch:
     chunk_states: torch.Tensor
     num_tasks: int
     chunk_length: int
+    expected_rewards: torch.Tensor | None = None
 
     @property
     def trial_returns(self) -> torch.Tensor:
@@ -475,7 +492,7 @@ class _TaskFamily(Protocol):
 @torch.no_grad()
 def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
                    generator: torch.Generator, chunk_length: int = 0,
-                   greedy: bool = False) -> TrialBatch:
+                   greedy: bool = False, expected_rewards: bool = False) -> TrialBatch:
     """Play one trial of ``episodes_per_trial`` episodes in every slot of ``env``.
 
     The env is reset once; an episode that ends (termination, or ``env.max_steps`` steps) is
@@ -489,11 +506,17 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
         generator: source of env noise and action samples.
         chunk_length: record the hidden state every this many steps (0: only at the start).
         greedy: take the most likely action (the Gaussian's mean) instead of sampling.
+        expected_rewards: also record every step's expected reward, ``env.mean_reward``
+            of the action in the state it was taken in (``RL2Config.reward_signal``).
 
     """
     if env.discrete != model.discrete:
         raise ValueError(f"collect_trials: the env's actions are "
                          f"{'discrete' if env.discrete else 'continuous'}, the policy's not")
+    mean_reward = getattr(env, "mean_reward", None) if expected_rewards else None
+    if expected_rewards and mean_reward is None:
+        raise ValueError(f"collect_trials: {type(env).__name__} has no mean_reward, so its "
+                         "expected rewards are unknown; learn from the sampled ones")
     obs = env.reset(generator).float()
     n, e = env.num_tasks, env.num_envs
     b, device = n * e, obs.device
@@ -509,7 +532,7 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
     alive = torch.ones(n, e, dtype=torch.bool, device=device)
     buf: dict[str, list[torch.Tensor]] = {k: [] for k in (
         "inputs", "actions", "log_probs", "values", "rewards", "dones", "mask", "episode",
-        "states")}
+        "states", "expected")}
     for t in range(horizon):
         if t % chunk == 0:
             buf["states"].append(h)
@@ -517,10 +540,13 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
         out, value, h = model(x.reshape(b, 1, -1), h)
         out = out.reshape(n, e, -1)
         actions = model.sample(out, generator, greedy)
+        expected = None if mean_reward is None else mean_reward(actions)  # before the step
         _, reward, terminated = env.step(actions)
         age += 1
         done = terminated | (age >= env.max_steps)
         live = alive.float()
+        if expected is not None:
+            buf["expected"].append(expected.float() * live)
         for key, val in (("inputs", x), ("actions", actions),
                          ("log_probs", model.log_prob(out, actions)),
                          ("values", value.reshape(n, e)), ("rewards", reward.float() * live),
@@ -542,7 +568,8 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
 
     return TrialBatch(stack("inputs"), stack("actions"), stack("log_probs"), stack("values"),
                       stack("rewards"), stack("dones"), stack("mask"), stack("episode"),
-                      torch.stack(buf["states"], dim=1), n, chunk)
+                      torch.stack(buf["states"], dim=1), n, chunk,
+                      stack("expected") if expected_rewards else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,6 +704,11 @@ class RL2:
             model = RL2Policy(obs_dim, num_actions, config.hidden_size, init,
                               inputs=config.inputs, head=config.head)
         self.model = model.to(device)
+        if config.reward_signal == "expected":
+            env = probe_env(family)  # type: ignore[arg-type]
+            check(hasattr(env, "mean_reward"), "reward_signal", config.reward_signal,
+                  f"{type(env).__name__} has no mean_reward (its expected rewards are "
+                  "unknown); use 'sampled'")
         self.critic: RL2Critic | None = None
         if config.critic != "shared":
             extra = 0
@@ -747,13 +779,14 @@ class RL2:
         tasks = self.sample_tasks()
         env = self.family.make_env(tasks, c.trials_per_task, device=self.device)
         batch = collect_trials(self.model, env, self.episodes_per_trial, self.generator,
-                               c.bptt_length)
+                               c.bptt_length, expected_rewards=c.reward_signal == "expected")
         values, critic_inputs = batch.values, None
         if self.critic is not None:
             critic_x = self.critic_inputs(batch, tasks)
             values, states = self.critic.trial_values(critic_x, batch.chunk_length)
             critic_inputs = (critic_x, states)
-        adv, returns = gae(batch.rewards * c.reward_scale, values, c.discount,
+        signal = batch.rewards if batch.expected_rewards is None else batch.expected_rewards
+        adv, returns = gae(signal * c.reward_scale, values, c.discount,
                            c.gae_lambda, batch.mask)
         b = batch.inputs.shape[0]
         size = math.ceil(b / c.num_minibatches)

@@ -122,6 +122,14 @@ class BatchedBandit:
             raise RuntimeError("BatchedBandit.step before reset(generator): reset first")
         return self.step_with(actions, self.sample_noise(self._generator))
 
+    def mean_reward(self, actions: torch.Tensor) -> torch.Tensor:
+        """Expected reward of pulling ``actions [N, E]`` now: the arms' success probabilities.
+
+        0 in slots whose trial has ended (as :meth:`step_with` pays there).
+        """
+        p = torch.gather(self.probs, 1, actions.to(device=self.device, dtype=torch.long))
+        return torch.where(self.done, 0.0, p)
+
     def step_with(
         self, actions: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,7 +143,7 @@ class BatchedBandit:
             on the ``n``-th pull.
 
         """
-        p = torch.gather(self.probs, 1, actions.to(device=self.device, dtype=torch.long))
+        p = self.mean_reward(actions)
         live = ~self.done
         reward = ((noise < p) & live).to(self.dtype)
         self.t = self.t + live.long()

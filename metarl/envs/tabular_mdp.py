@@ -180,6 +180,14 @@ class BatchedTabularMDP:
             raise RuntimeError("BatchedTabularMDP.step before reset(generator): reset first")
         return self.step_with(actions, self.sample_noise(self._generator))
 
+    def mean_reward(self, actions: torch.Tensor) -> torch.Tensor:
+        """Expected reward of taking ``actions [N, E]`` now: ``mean[s, a]`` in every slot.
+
+        0 in slots whose episode has ended (as :meth:`step_with` pays there).
+        """
+        actions = actions.to(device=self.device, dtype=torch.long)
+        return torch.where(self.done, 0.0, self.reward_means[self._rows, self.state, actions])
+
     def step_with(
         self, actions: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,7 +203,7 @@ class BatchedTabularMDP:
 
         """
         actions = actions.to(device=self.device, dtype=torch.long)
-        mean = self.reward_means[self._rows, self.state, actions]
+        mean = self.mean_reward(actions)
         cdf = self.cdf[self._rows, self.state, actions]  # [N, E, S]
         next_state = (noise[..., 1:2] >= cdf).sum(-1).clamp_(max=self.num_states - 1)
         live = ~self.done
