@@ -14,8 +14,9 @@ averages each instance's return over the seeds. A cell counts as "at or above th
 RL² mean, rounded to the paper's one decimal, is at least the paper's RL² figure.
 
 Budget: the defaults (:func:`bandit_config`, :data:`MDP_CONFIG`, :func:`default_iterations`)
-are sized for one CPU thread: one seed of a cell takes about 1 minute (n = 10 bandits) to 5
-minutes (n = 500 bandits), 35 minutes for MDP n = 10 (2000 iterations) and 9 to 45 minutes for
+are sized for one CPU thread: one seed of a cell takes about 1 minute (n = 10 bandits) to 8
+minutes (n = 100 and 500 bandits: the 500-pull cells are played by the 100-pull cells' models,
+:data:`BANDIT_TRAIN_PULLS`), 35 minutes for MDP n = 10 (2000 iterations) and 9 to 45 minutes for
 the MDP cells n = 25 to 100 (200). The paper
 trained for far longer, so this is what RL² reaches with that compute, not its ceiling. On a
 GPU, ``--bandit`` / ``--mdp`` replace settings (e.g. ``meta_batch_size=1024 hidden_size=256``:
@@ -26,6 +27,7 @@ training time; ``benchmarks/rl2/gpu/README.md`` has what that reached.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import sys
 import time
@@ -81,7 +83,7 @@ def bandit_config(num_pulls: int) -> RL2Config:
     stay usable. Seed 0, the bench's instances and budget (before → after): 100x5 76.6 → 77.5,
     100x10 79.4 → 81.4, 100x50 80.0 → 81.3 (300 iterations), 500x5 331.9 → 378.2 (150).
     Each part alone did not do it: the expected rewards with λ 0.3 gave 100x10 77.7 and
-    500x50 302.3 (at 120 iterations); λ 0.95 with the sampled rewards 100x10 79.0; λ 0.95
+    500x50 337.3 (at 150 iterations); λ 0.95 with the sampled rewards 100x10 79.0; λ 0.95
     with the expected ones 100x10 80.4 at 300 iterations (82.1 at 600) but 100x50 only 59 at
     200 (entropy stuck high) (``benchmarks/rl2/expected-reward-cpu/``).
     """
@@ -133,32 +135,100 @@ longer swamped the last gains)."""
 def default_iterations(table: str, n: int) -> int:
     """Training iterations per seed and cell.
 
-    Bandits: 400 for n = 10 (about 0.1 s each on one CPU thread), 300 for n = 100 (about
-    0.7 s), 150 for n = 500 (about 2 s); MDP cells: 2000 at n = 10 (about 1 s each, 35 min:
-    the 1600 of :data:`MDP_CONFIG`'s learning rate, then 400 at the dropped one), 200 for
-    longer trials (about 2.7 s each at n = 25, growing linearly with n).
+    Bandits: 400 for n = 10 (about 0.1 s each on one CPU thread), 600 for n = 100 (about
+    0.8 s; with the expected-reward defaults 300 → 600 took seed 0 from 77.5 / 81.3 to 77.9 /
+    83.0 on 100x5 / 100x50, and their models from 400.6 / 421.8 to 403.2 / 434.9 on 500x5 /
+    500x50, ``benchmarks/rl2/curriculum-cpu/``), 150 for n = 500 (about 2 s; only with
+    ``bandit_train_pulls`` null, else the 500-pull cells train on 100 pulls); MDP cells:
+    2000 at n = 10 (about 1 s each, 35 min: the 1600 of :data:`MDP_CONFIG`'s learning rate,
+    then 400 at the dropped one), 200 for longer trials (about 2.7 s each at n = 25, growing
+    linearly with n; only with ``mdp_train_episodes`` set to them or null).
     """
     if table == "mdp":
         return 2000 if n <= 10 else 200
-    return 400 if n <= 10 else 300 if n <= 100 else 150
+    return 400 if n <= 10 else 600 if n <= 100 else 150
+
+BANDIT_TRAIN_PULLS = 100
+"""Bandit cells with more pulls than this train on trials of this many pulls (same arms).
+
+RL² reads no clock, so a policy trained on 100-pull trials plays 500 pulls as well, and did
+better than one trained on the 500-pull trials themselves with the same or more compute. Seed
+0, the bench's instances (``benchmarks/rl2/curriculum-cpu/``): the 100-pull cells' models (300
+iterations, 3.5 minutes on one thread) score 400.6 / 429.6 / 421.8 on 500x5 / 500x10 / 500x50,
+where 150 iterations on 500-pull trials (6 minutes) reached 378.2 / 395.4 / 379.0 and 300 (12
+minutes) 390.2 / 399.1 / 414.0; training the 100-pull model on at 500 pulls lowered it (500x50:
+421.8 → 417.6 after 50 iterations at lr 6e-3, → 412.2 at 1e-3; 500x10: 429.6 → 424.5)."""
+
+
+def training_pulls(num_pulls: int, train_pulls: int | None = BANDIT_TRAIN_PULLS) -> int:
+    """The trial length RL² trains on for a bandit cell of ``num_pulls`` pulls.
+
+    ``num_pulls`` itself unless ``train_pulls`` is set and shorter (``None``: every cell
+    trains on its own trial length).
+    """
+    return num_pulls if train_pulls is None else min(num_pulls, train_pulls)
+
 
 BANDIT_BASELINES = ("Random", "Gittins", "UCB1", "TS", "Bayes-optimal", "Oracle")
 MDP_BASELINES = ("Random", "PSRL", "Myopic-Bayes", "Oracle")
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """What RL² of a cell trains on: a family, its trial length and the seeds' keys.
+
+    A cell's own family by default; a bandit cell longer than ``bandit_train_pulls`` trains on
+    the shorter cell's family instead (:func:`training_pulls`), with that cell's seeds, settings
+    and checkpoint file, so its training is the shorter cell's, step for step.
+    """
+
+    family: BanditFamily | TabularMDPFamily
+    episodes_per_trial: int
+    keys: tuple[int, ...]
+    """Seed keys: training seed ``s`` is ``_seed(10, *keys, s)``."""
+    cell: str
+    """The cell trained on, as ``--checkpoints`` names its files (``bandit-100x5``)."""
+    note: str = ""
+    """Said after the iterations in the table (e.g. ``on 100 pulls``)."""
 
 
 def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
               obs_dim: int, num_actions: int, episodes_per_trial: int, config: RL2Config,
               iterations: int, test_tasks: list[dict], seeds: Sequence[int], keys: tuple[int, ...],
               paper: float | None, device: str, progress: TextIO,
-              time_budget: float | None = None, checkpoints: Path | None = None) -> list[Row]:
+              time_budget: float | None = None, checkpoints: Path | None = None,
+              training: Training | None = None,
+              trained: dict[tuple[str, int], tuple[RL2, int, str]] | None = None
+              ) -> list[Row]:
+    """RL² rows of one cell: per seed, train (or resume, or reuse) and score.
+
+    ``trained`` holds the models this run trained so far, by training cell and seed, with
+    their iterations and note: a cell that trains on the same cell as an earlier one (a long
+    bandit cell on the shorter cell's trials) is played by that model, not trained again.
+    """
+    train = training or Training(family, episodes_per_trial, keys,
+                                 f"{table}-{cell.replace('n=', '').replace(' k=', 'x')}")
     rows, per_seed = [], []
     for s in seeds:
         start = time.perf_counter()
-        seed = _seed(10, *keys, s)
-        algo = RL2(family, obs_dim, num_actions, episodes_per_trial, config, seed=seed,
-                   device=device)
-        path = None if checkpoints is None else checkpoints / (
-            f"{table}-{cell.replace('n=', '').replace(' k=', 'x')}-s{s}.pt")
+        if trained is not None and (train.cell, s) in trained:
+            algo, done, how = trained[(train.cell, s)]
+            on = f" {train.note}" if train.note else ""
+            name = train.cell.split("-", 1)[1]
+            print(f"  {table} {cell} seed {s}: the {name} cell's model, trained above",
+                  file=progress, flush=True)
+            returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
+                _seed(11, *keys, s)), family=family, episodes_per_trial=episodes_per_trial)
+            per_seed.append(returns)
+            mean, half = _summary(returns)
+            rows.append(Row(table, cell, f"RL2 s{s}", mean, half, paper,
+                            f"{done} it{on}{how}: the {name} cell's model (trained above), "
+                            f"{time.perf_counter() - start:.0f} s eval"))
+            continue
+        seed = _seed(10, *train.keys, s)
+        algo = RL2(train.family, obs_dim, num_actions, train.episodes_per_trial, config,
+                   seed=seed, device=device)
+        path = None if checkpoints is None else checkpoints / f"{train.cell}-s{s}.pt"
         resumed = _resume(algo, path, config, seed, device) if path is not None else 0
         if resumed:
             print(f"  {table} {cell} seed {s}: resumed at iteration {resumed} from {path}",
@@ -169,8 +239,9 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
             done = i + 1
             elapsed = time.perf_counter() - start
             if done % max(1, iterations // 5) == 0:
-                print(f"  {table} {cell} seed {s}: iteration {done}/{iterations}, train trial "
-                      f"return {stats['trial_return']:.2f}, {elapsed:.0f} s",
+                on = f" {train.note}" if train.note else ""
+                print(f"  {table} {cell} seed {s}: iteration {done}/{iterations}{on}, train "
+                      f"trial return {stats['trial_return']:.2f}, {elapsed:.0f} s",
                       file=progress, flush=True)
             if time_budget is not None and elapsed >= time_budget and done < iterations:
                 stopped = f" (time budget {time_budget:.0f} s)"
@@ -180,13 +251,16 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
         if path is not None:
             _save_training(algo, path, config, seed, device, done)
         returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
-            _seed(11, *keys, s)))
+            _seed(11, *keys, s)), family=family, episodes_per_trial=episodes_per_trial)
         per_seed.append(returns)
         elapsed = time.perf_counter() - start
         mean, half = _summary(returns)
         since = f" (resumed at {resumed})" if resumed else ""
+        on = f" {train.note}" if train.note else ""
+        if trained is not None:
+            trained[(train.cell, s)] = (algo, done, f"{since}{stopped}")
         rows.append(Row(table, cell, f"RL2 s{s}", mean, half, paper,
-                        f"{done} it{since}{stopped}, {elapsed:.0f} s train+eval"))
+                        f"{done} it{on}{since}{stopped}, {elapsed:.0f} s train+eval"))
     if len(seeds) > 1:
         mean, half = _summary(np.mean(per_seed, axis=0))
         rows.append(Row(table, cell, "RL2 mean", mean, half, paper, f"{len(seeds)} seeds"))
@@ -265,6 +339,17 @@ class BenchRL2Params:
     time_budget: float | None = None
     """Seconds of training per seed and cell: stop early (before ``iterations``) once spent;
     null: no limit. The table's note says how many iterations ran."""
+    bandit_train_pulls: int | None = BANDIT_TRAIN_PULLS
+    """Bandit cells with more pulls train on trials of this many pulls (the same arms; the
+    shorter cell's seeds and settings) and are scored on their own; null: every cell trains
+    on its own trial length."""
+    mdp_train_episodes: int | None = None
+    """Likewise for the MDP cells: longer cells are played by the model trained on trials of
+    this many episodes; null: every cell trains on its own."""
+    runs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """For ``benchmarks/rl2/dvc.yaml`` only (the bench ignores it): its stages, each a group of
+    cells run in one process (``--cells``), so that cells sharing a trained model train it
+    once, e.g. ``{bandit: {k5: "100x5 500x5"}}``."""
     bandit: dict[str, Any] = dataclasses.field(default_factory=dict)
     """RL² settings (keys of :class:`~metarl.algos.rl2.RL2Config`) that replace
     :func:`bandit_config`'s in every bandit cell, e.g. ``{meta_batch_size: 512}``."""
@@ -385,7 +470,10 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               bandit_overrides: dict[str, Any] | None = None,
               mdp_overrides: dict[str, Any] | None = None,
               time_budget: float | None = None, checkpoints: Path | None = None,
-              mdp_seeds: Sequence[int] | None = None) -> list[Row]:
+              mdp_seeds: Sequence[int] | None = None,
+              bandit_train_pulls: int | None = BANDIT_TRAIN_PULLS,
+              mdp_train_episodes: int | None = None,
+              json_dir: Path | None = None) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
 
     With ``json_path``, also write :func:`results_json` there (atomically).
@@ -410,13 +498,27 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
             with the same settings resumes from it, up to ``iterations`` in all (so a long
             cell can be trained in several runs, e.g. under a per-call time limit).
         mdp_seeds: the MDP cells' training seeds (default ``seeds``).
+        bandit_train_pulls: bandit cells with more pulls train on trials of this many
+            (:func:`training_pulls`: the shorter cell's family, seeds, settings, iterations
+            and checkpoint file) and are scored on their own; ``None``: each on its own.
+        mdp_train_episodes: likewise for the MDP cells (episodes per training trial);
+            ``None`` (the default): each on its own.
+        json_dir: also write each cell's :func:`results_json` alone to
+            ``json_dir/<table>-<cell>.json`` (what ``--combine`` reads), atomically.
 
     Raises:
-        ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances`` or ``iterations``.
+        ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances``, ``iterations`` or
+            ``bandit_train_pulls``.
         ConfigError: a bad RL² setting in the overrides.
 
     """
     _check_options(tables, seeds, instances, iterations, time_budget)
+    for option, value, unit in (("--bandit-train-pulls", bandit_train_pulls, "pulls"),
+                                ("--mdp-train-episodes", mdp_train_episodes, "episodes")):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"{option} {value!r}: must be >= 1 ({unit} per training trial); "
+                             "to train each cell on its own length: null in a params file, 0 "
+                             "on the command line")
     mdp_seeds = list(seeds if mdp_seeds is None else mdp_seeds)
     if not mdp_seeds:
         raise ValueError("--mdp-seeds: give at least one training seed")
@@ -424,8 +526,9 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         cells = [c for c in DEFAULT_CELLS
                  if tables == "all" or (tables == "bandit") == ("x" in c)]
     bandit, mdp = parse_cells(cells, tables)
-    bandit_configs = {n: with_overrides(bandit_config(n), bandit_overrides, "bandit")
-                      for n in {10, *(n for n, _ in bandit)}}  # validated with no bandit cell
+    bandit_configs = {m: with_overrides(bandit_config(m), bandit_overrides, "bandit")
+                      for m in {10, *(training_pulls(n, bandit_train_pulls) for n, _ in bandit)}
+                      }  # validated with no bandit cell too
     mdp_config = with_overrides(MDP_CONFIG, mdp_overrides, "mdp")
     out, progress = out or sys.stdout, progress or sys.stderr
     torch.set_num_threads(1)
@@ -434,20 +537,27 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                 "bandit_seeds": list(seeds) if bandit else [],
                 "mdp_seeds": mdp_seeds if mdp else [],
                 "iterations": iterations, "time_budget": time_budget,
+                "bandit_train_pulls": bandit_train_pulls if bandit else None,
+                "mdp_train_episodes": mdp_train_episodes if mdp else None,
                 "bandit": dict(bandit_overrides or {}) if bandit else {},
                 "mdp": dict(mdp_overrides or {}) if mdp else {}}
     _print_header(settings, out)
     runs: list[CellRun] = []
     reached = {"bandit": [0, 0], "mdp": [0, 0]}
+    trained: dict[tuple[str, int], tuple[RL2, int, str]] = {}
     for n, k in bandit:
         start = time.perf_counter()
         family = BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=n))
         test = family.sample(instances, np.random.default_rng(_seed(instance_seed, 1, n, k, 0)))
         paper = reference.get(("bandit", n, k, "RL2"))
-        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[n],
-                              iterations or default_iterations("bandit", n), test, seeds,
+        m = training_pulls(n, bandit_train_pulls)
+        training = None if m == n else Training(
+            BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=m)), 1,
+            (instance_seed, m, k), f"bandit-{m}x{k}", f"on {m} pulls")
+        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m],
+                              iterations or default_iterations("bandit", m), test, seeds,
                               (instance_seed, n, k), paper, device, progress, time_budget,
-                              checkpoints)
+                              checkpoints, training, trained)
         base_start = time.perf_counter()
         cell_rows += [r for r in bandit_cell(n, k, instances, instance_seed, device, reference)
                       if r.method in BANDIT_BASELINES]
@@ -461,23 +571,37 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                                  np.random.default_rng(_seed(instance_seed, 3, n, 0)))
         paper = reference.get(("mdp", n, 0, "RL2"))
         c = mdp_family.config
+        m = n if mdp_train_episodes is None else min(n, mdp_train_episodes)
+        training = None if m == n else Training(
+            TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=m)), m, (instance_seed, m),
+            f"mdp-{m}", f"on {m} episodes")
         cell_rows = _rl2_rows("mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n,
-                              mdp_config, iterations or default_iterations("mdp", n), test,
-                              mdp_seeds,
-                              (instance_seed, n), paper, device, progress, time_budget,
-                              checkpoints)
+                              mdp_config, iterations or default_iterations("mdp", m), test,
+                              mdp_seeds, (instance_seed, n), paper, device, progress,
+                              time_budget, checkpoints, training, trained)
         base_start = time.perf_counter()
         cell_rows += [r for r in mdp_cell(n, instances, instance_seed, device, reference)
                       if r.method in MDP_BASELINES]
         runs.append(CellRun("mdp", str(n), cell_rows, base_start - start,
                             time.perf_counter() - base_start))
         _report(runs[-1], reached, out)
-    return _finish(runs, reached, settings, out, json_path)
+    rows = _finish(runs, reached, settings, out, json_path)
+    if json_dir is not None:
+        from pipelines.io import atomic_write_json
+
+        for run in runs:
+            alone = {"bandit": [0, 0], "mdp": [0, 0]}
+            _report(run, alone, io.StringIO())
+            atomic_write_json(Path(json_dir) / f"{run.table}-{run.cell}.json",
+                              results_json([run], alone, settings))
+    return rows
 
 
 SHARED_SETTINGS = ("instances", "instance_seed", "device")
 """Settings every cell of one table must share (the header line states them once); the cells
 of one family also share their RL² settings and seeds (``bandit`` / ``bandit_seeds``, ...)."""
+TABLE_SETTINGS = {"bandit": ("bandit_train_pulls",), "mdp": ("mdp_train_episodes",)}
+"""Further settings the cells of one family share."""
 
 
 def combine(cells: Sequence[str] | None, folder: Path, out: TextIO | None = None,
@@ -502,7 +626,7 @@ def combine(cells: Sequence[str] | None, folder: Path, out: TextIO | None = None
     runs: list[CellRun] = []
     settings: dict[str, Any] = {}
     for table, cell in names:
-        path = Path(folder) / f"{table}-{cell}.json"
+        path = _cell_file(Path(folder), f"{table}-{cell}.json")
         try:
             data = json.loads(path.read_text())
             (entry,) = data["cells"].values()
@@ -519,7 +643,7 @@ def combine(cells: Sequence[str] | None, folder: Path, out: TextIO | None = None
         if rows[0].table != table or rows[0].cell != _row_cell(table, cell):
             raise ValueError(f"--combine: {path} holds cell {rows[0].table} {rows[0].cell}, "
                              f"not {table} {cell}")
-        for key in (*SHARED_SETTINGS, table, f"{table}_seeds"):
+        for key in (*SHARED_SETTINGS, table, f"{table}_seeds", *TABLE_SETTINGS[table]):
             if key in settings and settings[key] != run_settings.get(key):
                 raise ValueError(
                     f"--combine: {path} was run with {key}={run_settings.get(key)!r}, an "
@@ -535,6 +659,24 @@ def combine(cells: Sequence[str] | None, folder: Path, out: TextIO | None = None
     for run in runs:
         _report(run, reached, out)
     return _finish(runs, reached, settings, out, json_path)
+
+
+def _cell_file(folder: Path, name: str) -> Path:
+    """``folder/name``, or the one file of that name in a subfolder of ``folder``.
+
+    A subfolder holds a run of several cells (``--json-dir folder/<group>``); with none,
+    ``folder/name`` (the caller says it is missing).
+
+    Raises:
+        ValueError: several subfolders hold one.
+
+    """
+    if (folder / name).exists():
+        return folder / name
+    found = sorted(folder.glob(f"*/{name}"))
+    if len(found) > 1:
+        raise ValueError(f"--combine: {', '.join(map(str, found))} all hold {name}; keep one")
+    return found[0] if found else folder / name
 
 
 def _finish(runs: list[CellRun], reached: dict[str, list[int]], settings: dict[str, Any],
@@ -562,6 +704,14 @@ def _print_header(settings: dict[str, Any], out: TextIO) -> None:
     print(f"RL² (Duan et al. 2016) on Tables 1-2 cells: {settings['instances']} test instances "
           f"per cell (those of `metarl bench baselines --seed {settings['instance_seed']}`), "
           f"training seeds {seeds}, torch threads 1, device {settings['device']}", file=out)
+    if bandit and settings.get("bandit_train_pulls"):
+        m = settings["bandit_train_pulls"]
+        print(f"bandit cells: RL² trains on trials of at most {m} pulls (a longer cell is "
+              f"played by the {m}-pull cell's model)", file=out)
+    if mdp and settings.get("mdp_train_episodes"):
+        m = settings["mdp_train_episodes"]
+        print(f"MDP cells: RL² trains on trials of at most {m} episodes (a longer cell is "
+              f"played by the {m}-episode cell's model)", file=out)
     for name, key in (("bandit", "bandit"), ("MDP", "mdp")):
         if settings.get(key):
             print(f"{name} cells: RL² settings {settings[key]} (in place of the defaults')",

@@ -143,6 +143,20 @@ def _parser() -> argparse.ArgumentParser:
                      "parameters (critic=separate: its own GRU; default shared)")
     rl2.add_argument("--mdp", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="likewise for the MDP cells (e.g. --mdp hidden_size=256)")
+    rl2.add_argument("--bandit-train-pulls", type=int, default=None, metavar="N",
+                     help="bandit cells with more pulls per trial than N train RL² on N-pull "
+                     "trials (the N-pull cell's seeds, settings, iterations and --checkpoints "
+                     "file: the same model) and are scored on their own trials; RL² reads no "
+                     "clock, and the 100-pull models beat training on 500 pulls themselves. "
+                     "0: every cell trains on its own length (default 100)")
+    rl2.add_argument("--mdp-train-episodes", type=int, default=None, metavar="N",
+                     help="MDP cells with more episodes per trial than N are played by the "
+                     "model trained on N-episode trials (the N cell's, trained once per run); "
+                     "default: every cell on its own")
+    rl2.add_argument("--json-dir", type=Path, default=None, metavar="DIR",
+                     help="also write each cell's numbers alone to DIR/bandit-10x5.json, "
+                     "DIR/mdp-10.json, ... (what --combine reads; DVC runs cells that share "
+                     "a model as one stage this way)")
     rl2.add_argument("--params", type=Path, default=None, metavar="FILE",
                      help="read all the options above from a YAML file instead (keys: table, "
                      "cells, seeds, mdp_seeds, iterations, instances, instance_seed, device, "
@@ -196,6 +210,14 @@ def _replot_rl2(results: Path, png: Path | None) -> None:
     print(f"wrote {png}", file=sys.stderr)  # stdout is the table (table.txt in DVC)
 
 
+def _train_pulls(args: argparse.Namespace) -> int | None:
+    """``--bandit-train-pulls``: the default when absent, ``None`` (own length) for 0."""
+    from pipelines.bench_rl2 import BANDIT_TRAIN_PULLS
+
+    value = args.bandit_train_pulls
+    return BANDIT_TRAIN_PULLS if value is None else (value or None)
+
+
 def _bench(args: argparse.Namespace) -> None:
     """``metarl bench <name>``."""
     if args.bench == "baselines":
@@ -221,7 +243,8 @@ def _bench(args: argparse.Namespace) -> None:
                           p.instance_seed, p.device, json_path=json_path,
                           bandit_overrides=p.bandit, mdp_overrides=p.mdp,
                           time_budget=p.time_budget, checkpoints=args.checkpoints,
-                          mdp_seeds=p.mdp_seeds)
+                          mdp_seeds=p.mdp_seeds, bandit_train_pulls=p.bandit_train_pulls,
+                          mdp_train_episodes=p.mdp_train_episodes, json_dir=args.json_dir)
         elif args.combine is not None:
             combine(args.cells, args.combine, json_path=json_path)
         else:
@@ -230,7 +253,9 @@ def _bench(args: argparse.Namespace) -> None:
                       bandit_overrides=parse_overrides(args.bandit, "--bandit"),
                       mdp_overrides=parse_overrides(args.mdp, "--mdp"),
                       time_budget=args.time_budget, checkpoints=args.checkpoints,
-                      mdp_seeds=args.mdp_seeds)
+                      mdp_seeds=args.mdp_seeds, bandit_train_pulls=_train_pulls(args),
+                      mdp_train_episodes=args.mdp_train_episodes or None,
+                      json_dir=args.json_dir)
         if args.plot is not None:
             _replot_rl2(json_path, args.plot)
     elif args.bench == "maml":

@@ -650,17 +650,28 @@ def test_cells_run_apart_combine_into_the_table_of_one_run(
 
 
 def test_the_benchmarks_dvc_params_file_reads() -> None:
-    from pipelines.bench_rl2 import read_params
+    from pipelines.bench_rl2 import read_params, training_pulls
 
     params = read_params(Path(__file__).parents[1] / "benchmarks/rl2/params.yaml")
-    assert len([c for c in params.cells if "x" in c]) == 9 and params.cells[-2:] == ("10", "25")
+    assert len([c for c in params.cells if "x" in c]) == 9
+    assert params.cells[-5:] == ("10", "25", "50", "75", "100")  # all of Table 2
+    # the DVC stages run every cell once, a cell that shares a model in one stage with it
+    grouped = [c for runs in params.runs.values() for group in runs.values()
+               for c in str(group).split()]
+    assert sorted(grouped) == sorted(params.cells)
+    for runs in params.runs.values():
+        for group in runs.values():
+            cells = str(group).split()
+            assert len({training_pulls(int(c.split("x")[0]), params.bandit_train_pulls)
+                        if "x" in c else min(int(c), params.mdp_train_episodes or int(c))
+                        for c in cells}) == 1  # one model per stage
 
 
 def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None:
     from pipelines.bench_rl2 import BANDIT_CONFIG, bandit_config, default_iterations
 
     assert bandit_config(10) == BANDIT_CONFIG
-    assert [default_iterations("bandit", n) for n in (10, 100, 500)] == [400, 300, 150]
+    assert [default_iterations("bandit", n) for n in (10, 100, 500)] == [400, 600, 150]
     assert default_iterations("mdp", 25) == 200
     assert default_iterations("mdp", 10) == 2000
     long, longer = bandit_config(100), bandit_config(500)
@@ -891,3 +902,119 @@ def test_expected_reward_signal_needs_an_env_that_knows_its_means() -> None:
     with pytest.raises(ValueError, match=r"no mean_reward.*sampled"):
         collect_trials(RL2Policy(4, 2, 8, torch.Generator().manual_seed(0)), env, 1,
                        torch.Generator().manual_seed(0), expected_rewards=True)
+
+
+def test_long_bandit_cells_are_played_by_the_shorter_cells_model(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from pipelines.bench_baselines import _seed
+    from pipelines.bench_rl2 import bandit_config, read_params, training_pulls, with_overrides
+    from pipelines.cli import main
+
+    assert [training_pulls(n) for n in (10, 100, 500)] == [10, 100, 100]
+    assert training_pulls(500, None) == 500 and training_pulls(30, 10) == 10
+    small = ["hidden_size=8", "meta_batch_size=8"]
+    base = ["bench", "rl2", "--instances", "20", "--iterations", "2", "--bandit", *small]
+
+    def run(*argv: str) -> tuple[dict[str, Any], str]:
+        path = tmp_path / "out.json"
+        assert main([*base, "--json", str(path), *argv]) == 0
+        return json.loads(path.read_text()), capsys.readouterr().out
+
+    ckpt = tmp_path / "ckpt"
+    run("--cells", "10x3", "--bandit-train-pulls", "10", "--checkpoints", str(ckpt))
+    _, out = run("--cells", "30x3", "--bandit-train-pulls", "10", "--checkpoints", str(ckpt))
+    assert sorted(p.name for p in ckpt.iterdir()) == ["bandit-10x3-s0.pt"]  # one training
+    row = next(line for line in out.splitlines() if " n=30 k=3 " in line and " RL2 s0 " in line)
+    assert "2 it on 10 pulls (resumed at 2), " in row
+    assert "RL² trains on trials of at most 10 pulls" in out
+    alone, _ = run("--cells", "30x3", "--bandit-train-pulls", "10")  # trains it afresh
+    played = alone["cells"]["bandit n=30 k=3"]["rl2"]
+    assert f" {played:.2f} " in row  # the same model as the 10x3 cell's, trained once
+    both, out = run("--cells", "10x3", "30x3", "--bandit-train-pulls", "10")  # one run
+    assert both["cells"]["bandit n=30 k=3"]["rl2"] == pytest.approx(played)
+    assert "2 it on 10 pulls: the 10x3 cell's model (trained above), " in out
+
+    # by hand: the 10x3 cell's seed and settings, scored on the 30x3 cell's instances
+    config = with_overrides(bandit_config(10), {"hidden_size": 8, "meta_batch_size": 8}, "b")
+    algo = RL2(BanditFamily(BanditFamilyConfig(num_arms=3, num_pulls=10)), 1, 3, 1, config,
+               seed=_seed(10, 0, 10, 3, 0))
+    for _ in range(2):
+        algo.train_step()
+    family = BanditFamily(BanditFamilyConfig(num_arms=3, num_pulls=30))
+    test = family.sample(20, np.random.default_rng(_seed(0, 1, 30, 3, 0)))
+    returns = algo.evaluate(test, torch.Generator().manual_seed(_seed(11, 0, 30, 3, 0)),
+                            family=family)
+    assert returns.shape == (20,) and returns.max() > 10  # 30-pull trials: more than 10 pulls
+    assert float(returns.mean()) == pytest.approx(played)
+
+    own, out = run("--cells", "30x3", "--bandit-train-pulls", "0")  # each on its own length
+    assert own["cells"]["bandit n=30 k=3"]["rl2"] != pytest.approx(played)
+    assert " on 10 pulls" not in out and "trains on trials of at most" not in out
+    assert own["settings"]["bandit_train_pulls"] is None
+
+    assert main([*base, "--cells", "30x3", "--bandit-train-pulls", "-1"]) == 2
+    assert "--bandit-train-pulls -1: must be >= 1" in capsys.readouterr().err
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"cells": ["30x3"], "bandit_train_pulls": "ten"}))
+    assert main(["bench", "rl2", "--params", str(params)]) == 2
+    assert "bandit_train_pulls" in capsys.readouterr().err
+    assert read_params(Path(__file__).parents[1]
+                       / "benchmarks/rl2/params.yaml").bandit_train_pulls == 100
+    # cells run apart with different training lengths do not combine into one table
+    cells = tmp_path / "cells"
+    for cell, pulls in (("10x3", "10"), ("30x3", "0")):
+        assert main([*base, "--cells", cell, "--bandit-train-pulls", pulls, "--json",
+                     str(cells / f"bandit-{cell}.json")]) == 0
+    capsys.readouterr()
+    assert main(["bench", "rl2", "--cells", "10x3", "30x3", "--combine", str(cells)]) == 2
+    assert "bandit-30x3.json was run with bandit_train_pulls=None, an earlier cell with " \
+        "bandit_train_pulls=10" in capsys.readouterr().err
+
+
+def test_mdp_cells_played_by_one_model_write_a_file_per_cell_that_combines(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipelines.cli import main
+
+    base = ["bench", "rl2", "--instances", "20", "--iterations", "1", "--mdp", "hidden_size=8",
+            "meta_batch_size=4"]
+    group = tmp_path / "cells" / "mdp-all"
+    assert main([*base, "--cells", "10", "25", "--mdp-train-episodes", "10", "--json-dir",
+                 str(group)]) == 0
+    out = capsys.readouterr().out
+    assert "MDP cells: RL² trains on trials of at most 10 episodes" in out
+    row = next(line for line in out.splitlines() if " n=25 " in line and " RL2 s0 " in line)
+    assert "1 it on 10 episodes: the 10 cell's model (trained above), " in row
+    assert sorted(p.name for p in group.iterdir()) == ["mdp-10.json", "mdp-25.json"]
+    for cell in ("10", "25"):
+        alone = json.loads((group / f"mdp-{cell}.json").read_text())
+        assert list(alone["cells"]) == [f"mdp n={cell}"]
+        assert alone["at_or_above_paper"]["mdp_cells"] == 1
+        assert alone["settings"]["mdp_train_episodes"] == 10
+    # the scores are those of the 10-episode model on 25-episode trials: a run of cell 25
+    # alone with the same training length trains the same model
+    assert main([*base, "--cells", "25", "--mdp-train-episodes", "10", "--json",
+                 str(tmp_path / "25.json")]) == 0
+    capsys.readouterr()
+    alone = json.loads((tmp_path / "25.json").read_text())["cells"]["mdp n=25"]["rl2"]
+    assert json.loads((group / "mdp-25.json").read_text())["cells"]["mdp n=25"]["rl2"] == (
+        pytest.approx(alone))
+    # --combine finds the files in the run's subfolder
+    assert main(["bench", "rl2", "--cells", "10", "25", "--combine",
+                 str(tmp_path / "cells")]) == 0
+    table = capsys.readouterr().out
+    assert "RL² trains on trials of at most 10 episodes" in table
+    assert table.splitlines()[-1].endswith("0/0 bandit, 0/2 MDP")
+    copy = tmp_path / "cells" / "other"
+    copy.mkdir()
+    (copy / "mdp-25.json").write_text((group / "mdp-25.json").read_text())
+    assert main(["bench", "rl2", "--cells", "25", "--combine", str(tmp_path / "cells")]) == 2
+    assert "all hold mdp-25.json; keep one" in capsys.readouterr().err
+    assert main([*base, "--cells", "25", "--mdp-train-episodes", "-2"]) == 2
+    assert "--mdp-train-episodes -2: must be >= 1 (episodes per training trial)" in (
+        capsys.readouterr().err)

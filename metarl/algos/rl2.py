@@ -810,11 +810,17 @@ class RL2:
         return stats
 
     def evaluate(self, tasks: list[dict[str, Any]], generator: torch.Generator,
-                 greedy: bool = False) -> np.ndarray:
-        """Total reward of one trial on every task (a fresh hidden state per trial), ``[N]``."""
-        env = self.family.make_env(tasks, 1, device=self.device)
-        batch = collect_trials(self.model, env, self.episodes_per_trial, generator,
-                               greedy=greedy)
+                 greedy: bool = False, family: _TaskFamily | None = None,
+                 episodes_per_trial: int | None = None) -> np.ndarray:
+        """Total reward of one trial on every task (a fresh hidden state per trial), ``[N]``.
+
+        ``family`` / ``episodes_per_trial`` score the policy on trials other than those it
+        trains on (default: the training family and trial length), e.g. a bandit family with
+        more pulls per trial: the GRU reads no clock, so it plays on for as long as asked.
+        """
+        env = (family or self.family).make_env(tasks, 1, device=self.device)
+        batch = collect_trials(self.model, env, episodes_per_trial or self.episodes_per_trial,
+                               generator, greedy=greedy)
         return batch.trial_returns[:, 0].double().cpu().numpy()
 
     def learner(self) -> RL2Learner:
