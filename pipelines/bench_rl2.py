@@ -151,13 +151,16 @@ def default_iterations(table: str, n: int) -> int:
 BANDIT_TRAIN_PULLS = 100
 """Bandit cells with more pulls than this train on trials of this many pulls (same arms).
 
-RL² reads no clock, so a policy trained on 100-pull trials plays 500 pulls as well, and did
-better than one trained on the 500-pull trials themselves with the same or more compute. Seed
-0, the bench's instances (``benchmarks/rl2/curriculum-cpu/``): the 100-pull cells' models (300
+The bandit's observation is the fraction of the trial played (``t / n``), so a policy trained
+on 100-pull trials plays a 500-pull trial on the same schedule, stretched, and did better than
+one trained on the 500-pull trials themselves with the same or more compute. Seed 0, the
+bench's instances (``benchmarks/rl2/curriculum-cpu/``): the 100-pull cells' models (300
 iterations, 3.5 minutes on one thread) score 400.6 / 429.6 / 421.8 on 500x5 / 500x10 / 500x50,
 where 150 iterations on 500-pull trials (6 minutes) reached 378.2 / 395.4 / 379.0 and 300 (12
 minutes) 390.2 / 399.1 / 414.0; training the 100-pull model on at 500 pulls lowered it (500x50:
-421.8 → 417.6 after 50 iterations at lr 6e-3, → 412.2 at 1e-3; 500x10: 429.6 → 424.5)."""
+421.8 → 417.6 after 50 iterations at lr 6e-3, → 412.2 at 1e-3; 500x10: 429.6 → 424.5).
+With 600 iterations on 100 pulls, three seeds (``benchmarks/rl2/table.txt``): 404.2 / 433.4 /
+439.4, each at or above the paper's RL² (401.6 / 432.5 / 438.9)."""
 
 
 def training_pulls(num_pulls: int, train_pulls: int | None = BANDIT_TRAIN_PULLS) -> int:
@@ -345,7 +348,10 @@ class BenchRL2Params:
     on its own trial length."""
     mdp_train_episodes: int | None = None
     """Likewise for the MDP cells: longer cells are played by the model trained on trials of
-    this many episodes; null: every cell trains on its own."""
+    this many episodes; null: every cell trains on its own. ``benchmarks/rl2/params.yaml``
+    sets 10: the n = 10 cell's model (2000 iterations) played n = 25 / 50 / 75 / 100 at 435.8 /
+    920.3 / 1400.5 / 1905.8, where 200 iterations on their own trials had reached 417.2 /
+    812.6 / 1235.1 / — (seed 0)."""
     runs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """For ``benchmarks/rl2/dvc.yaml`` only (the bench ignores it): its stages, each a group of
     cells run in one process (``--cells``), so that cells sharing a trained model train it

@@ -146,8 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--bandit-train-pulls", type=int, default=None, metavar="N",
                      help="bandit cells with more pulls per trial than N train RL² on N-pull "
                      "trials (the N-pull cell's seeds, settings, iterations and --checkpoints "
-                     "file: the same model) and are scored on their own trials; RL² reads no "
-                     "clock, and the 100-pull models beat training on 500 pulls themselves. "
+                     "file: the same model) and are scored on their own trials; the policy sees "
+                     "the fraction of the trial played, so it plays the longer trial on the same "
+                     "schedule, stretched, and the 100-pull models beat training on 500 pulls. "
                      "0: every cell trains on its own length (default 100)")
     rl2.add_argument("--mdp-train-episodes", type=int, default=None, metavar="N",
                      help="MDP cells with more episodes per trial than N are played by the "

@@ -816,7 +816,9 @@ class RL2:
 
         ``family`` / ``episodes_per_trial`` score the policy on trials other than those it
         trains on (default: the training family and trial length), e.g. a bandit family with
-        more pulls per trial: the GRU reads no clock, so it plays on for as long as asked.
+        more pulls per trial: its observation is the fraction of the trial played (``t / n``),
+        so the policy plays the longer trial on the same schedule, stretched; a tabular-MDP
+        policy sees no clock and plays on for as many episodes as asked.
         """
         env = (family or self.family).make_env(tasks, 1, device=self.device)
         batch = collect_trials(self.model, env, episodes_per_trial or self.episodes_per_trial,
