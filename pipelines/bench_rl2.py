@@ -66,8 +66,8 @@ reached in 300. GAE lambda 0.95 instead of the paper's 0.3 was no better (70 at 
 entropy bonus of 0.05 stopped learning, 0.005 changed little, a 128-wide GRU neither."""
 
 
-def bandit_config(num_pulls: int) -> RL2Config:
-    """The bandit configuration for trials of ``num_pulls`` pulls.
+def bandit_config(num_pulls: int, num_arms: int = 5) -> RL2Config:
+    """The bandit configuration for trials of ``num_pulls`` pulls on ``num_arms`` arms.
 
     Rewards are scaled by ``10 / n`` for the value targets (with unscaled rewards the value
     loss of a 100-pull trial swamped the policy gradient under the 0.5 gradient-norm clip:
@@ -86,14 +86,25 @@ def bandit_config(num_pulls: int) -> RL2Config:
     500x50 337.3 (at 150 iterations); λ 0.95 with the sampled rewards 100x10 79.0; λ 0.95
     with the expected ones 100x10 80.4 at 300 iterations (82.1 at 600) but 100x50 only 59 at
     200 (entropy stuck high) (``benchmarks/rl2/expected-reward-cpu/``).
+
+    Trials longer than 10 pulls on 10 arms or more use a 128-wide GRU (:data:`WIDE_ARMS`).
     """
     if num_pulls <= 10:
         return BANDIT_CONFIG
     return dataclasses.replace(
         BANDIT_CONFIG, reward_scale=10.0 / num_pulls,
+        hidden_size=128 if num_arms >= WIDE_ARMS else BANDIT_CONFIG.hidden_size,
         trials_per_task=4 if num_pulls <= 100 else 2,
         bptt_length=0 if num_pulls <= 100 else 100,
         reward_signal="expected", gae_lambda=0.8, discount=0.999)
+
+
+WIDE_ARMS = 10
+"""Bandit cells longer than 10 pulls with at least this many arms train a 128-wide GRU (64
+below). Seed 0, 100x50, 300 iterations (``benchmarks/rl2/curriculum-cpu/t100x50-h128.txt``):
+82.60 where 64 wide reached 81.34 (83.04 at 600; 83.5 at 1000-1200, a plateau), and its 500x50
+score 436.8 (421.8), at about twice the seconds per iteration. Five arms keep 64 (100x5 was at
+77.5 beside Gittins' 78.1 on the same instances; not tried wider)."""
 
 
 MDP_CONFIG = RL2Config(hidden_size=128, meta_batch_size=64, trials_per_task=4, lr=3e-3,
@@ -211,63 +222,71 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
     """
     train = training or Training(family, episodes_per_trial, keys,
                                  f"{table}-{cell.replace('n=', '').replace(' k=', 'x')}")
+    on = f" {train.note}" if train.note else ""
     rows, per_seed = [], []
     for s in seeds:
         start = time.perf_counter()
         if trained is not None and (train.cell, s) in trained:
             algo, done, how = trained[(train.cell, s)]
-            on = f" {train.note}" if train.note else ""
             name = train.cell.split("-", 1)[1]
             print(f"  {table} {cell} seed {s}: the {name} cell's model, trained above",
                   file=progress, flush=True)
-            returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
-                _seed(11, *keys, s)), family=family, episodes_per_trial=episodes_per_trial)
-            per_seed.append(returns)
-            mean, half = _summary(returns)
-            rows.append(Row(table, cell, f"RL2 s{s}", mean, half, paper,
-                            f"{done} it{on}{how}: the {name} cell's model (trained above), "
-                            f"{time.perf_counter() - start:.0f} s eval"))
-            continue
-        seed = _seed(10, *train.keys, s)
-        algo = RL2(train.family, obs_dim, num_actions, train.episodes_per_trial, config,
-                   seed=seed, device=device)
-        path = None if checkpoints is None else checkpoints / f"{train.cell}-s{s}.pt"
-        resumed = _resume(algo, path, config, seed, device) if path is not None else 0
-        if resumed:
-            print(f"  {table} {cell} seed {s}: resumed at iteration {resumed} from {path}",
-                  file=progress, flush=True)
-        done, stopped = resumed, ""
-        for i in range(resumed, iterations):
-            stats = algo.train_step()
-            done = i + 1
-            elapsed = time.perf_counter() - start
-            if done % max(1, iterations // 5) == 0:
-                on = f" {train.note}" if train.note else ""
-                print(f"  {table} {cell} seed {s}: iteration {done}/{iterations}{on}, train "
-                      f"trial return {stats['trial_return']:.2f}, {elapsed:.0f} s",
-                      file=progress, flush=True)
-            if time_budget is not None and elapsed >= time_budget and done < iterations:
-                stopped = f" (time budget {time_budget:.0f} s)"
-                print(f"  {table} {cell} seed {s}: stopped at iteration {done}{stopped}, train "
-                      f"trial return {stats['trial_return']:.2f}", file=progress, flush=True)
-                break
-        if path is not None:
-            _save_training(algo, path, config, seed, device, done)
+            what, timed = f"{done} it{on}{how}: the {name} cell's model (trained above)", "eval"
+        else:
+            algo, done, how = _train_seed(table, cell, s, train, obs_dim, num_actions, config,
+                                          iterations, device, progress, time_budget, checkpoints)
+            if trained is not None:
+                trained[(train.cell, s)] = (algo, done, how)
+            what, timed = f"{done} it{on}{how}", "train+eval"
         returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
             _seed(11, *keys, s)), family=family, episodes_per_trial=episodes_per_trial)
         per_seed.append(returns)
-        elapsed = time.perf_counter() - start
         mean, half = _summary(returns)
-        since = f" (resumed at {resumed})" if resumed else ""
-        on = f" {train.note}" if train.note else ""
-        if trained is not None:
-            trained[(train.cell, s)] = (algo, done, f"{since}{stopped}")
         rows.append(Row(table, cell, f"RL2 s{s}", mean, half, paper,
-                        f"{done} it{on}{since}{stopped}, {elapsed:.0f} s train+eval"))
+                        f"{what}, {time.perf_counter() - start:.0f} s {timed}"))
     if len(seeds) > 1:
         mean, half = _summary(np.mean(per_seed, axis=0))
         rows.append(Row(table, cell, "RL2 mean", mean, half, paper, f"{len(seeds)} seeds"))
     return rows
+
+
+def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
+                num_actions: int, config: RL2Config, iterations: int, device: str,
+                progress: TextIO, time_budget: float | None, checkpoints: Path | None
+                ) -> tuple[RL2, int, str]:
+    """Train (or resume) seed ``s`` of ``train``: the agent, its iterations and how it stopped.
+
+    The last is said after the iterations in the table: `` (resumed at 300)``, `` (time budget
+    60 s)`` or nothing.
+    """
+    start = time.perf_counter()
+    seed = _seed(10, *train.keys, s)
+    algo = RL2(train.family, obs_dim, num_actions, train.episodes_per_trial, config,
+               seed=seed, device=device)
+    path = None if checkpoints is None else checkpoints / f"{train.cell}-s{s}.pt"
+    resumed = _resume(algo, path, config, seed, device) if path is not None else 0
+    if resumed:
+        print(f"  {table} {cell} seed {s}: resumed at iteration {resumed} from {path}",
+              file=progress, flush=True)
+    on = f" {train.note}" if train.note else ""
+    done, stopped = resumed, ""
+    for i in range(resumed, iterations):
+        stats = algo.train_step()
+        done = i + 1
+        elapsed = time.perf_counter() - start
+        if done % max(1, iterations // 5) == 0:
+            print(f"  {table} {cell} seed {s}: iteration {done}/{iterations}{on}, train "
+                  f"trial return {stats['trial_return']:.2f}, {elapsed:.0f} s",
+                  file=progress, flush=True)
+        if time_budget is not None and elapsed >= time_budget and done < iterations:
+            stopped = f" (time budget {time_budget:.0f} s)"
+            print(f"  {table} {cell} seed {s}: stopped at iteration {done}{stopped}, train "
+                  f"trial return {stats['trial_return']:.2f}", file=progress, flush=True)
+            break
+    if path is not None:
+        _save_training(algo, path, config, seed, device, done)
+    since = f" (resumed at {resumed})" if resumed else ""
+    return algo, done, f"{since}{stopped}"
 
 
 def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str) -> int:
@@ -532,8 +551,9 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         cells = [c for c in DEFAULT_CELLS
                  if tables == "all" or (tables == "bandit") == ("x" in c)]
     bandit, mdp = parse_cells(cells, tables)
-    bandit_configs = {m: with_overrides(bandit_config(m), bandit_overrides, "bandit")
-                      for m in {10, *(training_pulls(n, bandit_train_pulls) for n, _ in bandit)}
+    bandit_configs = {(m, k): with_overrides(bandit_config(m, k), bandit_overrides, "bandit")
+                      for m, k in {(10, 5), *((training_pulls(n, bandit_train_pulls), k)
+                                              for n, k in bandit)}
                       }  # validated with no bandit cell too
     mdp_config = with_overrides(MDP_CONFIG, mdp_overrides, "mdp")
     out, progress = out or sys.stdout, progress or sys.stderr
@@ -560,7 +580,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         training = None if m == n else Training(
             BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=m)), 1,
             (instance_seed, m, k), f"bandit-{m}x{k}", f"on {m} pulls")
-        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m],
+        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m, k],
                               iterations or default_iterations("bandit", m), test, seeds,
                               (instance_seed, n, k), paper, device, progress, time_budget,
                               checkpoints, training, trained)
