@@ -66,8 +66,8 @@ reached in 300. GAE lambda 0.95 instead of the paper's 0.3 was no better (70 at 
 entropy bonus of 0.05 stopped learning, 0.005 changed little, a 128-wide GRU neither."""
 
 
-def bandit_config(num_pulls: int, num_arms: int = 5) -> RL2Config:
-    """The bandit configuration for trials of ``num_pulls`` pulls on ``num_arms`` arms.
+def bandit_config(num_pulls: int) -> RL2Config:
+    """The bandit configuration for trials of ``num_pulls`` pulls.
 
     Rewards are scaled by ``10 / n`` for the value targets (with unscaled rewards the value
     loss of a 100-pull trial swamped the policy gradient under the 0.5 gradient-norm clip:
@@ -87,24 +87,21 @@ def bandit_config(num_pulls: int, num_arms: int = 5) -> RL2Config:
     with the expected ones 100x10 80.4 at 300 iterations (82.1 at 600) but 100x50 only 59 at
     200 (entropy stuck high) (``benchmarks/rl2/expected-reward-cpu/``).
 
-    Trials longer than 10 pulls on 10 arms or more use a 128-wide GRU (:data:`WIDE_ARMS`).
+    Tried on the 100-pull models and not kept (``benchmarks/rl2/wide-cpu/``, 600 iterations):
+    a 128-wide GRU, at twice the seconds per iteration (three seeds) — 100x10 81.7 (64 wide:
+    82.3), its 500x10 430.9 (433.4); 100x50 83.0 (83.3), 500x50 440.3 (439.4); 1024 trials per
+    iteration instead of 512 (seed 0, 1.4 × the seconds per iteration): 100x10 82.6 (82.4),
+    500x10 433.3 (432.6), ahead at 300 iterations (82.6 vs 81.4) but not at 600; and
+    (``benchmarks/rl2/schedule-cpu/``, seed 0) the rate dropped to 1e-3 for the last 150
+    iterations: 100x10 82.3 (82.4), 100x50 83.3 (83.0).
     """
     if num_pulls <= 10:
         return BANDIT_CONFIG
     return dataclasses.replace(
         BANDIT_CONFIG, reward_scale=10.0 / num_pulls,
-        hidden_size=128 if num_arms >= WIDE_ARMS else BANDIT_CONFIG.hidden_size,
         trials_per_task=4 if num_pulls <= 100 else 2,
         bptt_length=0 if num_pulls <= 100 else 100,
         reward_signal="expected", gae_lambda=0.8, discount=0.999)
-
-
-WIDE_ARMS = 10
-"""Bandit cells longer than 10 pulls with at least this many arms train a 128-wide GRU (64
-below). Seed 0, 100x50, 300 iterations (``benchmarks/rl2/curriculum-cpu/t100x50-h128.txt``):
-82.60 where 64 wide reached 81.34 (83.04 at 600; 83.5 at 1000-1200, a plateau), and its 500x50
-score 436.8 (421.8), at about twice the seconds per iteration. Five arms keep 64 (100x5 was at
-77.5 beside Gittins' 78.1 on the same instances; not tried wider)."""
 
 
 MDP_CONFIG = RL2Config(hidden_size=128, meta_batch_size=64, trials_per_task=4, lr=3e-3,
@@ -551,9 +548,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         cells = [c for c in DEFAULT_CELLS
                  if tables == "all" or (tables == "bandit") == ("x" in c)]
     bandit, mdp = parse_cells(cells, tables)
-    bandit_configs = {(m, k): with_overrides(bandit_config(m, k), bandit_overrides, "bandit")
-                      for m, k in {(10, 5), *((training_pulls(n, bandit_train_pulls), k)
-                                              for n, k in bandit)}
+    bandit_configs = {m: with_overrides(bandit_config(m), bandit_overrides, "bandit")
+                      for m in {10, *(training_pulls(n, bandit_train_pulls) for n, _ in bandit)}
                       }  # validated with no bandit cell too
     mdp_config = with_overrides(MDP_CONFIG, mdp_overrides, "mdp")
     out, progress = out or sys.stdout, progress or sys.stderr
@@ -580,7 +576,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         training = None if m == n else Training(
             BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=m)), 1,
             (instance_seed, m, k), f"bandit-{m}x{k}", f"on {m} pulls")
-        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m, k],
+        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m],
                               iterations or default_iterations("bandit", m), test, seeds,
                               (instance_seed, n, k), paper, device, progress, time_budget,
                               checkpoints, training, trained)

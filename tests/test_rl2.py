@@ -681,11 +681,6 @@ def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None
         assert (config.reward_signal, config.gae_lambda, config.discount) == (
             "expected", 0.8, 0.999)
     assert BANDIT_CONFIG.reward_signal == "sampled"
-    # a 128-wide GRU for long trials on 10 arms or more; 5 arms and 10-pull trials keep 64
-    assert [bandit_config(n, k).hidden_size for n, k in
-            ((10, 50), (100, 5), (100, 9), (100, 10), (100, 50), (500, 50))] == [
-        64, 64, 64, 128, 128, 128]
-    assert bandit_config(100, 10) == dataclasses.replace(bandit_config(100, 5), hidden_size=128)
 
 
 def test_bench_rl2_settings_overrides_and_time_budget(
