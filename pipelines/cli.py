@@ -170,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
                      "cell in pieces, e.g. with --time-budget, up to --iterations in all")
     rl2.add_argument("--json", type=Path, default=None, metavar="FILE",
                      help="also write the table's numbers to FILE as JSON (DVC metrics)")
+    rl2.add_argument("--out", type=Path, default=None, metavar="FILE",
+                     help="also write the printed table to FILE, once it is complete "
+                     "(atomically: a failed or interrupted run leaves FILE as it was)")
     rl2.add_argument("--plot", type=Path, default=None, metavar="PNG",
                      help="also draw the cells as a PNG: ours with 95%% intervals, the paper's "
                      "RL² and our Gittins / PSRL, each cell scaled random 0 to oracle 1 (its "
@@ -219,6 +222,48 @@ def _train_pulls(args: argparse.Namespace) -> int | None:
     return BANDIT_TRAIN_PULLS if value is None else (value or None)
 
 
+def _bench_rl2(args: argparse.Namespace) -> None:
+    """``metarl bench rl2``."""
+    from pipelines.bench_rl2 import bench_rl2, combine, parse_overrides, read_params
+
+    if args.replot is not None:
+        _replot_rl2(args.replot, args.plot)
+        return
+    from pipelines.io import Tee, atomic_write_text
+
+    json_path = args.json
+    if args.plot is not None and json_path is None:
+        json_path = args.plot.with_suffix(".json")
+    table = Tee(sys.stdout) if args.out is not None else None
+    if args.params is not None:
+        p = read_params(args.params)
+        cells = args.cells or p.cells  # --cells picks cells out of the file's
+        if args.combine is not None:
+            combine(cells, args.combine, table, json_path=json_path)
+        else:
+            bench_rl2(p.table, cells, p.seeds, p.instances, p.iterations,
+                      p.instance_seed, p.device, table, json_path=json_path,
+                      bandit_overrides=p.bandit, mdp_overrides=p.mdp,
+                      time_budget=p.time_budget, checkpoints=args.checkpoints,
+                      mdp_seeds=p.mdp_seeds, bandit_train_pulls=p.bandit_train_pulls,
+                      mdp_train_episodes=p.mdp_train_episodes, json_dir=args.json_dir)
+    elif args.combine is not None:
+        combine(args.cells, args.combine, table, json_path=json_path)
+    else:
+        bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
+                  args.instance_seed, args.device, table, json_path=json_path,
+                  bandit_overrides=parse_overrides(args.bandit, "--bandit"),
+                  mdp_overrides=parse_overrides(args.mdp, "--mdp"),
+                  time_budget=args.time_budget, checkpoints=args.checkpoints,
+                  mdp_seeds=args.mdp_seeds, bandit_train_pulls=_train_pulls(args),
+                  mdp_train_episodes=args.mdp_train_episodes or None,
+                  json_dir=args.json_dir)
+    if table is not None:
+        atomic_write_text(args.out, table.getvalue())
+    if args.plot is not None:
+        _replot_rl2(json_path, args.plot)
+
+
 def _bench(args: argparse.Namespace) -> None:
     """``metarl bench <name>``."""
     if args.bench == "baselines":
@@ -226,39 +271,7 @@ def _bench(args: argparse.Namespace) -> None:
 
         bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
     elif args.bench == "rl2":
-        from pipelines.bench_rl2 import bench_rl2, combine, parse_overrides, read_params
-
-        if args.replot is not None:
-            _replot_rl2(args.replot, args.plot)
-            return
-        json_path = args.json
-        if args.plot is not None and json_path is None:
-            json_path = args.plot.with_suffix(".json")
-        if args.params is not None:
-            p = read_params(args.params)
-            cells = args.cells or p.cells  # --cells picks cells out of the file's
-            if args.combine is not None:
-                combine(cells, args.combine, json_path=json_path)
-            else:
-                bench_rl2(p.table, cells, p.seeds, p.instances, p.iterations,
-                          p.instance_seed, p.device, json_path=json_path,
-                          bandit_overrides=p.bandit, mdp_overrides=p.mdp,
-                          time_budget=p.time_budget, checkpoints=args.checkpoints,
-                          mdp_seeds=p.mdp_seeds, bandit_train_pulls=p.bandit_train_pulls,
-                          mdp_train_episodes=p.mdp_train_episodes, json_dir=args.json_dir)
-        elif args.combine is not None:
-            combine(args.cells, args.combine, json_path=json_path)
-        else:
-            bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
-                      args.instance_seed, args.device, json_path=json_path,
-                      bandit_overrides=parse_overrides(args.bandit, "--bandit"),
-                      mdp_overrides=parse_overrides(args.mdp, "--mdp"),
-                      time_budget=args.time_budget, checkpoints=args.checkpoints,
-                      mdp_seeds=args.mdp_seeds, bandit_train_pulls=_train_pulls(args),
-                      mdp_train_episodes=args.mdp_train_episodes or None,
-                      json_dir=args.json_dir)
-        if args.plot is not None:
-            _replot_rl2(json_path, args.plot)
+        _bench_rl2(args)
     elif args.bench == "maml":
         from pipelines.bench_maml import bench_maml
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -25,6 +26,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class Tee(io.StringIO):
+    """A text buffer that passes every write on to ``echo`` as well.
+
+    Print a report as it goes and, once it is complete, write the whole of it atomically
+    (``atomic_write_text(path, tee.getvalue())``).
+    """
+
+    def __init__(self, echo: TextIO) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def write(self, text: str) -> int:
+        """Write ``text`` to ``echo`` and keep it."""
+        self.echo.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        """Flush ``echo``."""
+        self.echo.flush()
+        super().flush()
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -680,7 +680,9 @@ def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None
     for config in (long, longer):  # long trials: expected rewards, long-horizon credit
         assert (config.reward_signal, config.gae_lambda, config.discount) == (
             "expected", 0.8, 0.999)
+        assert (config.inputs, config.head) == ("reward_code", "bilinear")
     assert BANDIT_CONFIG.reward_signal == "sampled"
+    assert (BANDIT_CONFIG.inputs, BANDIT_CONFIG.head) == ("paper", "linear")
 
 
 def test_bench_rl2_settings_overrides_and_time_budget(
@@ -1004,17 +1006,25 @@ def test_mdp_cells_played_by_one_model_write_a_file_per_cell_that_combines(
     alone = json.loads((tmp_path / "25.json").read_text())["cells"]["mdp n=25"]["rl2"]
     assert json.loads((group / "mdp-25.json").read_text())["cells"]["mdp n=25"]["rl2"] == (
         pytest.approx(alone))
-    # --combine finds the files in the run's subfolder
-    assert main(["bench", "rl2", "--cells", "10", "25", "--combine",
-                 str(tmp_path / "cells")]) == 0
+    # --combine finds the files in the run's subfolder; --out keeps the printed table
+    saved = tmp_path / "table.txt"
+    assert main(["bench", "rl2", "--cells", "10", "25", "--combine", str(tmp_path / "cells"),
+                 "--out", str(saved)]) == 0
     table = capsys.readouterr().out
+    assert saved.read_text() == table
     assert "RL² trains on trials of at most 10 episodes" in table
     assert table.splitlines()[-1].endswith("0/0 bandit, 0/2 MDP")
+    walls = [line for line in table.splitlines() if "wall-clock: RL²" in line]
+    assert len(walls) == 2 and "evaluation only" not in walls[0]
+    assert "(all seeds, evaluation only: training is counted in the n=10 cell's line)" in walls[1]
     copy = tmp_path / "cells" / "other"
     copy.mkdir()
     (copy / "mdp-25.json").write_text((group / "mdp-25.json").read_text())
-    assert main(["bench", "rl2", "--cells", "25", "--combine", str(tmp_path / "cells")]) == 2
+    assert main(["bench", "rl2", "--cells", "25", "--combine", str(tmp_path / "cells"),
+                 "--out", str(saved)]) == 2
     assert "all hold mdp-25.json; keep one" in capsys.readouterr().err
+    assert saved.read_text() == table  # a failed run leaves the last table as it was
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".table.txt")] == []
     assert main([*base, "--cells", "25", "--mdp-train-episodes", "-2"]) == 2
     assert "--mdp-train-episodes -2: must be >= 1 (episodes per training trial)" in (
         capsys.readouterr().err)
