@@ -140,9 +140,13 @@ def _parser() -> argparse.ArgumentParser:
                      "RL2Config; repeatable), e.g. on a GPU --bandit meta_batch_size=1024 "
                      "hidden_size=256 num_minibatches=8, the best of benchmarks/rl2/gpu; "
                      "critic=task trains a value function that also sees the task's "
-                     "parameters (critic=separate: its own GRU; default shared)")
+                     "parameters (critic=separate: its own GRU; default shared); "
+                     "inputs=paper head=linear: the paper's network on every cell (by default "
+                     "trials over 10 pulls read reward-coded inputs with bilinear heads)")
     rl2.add_argument("--mdp", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
-                     help="likewise for the MDP cells (e.g. --mdp hidden_size=256)")
+                     help="likewise for the MDP cells (e.g. --mdp hidden_size=256; "
+                     "inputs=paper head=linear: the paper's network, in place of the "
+                     "defaults' pair-coded inputs and bilinear heads)")
     rl2.add_argument("--bandit-train-pulls", type=int, default=None, metavar="N",
                      help="bandit cells with more pulls per trial than N train RL² on N-pull "
                      "trials (the N-pull cell's seeds, settings, iterations and --checkpoints "
