@@ -214,11 +214,48 @@ class Training:
     """The cell trained on, as ``--checkpoints`` names its files (``bandit-100x5``)."""
     note: str = ""
     """Said after the iterations in the table (e.g. ``on 100 pulls``)."""
+    alternate: tuple[tuple[BanditFamily | TabularMDPFamily, int], ...] = ()
+    """Further families and trial lengths trained on in turn with the first, one iteration
+    each (the MDP cells' ``mdp_train_episodes: [10, 25]``); none by default."""
 
     @property
     def on(self) -> str:
         """The note as it follows the iterations in a row or a progress line (`` on 100 pulls``)."""
         return f" {self.note}" if self.note else ""
+
+
+def mdp_training_lengths(num_episodes: int,
+                         train_episodes: int | Sequence[int] | None) -> tuple[int, ...]:
+    """The trial lengths RL² trains on for an MDP cell of ``num_episodes`` episodes.
+
+    ``None``: the cell's own. A number ``m``: trials of ``min(num_episodes, m)`` episodes (a
+    longer cell is played by the ``m``-episode model). A list: a cell at least as long as its
+    first length trains on trials of each listed length in turn (one model for all such
+    cells); a shorter cell on its own.
+    """
+    if train_episodes is None:
+        return (num_episodes,)
+    if isinstance(train_episodes, int):
+        return (min(num_episodes, train_episodes),)
+    lengths = tuple(train_episodes)
+    return lengths if num_episodes >= lengths[0] else (num_episodes,)
+
+
+def _check_train_lengths(option: str, value: int | Sequence[int] | None, unit: str) -> None:
+    """A training-length option: null, a number >= 1 or (episodes only) a list of them."""
+    if value is None:
+        return
+    listed = [value] if isinstance(value, int) else list(value)
+    how = ("to train each cell on its own length: null in a params file, 0 on the command "
+           "line")
+    if not listed:
+        raise ValueError(f"{option} []: give at least one length ({how})")
+    for length in listed:
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise ValueError(f"{option} {value!r}: must be >= 1 ({unit} per training trial); "
+                             f"{how}")
+    if len(set(listed)) < len(listed):
+        raise ValueError(f"{option} {value!r}: a length is listed twice; give each once")
 
 
 def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
@@ -227,22 +264,22 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
               paper: float | None, device: str, progress: TextIO,
               time_budget: float | None = None, checkpoints: Path | None = None,
               training: Training | None = None,
-              trained: dict[tuple[str, int], tuple[RL2, int, str]] | None = None
+              trained: dict[tuple[str, int], tuple[RL2, int, str, str]] | None = None
               ) -> list[Row]:
     """RL² rows of one cell: per seed, train (or resume, or reuse) and score.
 
     ``trained`` holds the models this run trained so far, by training cell and seed, with
-    their iterations and note: a cell that trains on the same cell as an earlier one (a long
-    bandit cell on the shorter cell's trials) is played by that model, not trained again.
+    their iterations, note and the cell that trained them: a cell that trains on the same
+    cell as an earlier one (a long bandit cell on the shorter cell's trials; a longer MDP
+    cell) is played by that model, not trained again.
     """
-    train = training or Training(family, episodes_per_trial, keys,
-                                 f"{table}-{cell.replace('n=', '').replace(' k=', 'x')}")
+    short = cell.replace("n=", "").replace(" k=", "x")  # as --cells names it
+    train = training or Training(family, episodes_per_trial, keys, f"{table}-{short}")
     rows, per_seed = [], []
     for s in seeds:
         start = time.perf_counter()
         if trained is not None and (train.cell, s) in trained:
-            algo, done, how = trained[(train.cell, s)]
-            name = train.cell.split("-", 1)[1]
+            algo, done, how, name = trained[(train.cell, s)]
             print(f"  {table} {cell} seed {s}: the {name} cell's model, trained above",
                   file=progress, flush=True)
             what, timed = f"{done} it{train.on}{how}: the {name} {REUSED}", "eval"
@@ -250,7 +287,7 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
             algo, done, how = _train_seed(table, cell, s, train, obs_dim, num_actions, config,
                                           iterations, device, progress, time_budget, checkpoints)
             if trained is not None:
-                trained[(train.cell, s)] = (algo, done, how)
+                trained[(train.cell, s)] = (algo, done, how, short)
             what, timed = f"{done} it{train.on}{how}", "train+eval"
         returns = algo.evaluate(test_tasks, torch.Generator(device).manual_seed(
             _seed(11, *keys, s)), family=family, episodes_per_trial=episodes_per_trial)
@@ -284,7 +321,10 @@ def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
               file=progress, flush=True)
     on = train.on
     done, stopped = resumed, ""
+    turns = [(train.family, train.episodes_per_trial), *train.alternate]
     for i in range(resumed, iterations):
+        # in turn: the iteration's count picks the trials, so a resumed run goes on in step
+        algo.family, algo.episodes_per_trial = turns[i % len(turns)]
         stats = algo.train_step()
         done = i + 1
         elapsed = time.perf_counter() - start
@@ -297,6 +337,7 @@ def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
             print(f"  {table} {cell} seed {s}: stopped at iteration {done}{stopped}, train "
                   f"trial return {stats['trial_return']:.2f}", file=progress, flush=True)
             break
+    algo.family, algo.episodes_per_trial = turns[0]
     if path is not None:
         _save_training(algo, path, config, seed, device, done)
     since = f" (resumed at {resumed})" if resumed else ""
@@ -379,12 +420,16 @@ class BenchRL2Params:
     """Bandit cells with more pulls train on trials of this many pulls (the same arms; the
     shorter cell's seeds and settings) and are scored on their own; null: every cell trains
     on its own trial length."""
-    mdp_train_episodes: int | None = None
+    mdp_train_episodes: int | tuple[int, ...] | None = None
     """Likewise for the MDP cells: longer cells are played by the model trained on trials of
-    this many episodes; null: every cell trains on its own. ``benchmarks/rl2/params.yaml``
-    sets 10: the n = 10 cell's model (2000 iterations) played n = 25 / 50 / 75 / 100 at 435.8 /
-    920.3 / 1400.5 / 1905.8, where 200 iterations on their own trials had reached 417.2 /
-    812.6 / 1235.1 / — (seed 0)."""
+    this many episodes; null: every cell trains on its own; a list (``[10, 25]``): every cell
+    at least as long as the first is played by one model trained on trials of each listed
+    length in turn, one iteration each (:func:`mdp_training_lengths`).
+    ``benchmarks/rl2/params.yaml`` sets ``[10, 25]``. With 10 alone the n = 10 cell's model
+    (2000 iterations) played n = 25 / 50 / 75 / 100 at 435.8 / 920.3 / 1400.5 / 1905.8, where
+    200 iterations on their own trials had reached 417.2 / 812.6 / 1235.1 / — (seed 0); with
+    10 and 25 in turn 800 iterations reached n = 10 / 25 / 50 / 100 156.3 / 436.7 / 921.5 /
+    1904.3 (seed 0, ``benchmarks/rl2/mdp-mixed-cpu/``)."""
     runs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """For ``benchmarks/rl2/dvc.yaml`` only (the bench ignores it): its stages, each a group of
     cells run in one process (``--cells``), so that cells sharing a trained model train it
@@ -511,7 +556,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               time_budget: float | None = None, checkpoints: Path | None = None,
               mdp_seeds: Sequence[int] | None = None,
               bandit_train_pulls: int | None = BANDIT_TRAIN_PULLS,
-              mdp_train_episodes: int | None = None,
+              mdp_train_episodes: int | Sequence[int] | None = None,
               json_dir: Path | None = None) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
 
@@ -541,7 +586,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
             (:func:`training_pulls`: the shorter cell's family, seeds, settings, iterations
             and checkpoint file) and are scored on their own; ``None``: each on its own.
         mdp_train_episodes: likewise for the MDP cells (episodes per training trial);
-            ``None`` (the default): each on its own.
+            ``None`` (the default): each on its own; a list: trials of each length in turn
+            (:func:`mdp_training_lengths`).
         json_dir: also write each cell's :func:`results_json` alone to
             ``json_dir/<table>-<cell>.json`` (what ``--combine`` reads), atomically.
 
@@ -552,12 +598,13 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
 
     """
     _check_options(tables, seeds, instances, iterations, time_budget)
-    for option, value, unit in (("--bandit-train-pulls", bandit_train_pulls, "pulls"),
-                                ("--mdp-train-episodes", mdp_train_episodes, "episodes")):
-        if value is not None and (isinstance(value, bool) or value < 1):
-            raise ValueError(f"{option} {value!r}: must be >= 1 ({unit} per training trial); "
-                             "to train each cell on its own length: null in a params file, 0 "
-                             "on the command line")
+    _check_train_lengths("--bandit-train-pulls", bandit_train_pulls, "pulls")
+    if bandit_train_pulls is not None and not isinstance(bandit_train_pulls, int):
+        raise ValueError(f"--bandit-train-pulls {bandit_train_pulls!r}: one number of pulls "
+                         "(a list of lengths is for --mdp-train-episodes only)")
+    _check_train_lengths("--mdp-train-episodes", mdp_train_episodes, "episodes")
+    if mdp_train_episodes is not None and not isinstance(mdp_train_episodes, int):
+        mdp_train_episodes = list(mdp_train_episodes)  # as the JSON settings hold it
     mdp_seeds = list(seeds if mdp_seeds is None else mdp_seeds)
     if not mdp_seeds:
         raise ValueError("--mdp-seeds: give at least one training seed")
@@ -583,7 +630,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
     _print_header(settings, out)
     runs: list[CellRun] = []
     reached = {"bandit": [0, 0], "mdp": [0, 0]}
-    trained: dict[tuple[str, int], tuple[RL2, int, str]] = {}
+    trained: dict[tuple[str, int], tuple[RL2, int, str, str]] = {}
     for n, k in bandit:
         start = time.perf_counter()
         family = BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=n))
@@ -610,10 +657,14 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                                  np.random.default_rng(_seed(instance_seed, 3, n, 0)))
         paper = reference.get(("mdp", n, 0, "RL2"))
         c = mdp_family.config
-        m = n if mdp_train_episodes is None else min(n, mdp_train_episodes)
-        training = None if m == n else Training(
-            TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=m)), m, (instance_seed, m),
-            f"mdp-{m}", f"on {m} episodes")
+        lengths = mdp_training_lengths(n, mdp_train_episodes)
+        m = lengths[0]
+        families = [TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=x)) for x in lengths]
+        training = None if lengths == (n,) else Training(
+            families[0], m, (instance_seed, m), "mdp-" + "+".join(map(str, lengths)),
+            f"on {'/'.join(map(str, lengths))} episodes"
+            + (" alternating" if len(lengths) > 1 else ""),
+            tuple(zip(families[1:], lengths[1:], strict=True)))
         cell_rows = _rl2_rows("mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n,
                               mdp_config, iterations or default_iterations("mdp", m), test,
                               mdp_seeds, (instance_seed, n), paper, device, progress,
@@ -747,10 +798,15 @@ def _print_header(settings: dict[str, Any], out: TextIO) -> None:
         m = settings["bandit_train_pulls"]
         print(f"bandit cells: RL² trains on trials of at most {m} pulls (a longer cell is "
               f"played by the {m}-pull cell's model)", file=out)
-    if mdp and settings.get("mdp_train_episodes"):
-        m = settings["mdp_train_episodes"]
+    m = settings.get("mdp_train_episodes") if mdp else None
+    if isinstance(m, int):
         print(f"MDP cells: RL² trains on trials of at most {m} episodes (a longer cell is "
               f"played by the {m}-episode cell's model)", file=out)
+    elif m:
+        listed = " and ".join(map(str, m))
+        print(f"MDP cells: RL² trains on trials of {listed} episodes in turn, one iteration "
+              f"each (every cell of {m[0]} episodes or more is played by that one model)",
+              file=out)
     for name, key in (("bandit", "bandit"), ("MDP", "mdp")):
         if settings.get(key):
             print(f"{name} cells: RL² settings {settings[key]} (in place of the defaults')",

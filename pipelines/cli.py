@@ -154,10 +154,13 @@ def _parser() -> argparse.ArgumentParser:
                      "the fraction of the trial played, so it plays the longer trial on the same "
                      "schedule, stretched, and the 100-pull models beat training on 500 pulls. "
                      "0: every cell trains on its own length (default 100)")
-    rl2.add_argument("--mdp-train-episodes", type=int, default=None, metavar="N",
+    rl2.add_argument("--mdp-train-episodes", type=_lengths, default=None, metavar="N[,M...]",
                      help="MDP cells with more episodes per trial than N are played by the "
                      "model trained on N-episode trials (the N cell's, trained once per run); "
-                     "default: every cell on its own")
+                     "a list, e.g. 10,25: every cell of at least 10 episodes is played by one "
+                     "model trained on 10- and 25-episode trials in turn, one iteration each "
+                     "(the 10 cell's seeds and iterations; what benchmarks/rl2/params.yaml "
+                     "sets); default: every cell on its own")
     rl2.add_argument("--json-dir", type=Path, default=None, metavar="DIR",
                      help="also write each cell's numbers alone to DIR/bandit-10x5.json, "
                      "DIR/mdp-10.json, ... (what --combine reads; DVC runs cells that share "
@@ -216,6 +219,17 @@ def _replot_rl2(results: Path, png: Path | None) -> None:
     except ValueError as err:
         raise ValueError(f"--replot {str(results)!r}: {err}") from None
     print(f"wrote {png}", file=sys.stderr)  # stdout is the table (table.txt in DVC)
+
+
+def _lengths(text: str) -> int | tuple[int, ...]:
+    """``--mdp-train-episodes``: ``10`` or a list ``10,25``."""
+    try:
+        lengths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a number of episodes or a comma-separated list, e.g. 10,25"
+        ) from None
+    return lengths[0] if len(lengths) == 1 else lengths
 
 
 def _train_pulls(args: argparse.Namespace) -> int | None:

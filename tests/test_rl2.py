@@ -650,7 +650,7 @@ def test_cells_run_apart_combine_into_the_table_of_one_run(
 
 
 def test_the_benchmarks_dvc_params_file_reads() -> None:
-    from pipelines.bench_rl2 import read_params, training_pulls
+    from pipelines.bench_rl2 import mdp_training_lengths, read_params, training_pulls
 
     params = read_params(Path(__file__).parents[1] / "benchmarks/rl2/params.yaml")
     assert len([c for c in params.cells if "x" in c]) == 9
@@ -663,7 +663,7 @@ def test_the_benchmarks_dvc_params_file_reads() -> None:
         for group in runs.values():
             cells = str(group).split()
             assert len({training_pulls(int(c.split("x")[0]), params.bandit_train_pulls)
-                        if "x" in c else min(int(c), params.mdp_train_episodes or int(c))
+                        if "x" in c else mdp_training_lengths(int(c), params.mdp_train_episodes)
                         for c in cells}) == 1  # one model per stage
 
 
@@ -1028,3 +1028,88 @@ def test_mdp_cells_played_by_one_model_write_a_file_per_cell_that_combines(
     assert main([*base, "--cells", "25", "--mdp-train-episodes", "-2"]) == 2
     assert "--mdp-train-episodes -2: must be >= 1 (episodes per training trial)" in (
         capsys.readouterr().err)
+
+
+def test_mdp_training_lengths_of_a_number_or_a_list() -> None:
+    from pipelines.bench_rl2 import mdp_training_lengths
+
+    assert mdp_training_lengths(25, None) == (25,)
+    assert mdp_training_lengths(25, 10) == (10,)
+    assert mdp_training_lengths(5, 10) == (5,)  # shorter than the training trials: its own
+    assert mdp_training_lengths(10, (10, 25)) == (10, 25)
+    assert mdp_training_lengths(100, [10, 25]) == (10, 25)
+    assert mdp_training_lengths(5, (10, 25)) == (5,)
+
+
+def test_mdp_cells_train_on_alternating_trial_lengths_and_resume_in_step(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import re
+
+    from pipelines.cli import main
+
+    base = ["bench", "rl2", "--instances", "20", "--mdp", "hidden_size=8",
+            "meta_batch_size=4", "--mdp-train-episodes", "10,25"]
+    assert main([*base, "--cells", "10", "25", "--iterations", "4", "--json",
+                 str(tmp_path / "straight.json")]) == 0
+    captured = capsys.readouterr()
+    assert ("MDP cells: RL² trains on trials of 10 and 25 episodes in turn, one iteration each "
+            "(every cell of 10 episodes or more is played by that one model)") in captured.out
+    row = next(line for line in captured.out.splitlines()
+               if " n=25 " in line and " RL2 s0 " in line)
+    assert "4 it on 10/25 episodes alternating: the 10 cell's model (trained above), " in row
+    # iterations 1 and 3 play 10-episode trials, 2 and 4 25-episode ones (about 2.5x the return)
+    returns = [float(x) for x in re.findall(r"train trial return ([0-9.]+)", captured.err)]
+    assert len(returns) == 4
+    assert min(returns[1], returns[3]) > 2 * max(returns[0], returns[2])
+    straight = json.loads((tmp_path / "straight.json").read_text())
+    assert straight["settings"]["mdp_train_episodes"] == [10, 25]
+    # trained in two runs (1 iteration, then on to 4 from the checkpoint): the same model,
+    # the turns picked by the iteration count
+    ckpt = tmp_path / "ckpt"
+    for iterations in ("1", "4"):
+        assert main([*base, "--cells", "10", "25", "--iterations", iterations, "--checkpoints",
+                     str(ckpt), "--json", str(tmp_path / "pieces.json")]) == 0
+    assert "resumed at iteration 1" in capsys.readouterr().err
+    assert [p.name for p in ckpt.iterdir()] == ["mdp-10+25-s0.pt"]
+    pieces = json.loads((tmp_path / "pieces.json").read_text())
+    for cell in ("mdp n=10", "mdp n=25"):
+        assert pieces["cells"][cell]["rl2"] == pytest.approx(straight["cells"][cell]["rl2"])
+    # one length: not the same model as the alternating one
+    assert main([*base[:-1], "10", "--cells", "25", "--iterations", "4", "--json",
+                 str(tmp_path / "ten.json")]) == 0
+    capsys.readouterr()
+    ten = json.loads((tmp_path / "ten.json").read_text())["cells"]["mdp n=25"]["rl2"]
+    assert ten != pytest.approx(straight["cells"]["mdp n=25"]["rl2"])
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("10,10", "--mdp-train-episodes (10, 10): a length is listed twice; give each once"),
+    ("10,-3", "--mdp-train-episodes (10, -3): must be >= 1 (episodes per training trial)"),
+    ("10,x", "argument --mdp-train-episodes: '10,x': expected a number of episodes or a "
+             "comma-separated list, e.g. 10,25"),
+])
+def test_bad_mdp_training_lengths_are_refused_by_name(
+        value: str, message: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli import main
+
+    try:
+        code = main(["bench", "rl2", "--cells", "25", "--iterations", "1", "--instances", "20",
+                     "--mdp-train-episodes", value, "--json", str(tmp_path / "out.json")])
+    except SystemExit as exit_:  # argparse's own error exit
+        code = int(str(exit_.code))
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_a_params_file_takes_a_list_of_mdp_training_lengths(tmp_path: Any) -> None:
+    from metarl.config import ConfigError
+    from pipelines.bench_rl2 import read_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("mdp_train_episodes: [10, 25]\n")
+    assert read_params(path).mdp_train_episodes == (10, 25)
+    path.write_text("mdp_train_episodes: [10, ten]\n")
+    with pytest.raises(ConfigError, match="mdp_train_episodes"):
+        read_params(path)
