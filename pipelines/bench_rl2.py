@@ -158,7 +158,9 @@ def default_iterations(table: str, n: int) -> int:
     ``bandit_train_pulls`` null, else the 500-pull cells train on 100 pulls); MDP cells:
     2000 at n = 10 (about 1 s each, 35 min: the 1600 of :data:`MDP_CONFIG`'s learning rate,
     then 400 at the dropped one), 200 for longer trials (about 2.7 s each at n = 25, growing
-    linearly with n; only with ``mdp_train_episodes`` set to them or null).
+    linearly with n; only with ``mdp_train_episodes`` set to them or null). A model trained on
+    several trial lengths in turn (``mdp_train_episodes: [10, 25]``) runs its first length's
+    iterations: 2000 for ``[10, 25]``, about 1.9 s each (the 10- and 25-episode ones' mean).
     """
     if table == "mdp":
         return 2000 if n <= 10 else 200
@@ -216,7 +218,8 @@ class Training:
     """Said after the iterations in the table (e.g. ``on 100 pulls``)."""
     alternate: tuple[tuple[BanditFamily | TabularMDPFamily, int], ...] = ()
     """Further families and trial lengths trained on in turn with the first, one iteration
-    each (the MDP cells' ``mdp_train_episodes: [10, 25]``); none by default."""
+    each (the MDP cells' ``mdp_train_episodes: [10, 25]``); none by default. Only the trial
+    length may differ: the tasks are still drawn by the first family's sampler."""
 
     @property
     def on(self) -> str:
@@ -231,21 +234,21 @@ def mdp_training_lengths(num_episodes: int,
     ``None``: the cell's own. A number ``m``: trials of ``min(num_episodes, m)`` episodes (a
     longer cell is played by the ``m``-episode model). A list: a cell at least as long as its
     first length trains on trials of each listed length in turn (one model for all such
-    cells); a shorter cell on its own.
+    cells); a shorter cell on its own. A list of one length is that number.
     """
     if train_episodes is None:
         return (num_episodes,)
-    if isinstance(train_episodes, int):
-        return (min(num_episodes, train_episodes),)
-    lengths = tuple(train_episodes)
+    lengths = (train_episodes,) if isinstance(train_episodes, int) else tuple(train_episodes)
+    if len(lengths) <= 1:
+        return (min(num_episodes, *lengths),)
     return lengths if num_episodes >= lengths[0] else (num_episodes,)
 
 
 def _check_train_lengths(option: str, value: int | Sequence[int] | None, unit: str) -> None:
-    """A training-length option: null, a number >= 1 or (episodes only) a list of them."""
+    """A training-length option: null, a number >= 1 or (episodes only) a rising list of them."""
     if value is None:
         return
-    listed = [value] if isinstance(value, int) else list(value)
+    listed: list[Any] = list(value) if isinstance(value, list | tuple) else [value]
     how = ("to train each cell on its own length: null in a params file, 0 on the command "
            "line")
     if not listed:
@@ -254,8 +257,9 @@ def _check_train_lengths(option: str, value: int | Sequence[int] | None, unit: s
         if not isinstance(length, int) or isinstance(length, bool) or length < 1:
             raise ValueError(f"{option} {value!r}: must be >= 1 ({unit} per training trial); "
                              f"{how}")
-    if len(set(listed)) < len(listed):
-        raise ValueError(f"{option} {value!r}: a length is listed twice; give each once")
+    if listed != sorted(set(listed)):
+        raise ValueError(f"{option} {value!r}: list each length once, shortest first (the "
+                         "first is the shortest cell the model plays), e.g. 10,25")
 
 
 def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
@@ -598,13 +602,14 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
 
     """
     _check_options(tables, seeds, instances, iterations, time_budget)
-    _check_train_lengths("--bandit-train-pulls", bandit_train_pulls, "pulls")
     if bandit_train_pulls is not None and not isinstance(bandit_train_pulls, int):
         raise ValueError(f"--bandit-train-pulls {bandit_train_pulls!r}: one number of pulls "
                          "(a list of lengths is for --mdp-train-episodes only)")
+    _check_train_lengths("--bandit-train-pulls", bandit_train_pulls, "pulls")
     _check_train_lengths("--mdp-train-episodes", mdp_train_episodes, "episodes")
     if mdp_train_episodes is not None and not isinstance(mdp_train_episodes, int):
-        mdp_train_episodes = list(mdp_train_episodes)  # as the JSON settings hold it
+        listed = list(mdp_train_episodes)  # as the JSON settings hold it; [10] is 10
+        mdp_train_episodes = listed[0] if len(listed) == 1 else listed
     mdp_seeds = list(seeds if mdp_seeds is None else mdp_seeds)
     if not mdp_seeds:
         raise ValueError("--mdp-seeds: give at least one training seed")
@@ -803,7 +808,7 @@ def _print_header(settings: dict[str, Any], out: TextIO) -> None:
         print(f"MDP cells: RL² trains on trials of at most {m} episodes (a longer cell is "
               f"played by the {m}-episode cell's model)", file=out)
     elif m:
-        listed = " and ".join(map(str, m))
+        listed = ", ".join(map(str, m[:-1])) + f" and {m[-1]}"
         print(f"MDP cells: RL² trains on trials of {listed} episodes in turn, one iteration "
               f"each (every cell of {m[0]} episodes or more is played by that one model)",
               file=out)

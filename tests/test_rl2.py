@@ -1039,6 +1039,7 @@ def test_mdp_training_lengths_of_a_number_or_a_list() -> None:
     assert mdp_training_lengths(10, (10, 25)) == (10, 25)
     assert mdp_training_lengths(100, [10, 25]) == (10, 25)
     assert mdp_training_lengths(5, (10, 25)) == (5,)
+    assert mdp_training_lengths(25, [10]) == mdp_training_lengths(25, 10) == (10,)
 
 
 def test_mdp_cells_train_on_alternating_trial_lengths_and_resume_in_step(
@@ -1084,7 +1085,8 @@ def test_mdp_cells_train_on_alternating_trial_lengths_and_resume_in_step(
 
 
 @pytest.mark.parametrize(("value", "message"), [
-    ("10,10", "--mdp-train-episodes (10, 10): a length is listed twice; give each once"),
+    ("10,10", "--mdp-train-episodes (10, 10): list each length once, shortest first"),
+    ("25,10", "--mdp-train-episodes (25, 10): list each length once, shortest first"),
     ("10,-3", "--mdp-train-episodes (10, -3): must be >= 1 (episodes per training trial)"),
     ("10,x", "argument --mdp-train-episodes: '10,x': expected a number of episodes or a "
              "comma-separated list, e.g. 10,25"),
@@ -1105,11 +1107,13 @@ def test_bad_mdp_training_lengths_are_refused_by_name(
 
 def test_a_params_file_takes_a_list_of_mdp_training_lengths(tmp_path: Any) -> None:
     from metarl.config import ConfigError
-    from pipelines.bench_rl2 import read_params
+    from pipelines.bench_rl2 import mdp_training_lengths, read_params
 
     path = tmp_path / "params.yaml"
     path.write_text("mdp_train_episodes: [10, 25]\n")
     assert read_params(path).mdp_train_episodes == (10, 25)
+    path.write_text("mdp_train_episodes: [10]\n")
+    assert mdp_training_lengths(50, read_params(path).mdp_train_episodes) == (10,)
     path.write_text("mdp_train_episodes: [10, ten]\n")
     with pytest.raises(ConfigError, match="mdp_train_episodes"):
         read_params(path)
