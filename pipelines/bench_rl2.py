@@ -199,6 +199,34 @@ REUSED = "cell's model (trained above)"
 the cell's wall-clock line then says its seconds are evaluation only."""
 
 
+VALIDATION_INSTANCES = 200
+"""Tuning instances per cell that ``select_every`` scores a model on (as few as keep a check
+under a few seconds: its picks compare checkpoints on the same instances and seeds)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """A cell a model plays, as ``select_every`` scores it: the cell's tuning instances.
+
+    Those are the split ``bench baselines`` tunes its baselines on (Gittins' discount, UCB's
+    constant, ε), drawn apart from the test instances the table scores.
+    """
+
+    family: BanditFamily | TabularMDPFamily
+    episodes_per_trial: int
+    tasks: list[dict]
+    seed: int
+    """Of the evaluation generator: every check plays the same rollouts' random numbers."""
+    steps: int
+    """Pulls (bandit) or episodes (MDP) per trial: the score is the return per step."""
+
+    def score(self, algo: RL2, device: str) -> float:
+        """The model's mean return per pull or episode on these instances."""
+        returns = algo.evaluate(self.tasks, torch.Generator(device).manual_seed(self.seed),
+                                family=self.family, episodes_per_trial=self.episodes_per_trial)
+        return float(returns.mean()) / self.steps
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
     """What RL² of a cell trains on: a family, its trial length and the seeds' keys.
@@ -220,6 +248,12 @@ class Training:
     """Further families and trial lengths trained on in turn with the first, one iteration
     each (the MDP cells' ``mdp_train_episodes: [10, 25]``); none by default. Only the trial
     length may differ: the tasks are still drawn by the first family's sampler."""
+    validation: tuple[Validation, ...] = ()
+    """The cells the model plays, scored on their tuning instances every ``select_every``
+    iterations."""
+    select_every: int | None = None
+    """Check every this many iterations (and at the last) and keep the weights that scored
+    best, their mean return per step over ``validation``; ``None``: keep the last weights."""
 
     @property
     def on(self) -> str:
@@ -242,6 +276,31 @@ def mdp_training_lengths(num_episodes: int,
     if len(lengths) <= 1:
         return (min(num_episodes, *lengths),)
     return lengths if num_episodes >= lengths[0] else (num_episodes,)
+
+
+def _validation(table: str, cell: tuple[int, int], trains_like: Any, instance_seed: int,
+                reference: dict[tuple[str, int, int, str], float]) -> tuple[Validation, ...]:
+    """The cells ``select_every`` scores the model trained for ``cell`` on.
+
+    ``cell`` is ``(n, k)`` (``(n, 0)`` for an MDP cell): the paper's cells of its table that
+    ``trains_like`` (a cell -> its training) maps to the same training as ``cell``, and
+    ``cell`` itself — whichever cells a run selects, so that a cell's numbers do not depend on
+    the cells run beside it.
+    """
+    paper = {(n, k) for t, n, k, method in reference if t == table and method == "RL2"}
+    cells = sorted({c for c in paper if trains_like(c) == trains_like(cell)} | {cell})
+    out = []
+    for n, k in cells:
+        if table == "bandit":
+            family: BanditFamily | TabularMDPFamily = BanditFamily(
+                BanditFamilyConfig(num_arms=k, num_pulls=n))
+            rng, steps, episodes = _seed(instance_seed, 1, n, k, 1), n, 1
+        else:
+            family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=n))
+            rng, steps, episodes = _seed(instance_seed, 3, n, 1), n, n
+        tasks = family.sample(VALIDATION_INSTANCES, np.random.default_rng(rng))
+        out.append(Validation(family, episodes, tasks, _seed(12, instance_seed, n, k), steps))
+    return tuple(out)
 
 
 def _check_train_lengths(option: str, value: int | Sequence[int] | None, unit: str) -> None:
@@ -319,18 +378,23 @@ def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
     algo = RL2(train.family, obs_dim, num_actions, train.episodes_per_trial, config,
                seed=seed, device=device)
     path = None if checkpoints is None else checkpoints / f"{train.cell}-s{s}.pt"
-    resumed = _resume(algo, path, config, seed, device) if path is not None else 0
+    resumed, best = _resume(algo, path, config, seed, device) if path is not None else (0, None)
     if resumed:
         print(f"  {table} {cell} seed {s}: resumed at iteration {resumed} from {path}",
               file=progress, flush=True)
     on = train.on
     done, stopped = resumed, ""
     turns = [(train.family, train.episodes_per_trial), *train.alternate]
+    every = train.select_every if train.validation else None
+    best = best if every else None  # a file's best is kept only while selecting
+    label = f"  {table} {cell} seed {s}"
     for i in range(resumed, iterations):
         # in turn: the iteration's count picks the trials, so a resumed run goes on in step
         algo.family, algo.episodes_per_trial = turns[i % len(turns)]
         stats = algo.train_step()
         done = i + 1
+        if every and done % every == 0:
+            best = _select(algo, train, done, best, device, label, progress)
         elapsed = time.perf_counter() - start
         if done % max(1, iterations // 5) == 0:
             print(f"  {table} {cell} seed {s}: iteration {done}/{iterations}{on}, train "
@@ -342,22 +406,49 @@ def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
                   f"trial return {stats['trial_return']:.2f}", file=progress, flush=True)
             break
     algo.family, algo.episodes_per_trial = turns[0]
+    if every and (best is None or best["last"] != done):
+        best = _select(algo, train, done, best, device, label, progress)
     if path is not None:
-        _save_training(algo, path, config, seed, device, done)
+        _save_training(algo, path, config, seed, device, done, best)
     since = f" (resumed at {resumed})" if resumed else ""
-    return algo, done, f"{since}{stopped}"
+    kept = ""
+    if every and best is not None:
+        algo.model.load_state_dict(best["model"])
+        kept = (f", kept it {best['iteration']} (best of {best['checks']} checks on tuning "
+                "instances)")
+    return algo, done, f"{since}{stopped}{kept}"
 
 
-def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str) -> int:
-    """Load ``path`` (from :func:`_save_training`) into ``algo``; the iterations it had run.
+def _select(algo: RL2, train: Training, done: int, best: dict[str, Any] | None, device: str,
+            label: str, progress: TextIO) -> dict[str, Any]:
+    """Score ``algo`` on ``train.validation``: the best checkpoint so far (``select_every``).
 
-    0 when there is no such file. A file written with other RL² settings, seed or device type
-    is refused: training on from it would mix two configurations under one row (and a CUDA
+    The score is the mean over the cells of the return per pull or episode, on each cell's
+    tuning instances with the same evaluation seed at every check: a like-for-like comparison.
+    """
+    score = float(np.mean([v.score(algo, device) for v in train.validation]))
+    checks = 1 if best is None else best["checks"] + 1
+    if best is None or score > best["score"]:
+        best = {"score": score, "iteration": done,
+                "model": {k: v.detach().clone() for k, v in algo.model.state_dict().items()}}
+    best = {**best, "checks": checks, "last": done}
+    print(f"{label}: iteration {done}, tuning-instance score {score:.4f} per step (best "
+          f"{best['score']:.4f}, iteration {best['iteration']})", file=progress, flush=True)
+    return best
+
+
+def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str
+            ) -> tuple[int, dict[str, Any] | None]:
+    """Load ``path`` (from :func:`_save_training`) into ``algo``: iterations run, best so far.
+
+    The best is ``select_every``'s best checkpoint (``None`` without one); (0, None) when
+    there is no such file. A file written with other RL² settings, seed or device type is
+    refused: training on from it would mix two configurations under one row (and a CUDA
     generator's state does not fit a CPU one). A setting the file does not name is one added to
     :class:`RL2Config` after it was written, so it was trained with that setting's default.
     """
     if not path.exists():
-        return 0
+        return 0, None
     saved = torch.load(path, map_location="cpu", weights_only=True)
     saved["config"] = {**to_dict(RL2Config()), **saved["config"]}
     wanted = to_dict(config)
@@ -376,16 +467,20 @@ def _resume(algo: RL2, path: Path, config: RL2Config, seed: int, device: str) ->
                          "pass the same settings, or move the file away to start afresh")
     algo.load_training_state(saved["state"])
     algo.iteration = int(saved["iterations"])  # files written before the state counted them
-    return algo.iteration
+    return algo.iteration, saved.get("best")
 
 
 def _save_training(algo: RL2, path: Path, config: RL2Config, seed: int, device: str,
-                   iterations: int) -> None:
-    """Write ``algo``'s training state to ``path`` atomically (a later run resumes from it)."""
+                   iterations: int, best: dict[str, Any] | None = None) -> None:
+    """Write ``algo``'s training state to ``path`` atomically (a later run resumes from it).
+
+    With ``select_every``'s best checkpoint so far when there is one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"config": to_dict(config), "seed": seed, "device": torch.device(device).type,
-                "iterations": iterations, "state": algo.training_state()}, tmp)
+                "iterations": iterations, "state": algo.training_state(),
+                **({} if best is None else {"best": best})}, tmp)
     tmp.replace(path)
 
 
@@ -424,6 +519,11 @@ class BenchRL2Params:
     """Bandit cells with more pulls train on trials of this many pulls (the same arms; the
     shorter cell's seeds and settings) and are scored on their own; null: every cell trains
     on its own trial length."""
+    bandit_select_every: int | None = None
+    """Every this many training iterations of a bandit model (and at its last), score it on
+    the tuning instances of the cells it plays and keep the best weights; null: the last."""
+    mdp_select_every: int | None = None
+    """Likewise for the MDP models."""
     mdp_train_episodes: int | tuple[int, ...] | None = None
     """Likewise for the MDP cells: longer cells are played by the model trained on trials of
     this many episodes; null: every cell trains on its own; a list (``[10, 25]``): every cell
@@ -561,7 +661,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               mdp_seeds: Sequence[int] | None = None,
               bandit_train_pulls: int | None = BANDIT_TRAIN_PULLS,
               mdp_train_episodes: int | Sequence[int] | None = None,
-              json_dir: Path | None = None) -> list[Row]:
+              json_dir: Path | None = None, bandit_select_every: int | None = None,
+              mdp_select_every: int | None = None) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
 
     With ``json_path``, also write :func:`results_json` there (atomically).
@@ -592,6 +693,11 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         mdp_train_episodes: likewise for the MDP cells (episodes per training trial);
             ``None`` (the default): each on its own; a list: trials of each length in turn
             (:func:`mdp_training_lengths`).
+        bandit_select_every: every this many training iterations (and at the last) score
+            the model on the tuning instances of the paper's cells it plays (and of the cell
+            run), :data:`VALIDATION_INSTANCES` each, and keep the best weights (mean return per
+            pull); ``None`` (the default): keep the last.
+        mdp_select_every: likewise for the MDP cells (return per episode).
         json_dir: also write each cell's :func:`results_json` alone to
             ``json_dir/<table>-<cell>.json`` (what ``--combine`` reads), atomically.
 
@@ -607,6 +713,13 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                          "(a list of lengths is for --mdp-train-episodes only)")
     _check_train_lengths("--bandit-train-pulls", bandit_train_pulls, "pulls")
     _check_train_lengths("--mdp-train-episodes", mdp_train_episodes, "episodes")
+    for option, every in (("--bandit-select-every", bandit_select_every),
+                          ("--mdp-select-every", mdp_select_every)):
+        if every is not None and (not isinstance(every, int) or isinstance(every, bool)
+                                  or every < 1):
+            raise ValueError(f"{option} {every!r}: must be >= 1 (training iterations between "
+                             "checks); to keep the last weights: null in a params file, 0 on "
+                             "the command line")
     if mdp_train_episodes is not None and not isinstance(mdp_train_episodes, int):
         listed = list(mdp_train_episodes)  # as the JSON settings hold it; [10] is 10
         mdp_train_episodes = listed[0] if len(listed) == 1 else listed
@@ -630,6 +743,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                 "iterations": iterations, "time_budget": time_budget,
                 "bandit_train_pulls": bandit_train_pulls if bandit else None,
                 "mdp_train_episodes": mdp_train_episodes if mdp else None,
+                "bandit_select_every": bandit_select_every if bandit else None,
+                "mdp_select_every": mdp_select_every if mdp else None,
                 "bandit": dict(bandit_overrides or {}) if bandit else {},
                 "mdp": dict(mdp_overrides or {}) if mdp else {}}
     _print_header(settings, out)
@@ -642,9 +757,13 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         test = family.sample(instances, np.random.default_rng(_seed(instance_seed, 1, n, k, 0)))
         paper = reference.get(("bandit", n, k, "RL2"))
         m = training_pulls(n, bandit_train_pulls)
-        training = None if m == n else Training(
+        training = Training(
             BanditFamily(BanditFamilyConfig(num_arms=k, num_pulls=m)), 1,
-            (instance_seed, m, k), f"bandit-{m}x{k}", f"on {m} pulls")
+            (instance_seed, m, k), f"bandit-{m}x{k}", "" if m == n else f"on {m} pulls",
+            validation=() if not bandit_select_every else _validation(
+                "bandit", (n, k), lambda c: (training_pulls(c[0], bandit_train_pulls), c[1]),
+                instance_seed, reference),
+            select_every=bandit_select_every)
         cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m],
                               iterations or default_iterations("bandit", m), test, seeds,
                               (instance_seed, n, k), paper, device, progress, time_budget,
@@ -665,11 +784,15 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         lengths = mdp_training_lengths(n, mdp_train_episodes)
         m = lengths[0]
         families = [TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=x)) for x in lengths]
-        training = None if lengths == (n,) else Training(
+        training = Training(
             families[0], m, (instance_seed, m), "mdp-" + "+".join(map(str, lengths)),
-            f"on {'/'.join(map(str, lengths))} episodes"
+            "" if lengths == (n,) else f"on {'/'.join(map(str, lengths))} episodes"
             + (" alternating" if len(lengths) > 1 else ""),
-            tuple(zip(families[1:], lengths[1:], strict=True)))
+            tuple(zip(families[1:], lengths[1:], strict=True)),
+            validation=() if not mdp_select_every else _validation(
+                "mdp", (n, 0), lambda c: mdp_training_lengths(c[0], mdp_train_episodes),
+                instance_seed, reference),
+            select_every=mdp_select_every)
         cell_rows = _rl2_rows("mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n,
                               mdp_config, iterations or default_iterations("mdp", m), test,
                               mdp_seeds, (instance_seed, n), paper, device, progress,
@@ -695,7 +818,8 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
 SHARED_SETTINGS = ("instances", "instance_seed", "device")
 """Settings every cell of one table must share (the header line states them once); the cells
 of one family also share their RL² settings and seeds (``bandit`` / ``bandit_seeds``, ...)."""
-TABLE_SETTINGS = {"bandit": ("bandit_train_pulls",), "mdp": ("mdp_train_episodes",)}
+TABLE_SETTINGS = {"bandit": ("bandit_train_pulls", "bandit_select_every"),
+                  "mdp": ("mdp_train_episodes", "mdp_select_every")}
 """Further settings the cells of one family share."""
 
 
@@ -813,6 +937,11 @@ def _print_header(settings: dict[str, Any], out: TextIO) -> None:
               f"each (every cell of {m[0]} episodes or more is played by that one model)",
               file=out)
     for name, key in (("bandit", "bandit"), ("MDP", "mdp")):
+        if settings.get(f"{key}_select_every"):
+            print(f"{name} cells: RL² keeps, of checks every {settings[f'{key}_select_every']} "
+                  f"training iterations, the weights that scored best on the tuning instances "
+                  f"({VALIDATION_INSTANCES} per cell it plays, apart from the test instances)",
+                  file=out)
         if settings.get(key):
             print(f"{name} cells: RL² settings {settings[key]} (in place of the defaults')",
                   file=out)

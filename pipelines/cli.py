@@ -161,6 +161,14 @@ def _parser() -> argparse.ArgumentParser:
                      "model trained on 10- and 25-episode trials in turn, one iteration each "
                      "(the 10 cell's seeds and iterations; what benchmarks/rl2/params.yaml "
                      "sets); default: every cell on its own")
+    for table, unit in (("bandit", "pull"), ("mdp", "episode")):
+        rl2.add_argument(f"--{table}-select-every", type=int, default=None, metavar="N",
+                         help=f"every N training iterations (and at the last) score the "
+                         f"{table.replace('mdp', 'MDP')} model on the tuning instances of the "
+                         f"paper's cells it plays (200 each, the split `bench baselines` tunes "
+                         f"its baselines on, apart from the test instances) and keep the "
+                         f"weights with the best mean return per {unit}; default (or 0): "
+                         "keep the last")
     rl2.add_argument("--json-dir", type=Path, default=None, metavar="DIR",
                      help="also write each cell's numbers alone to DIR/bandit-10x5.json, "
                      "DIR/mdp-10.json, ... (what --combine reads; DVC runs cells that share "
@@ -264,7 +272,9 @@ def _bench_rl2(args: argparse.Namespace) -> None:
                       bandit_overrides=p.bandit, mdp_overrides=p.mdp,
                       time_budget=p.time_budget, checkpoints=args.checkpoints,
                       mdp_seeds=p.mdp_seeds, bandit_train_pulls=p.bandit_train_pulls,
-                      mdp_train_episodes=p.mdp_train_episodes, json_dir=args.json_dir)
+                      mdp_train_episodes=p.mdp_train_episodes, json_dir=args.json_dir,
+                      bandit_select_every=p.bandit_select_every,
+                      mdp_select_every=p.mdp_select_every)
     elif args.combine is not None:
         combine(args.cells, args.combine, table, json_path=json_path)
     else:
@@ -275,7 +285,8 @@ def _bench_rl2(args: argparse.Namespace) -> None:
                   time_budget=args.time_budget, checkpoints=args.checkpoints,
                   mdp_seeds=args.mdp_seeds, bandit_train_pulls=_train_pulls(args),
                   mdp_train_episodes=args.mdp_train_episodes or None,
-                  json_dir=args.json_dir)
+                  json_dir=args.json_dir, bandit_select_every=args.bandit_select_every or None,
+                  mdp_select_every=args.mdp_select_every or None)
     if table is not None:
         atomic_write_text(args.out, table.getvalue())
     if args.plot is not None:

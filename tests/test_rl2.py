@@ -1117,3 +1117,82 @@ def test_a_params_file_takes_a_list_of_mdp_training_lengths(tmp_path: Any) -> No
     path.write_text("mdp_train_episodes: [10, ten]\n")
     with pytest.raises(ConfigError, match="mdp_train_episodes"):
         read_params(path)
+
+
+def test_select_every_keeps_the_checkpoint_best_on_tuning_instances(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import re
+
+    from pipelines.cli import main
+
+    base = ["bench", "rl2", "--instances", "30", "--cells", "10", "--mdp", "hidden_size=8",
+            "meta_batch_size=4", "lr=0.05"]
+    assert main([*base, "--iterations", "6", "--mdp-select-every", "2", "--json",
+                 str(tmp_path / "sel.json")]) == 0
+    captured = capsys.readouterr()
+    assert "MDP cells: RL² keeps, of checks every 2 training iterations, the weights that " \
+        "scored best on the tuning instances (200 per cell it plays" in captured.out
+    checks = re.findall(r"iteration (\d+), tuning-instance score ([0-9.]+) per step \(best "
+                        r"([0-9.]+), iteration (\d+)\)", captured.err)
+    assert [int(c[0]) for c in checks] == [2, 4, 6]
+    kept = int(checks[-1][3])
+    assert float(checks[-1][2]) == max(float(c[1]) for c in checks)
+    row = next(line for line in captured.out.splitlines() if " RL2 s0 " in line)
+    assert f"6 it, kept it {kept} (best of 3 checks on tuning instances)" in row
+    # the weights kept are those of iteration `kept`: a run stopped there scores the same
+    assert main([*base, "--iterations", str(kept), "--json", str(tmp_path / "plain.json")]) == 0
+    capsys.readouterr()
+    sel = json.loads((tmp_path / "sel.json").read_text())
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert sel["cells"]["mdp n=10"]["rl2"] == pytest.approx(plain["cells"]["mdp n=10"]["rl2"])
+    assert sel["settings"]["mdp_select_every"] == 2
+    # in two runs from a checkpoint: the same checks, the same pick
+    ckpt = tmp_path / "ckpt"
+    for iterations in ("3", "6"):
+        assert main([*base, "--iterations", iterations, "--mdp-select-every", "2",
+                     "--checkpoints", str(ckpt), "--json", str(tmp_path / "pieces.json")]) == 0
+    err = capsys.readouterr().err
+    assert [int(x) for x in re.findall(r"iteration (\d+), tuning-instance", err)] == [2, 3, 4, 6]
+    pieces = json.loads((tmp_path / "pieces.json").read_text())
+    row = pieces["cells"]["mdp n=10"]["rows"][0]["setting"]
+    # the first run's last check (3) is one more candidate than the straight run had
+    best = max(((float(s), int(i)) for i, s in re.findall(
+        r"iteration (\d+), tuning-instance score ([0-9.]+)", err)), key=lambda t: t[0])
+    assert f"kept it {best[1]} (best of 4 checks" in row
+    assert main([*base, "--iterations", "1", "--mdp-select-every", "-1"]) == 2
+    assert "--mdp-select-every -1: must be >= 1 (training iterations between checks)" in (
+        capsys.readouterr().err)
+
+
+def test_select_every_scores_the_papers_cells_a_model_plays() -> None:
+    from pipelines.bench_rl2 import (
+        VALIDATION_INSTANCES,
+        _validation,
+        load_reference,
+        mdp_training_lengths,
+        training_pulls,
+    )
+
+    reference = load_reference()
+
+    def cells(table: str, cell: tuple[int, int], trains_like: Any) -> list[tuple[int, int]]:
+        found = _validation(table, cell, trains_like, 0, reference)
+        assert all(len(v.tasks) == VALIDATION_INSTANCES for v in found)
+        return [(v.steps, len(v.tasks[0].get("probs", ()))) for v in found]
+
+    def pulls(c: tuple[int, int]) -> tuple[int, int]:
+        return training_pulls(c[0], 100), c[1]
+
+    assert cells("bandit", (500, 5), pulls) == [(100, 5), (500, 5)]
+    assert cells("bandit", (10, 5), pulls) == [(10, 5)]
+    assert cells("bandit", (30, 3), pulls) == [(30, 3)]  # not a paper cell: itself
+    assert [n for n, _ in cells("mdp", (10, 0), lambda c: mdp_training_lengths(
+        c[0], (10, 25)))] == [10, 25, 50, 75, 100]
+    assert [n for n, _ in cells("mdp", (25, 0), lambda c: (c[0],))] == [25]
+    # tuning instances, not the test ones: the split `bench baselines` tunes on
+    bandit = _validation("bandit", (10, 5), pulls, 0, reference)[0]
+    from pipelines.bench_baselines import _seed
+
+    test = bandit.family.sample(VALIDATION_INSTANCES, np.random.default_rng(_seed(0, 1, 10, 5, 0)))
+    assert [t["probs"] for t in bandit.tasks] != [t["probs"] for t in test]
