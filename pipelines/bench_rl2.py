@@ -529,11 +529,11 @@ class BenchRL2Params:
     this many episodes; null: every cell trains on its own; a list (``[10, 25]``): every cell
     at least as long as the first is played by one model trained on trials of each listed
     length in turn, one iteration each (:func:`mdp_training_lengths`).
-    ``benchmarks/rl2/params.yaml`` sets ``[10, 25]``. With 10 alone the n = 10 cell's model
-    (2000 iterations) played n = 25 / 50 / 75 / 100 at 435.8 / 920.3 / 1400.5 / 1905.8, where
-    200 iterations on their own trials had reached 417.2 / 812.6 / 1235.1 / — (seed 0); with
-    10 and 25 in turn 800 iterations reached n = 10 / 25 / 50 / 100 156.3 / 436.7 / 921.5 /
-    1904.3 (seed 0, ``benchmarks/rl2/mdp-mixed-cpu/``)."""
+    ``benchmarks/rl2/params.yaml`` sets 10: the n = 10 cell's model (2000 iterations) played
+    n = 25 / 50 / 75 / 100 at 435.8 / 920.3 / 1400.5 / 1905.8, where 200 iterations on their own
+    trials had reached 417.2 / 812.6 / 1235.1 / — (seed 0). ``[10, 25]`` (2000 iterations,
+    1.9x the time) scored 158.4 / 436.2 / 918.1 / 1396.6 / 1898.8 on n = 10 to 100 (seed 0;
+    seed 1 also under the 10-episode model on the long rows; ``benchmarks/rl2/mdp-mixed-cpu/``)."""
     runs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """For ``benchmarks/rl2/dvc.yaml`` only (the bench ignores it): its stages, each a group of
     cells run in one process (``--cells``), so that cells sharing a trained model train it
