@@ -325,19 +325,19 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
               obs_dim: int, num_actions: int, episodes_per_trial: int, config: RL2Config,
               iterations: int, test_tasks: list[dict], seeds: Sequence[int], keys: tuple[int, ...],
               paper: float | None, device: str, progress: TextIO,
-              time_budget: float | None = None, checkpoints: Path | None = None,
-              training: Training | None = None,
+              time_budget: float | None, checkpoints: Path | None, train: Training,
               trained: dict[tuple[str, int], tuple[RL2, int, str, str]] | None = None
               ) -> list[Row]:
     """RL² rows of one cell: per seed, train (or resume, or reuse) and score.
 
-    ``trained`` holds the models this run trained so far, by training cell and seed, with
-    their iterations, note and the cell that trained them: a cell that trains on the same
-    cell as an earlier one (a long bandit cell on the shorter cell's trials; a longer MDP
-    cell) is played by that model, not trained again.
+    ``train`` is what the cell's model trains on (its own trials, or a shorter cell's, or
+    several lengths in turn) and how it is selected. ``trained`` holds the models this run
+    trained so far, by training cell and seed, with their iterations, note and the cell that
+    trained them: a cell that trains on the same cell as an earlier one (a long bandit cell
+    on the shorter cell's trials; a longer MDP cell) is played by that model, not trained
+    again.
     """
     short = cell.replace("n=", "").replace(" k=", "x")  # as --cells names it
-    train = training or Training(family, episodes_per_trial, keys, f"{table}-{short}")
     rows, per_seed = [], []
     for s in seeds:
         start = time.perf_counter()
