@@ -326,8 +326,8 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
               iterations: int, test_tasks: list[dict], seeds: Sequence[int], keys: tuple[int, ...],
               paper: float | None, device: str, progress: TextIO,
               time_budget: float | None, checkpoints: Path | None, train: Training,
-              trained: dict[tuple[str, int], tuple[RL2, int, str, str]] | None = None
-              ) -> list[Row]:
+              trained: dict[tuple[str, int], tuple[RL2, int, str, str]] | None = None,
+              workers: int = 1) -> tuple[list[Row], int]:
     """RL² rows of one cell: per seed, train (or resume, or reuse) and score.
 
     ``train`` is what the cell's model trains on (its own trials, or a shorter cell's, or
@@ -335,20 +335,31 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
     trained so far, by training cell and seed, with their iterations, note and the cell that
     trained them: a cell that trains on the same cell as an earlier one (a long bandit cell
     on the shorter cell's trials; a longer MDP cell) is played by that model, not trained
-    again.
+    again. ``workers`` > 1 trains the seeds still to train that many at a time, each in a
+    process of its own (:func:`_train_in_workers`): the same models as one after another.
+    Returns the rows and how many seeds trained at a time (1: one after another, or none).
     """
     short = cell.replace("n=", "").replace(" k=", "x")  # as --cells names it
     rows, per_seed = [], []
+    todo = [s for s in seeds if trained is None or (train.cell, s) not in trained]
+    args = (table, cell, train, obs_dim, num_actions, config, iterations, device)
+    parallel = min(workers, len(todo)) if len(todo) > 1 else 1
+    ready = (_train_in_workers(args, todo, parallel, time_budget, checkpoints)
+             if parallel > 1 else {})
     for s in seeds:
-        start = time.perf_counter()
+        start, before = time.perf_counter(), 0.0
         if trained is not None and (train.cell, s) in trained:
             algo, done, how, name = trained[(train.cell, s)]
             print(f"  {table} {cell} seed {s}: the {name} cell's model, trained above",
                   file=progress, flush=True)
             what, timed = f"{done} it{train.on}{how}: the {name} {REUSED}", "eval"
         else:
-            algo, done, how = _train_seed(table, cell, s, train, obs_dim, num_actions, config,
-                                          iterations, device, progress, time_budget, checkpoints)
+            if s in ready:  # trained in a worker: its own seconds count for this seed
+                algo, done, how, before = ready[s]
+            else:
+                algo, done, how = _train_seed(table, cell, s, train, obs_dim, num_actions,
+                                              config, iterations, device, progress,
+                                              time_budget, checkpoints)
             if trained is not None:
                 trained[(train.cell, s)] = (algo, done, how, short)
             what, timed = f"{done} it{train.on}{how}", "train+eval"
@@ -356,12 +367,13 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
             _seed(11, *keys, s)), family=family, episodes_per_trial=episodes_per_trial)
         per_seed.append(returns)
         mean, half = _summary(returns)
+        seconds = before + time.perf_counter() - start
         rows.append(Row(table, cell, f"RL2 s{s}", mean, half, paper,
-                        f"{what}, {time.perf_counter() - start:.0f} s {timed}"))
+                        f"{what}, {seconds:.0f} s {timed}"))
     if len(seeds) > 1:
         mean, half = _summary(np.mean(per_seed, axis=0))
         rows.append(Row(table, cell, "RL2 mean", mean, half, paper, f"{len(seeds)} seeds"))
-    return rows
+    return rows, parallel
 
 
 def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
@@ -417,6 +429,52 @@ def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
         kept = (f", kept it {best['iteration']} (best of {best['checks']} checks on tuning "
                 "instances)")
     return algo, done, f"{since}{stopped}{kept}"
+
+
+def _train_in_workers(args: tuple[Any, ...], seeds: Sequence[int], workers: int,
+                      time_budget: float | None, checkpoints: Path | None
+                      ) -> dict[int, tuple[RL2, int, str, float]]:
+    """Train ``seeds`` (:func:`_train_seed`'s ``args``, less the seed) ``workers`` at a time.
+
+    Each seed trains in a process of its own (spawned, one torch thread: on a 2-core machine
+    two such processes run at full speed side by side, where one process with two threads
+    gains little) exactly as :func:`_train_seed` would here: same seed, tasks and minibatches,
+    so the same weights. Workers print their progress on this process's stderr. Returns per
+    seed the agent (rebuilt here with the trained weights), its iterations, the note, and the
+    seconds its training took in the worker.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    table, cell, train, obs_dim, num_actions, config, iterations, device = args
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=torch.set_num_threads,
+            initargs=(1,)) as pool:
+        futures = {s: pool.submit(_train_worker, table, cell, s, train, obs_dim, num_actions,
+                                  config, iterations, device, time_budget, checkpoints)
+                   for s in seeds}
+        done = {s: future.result() for s, future in futures.items()}
+    out = {}
+    for s, (weights, iters, how, seconds) in done.items():
+        algo = RL2(train.family, obs_dim, num_actions, train.episodes_per_trial, config,
+                   seed=_seed(10, *train.keys, s), device=device)
+        algo.model.load_state_dict(weights)
+        algo.iteration = iters
+        out[s] = (algo, iters, how, seconds)
+    return out
+
+
+def _train_worker(table: str, cell: str, s: int, train: Training, obs_dim: int,
+                  num_actions: int, config: RL2Config, iterations: int, device: str,
+                  time_budget: float | None, checkpoints: Path | None
+                  ) -> tuple[dict[str, torch.Tensor], int, str, float]:
+    """:func:`_train_seed` in a worker process: the weights (on the CPU), iterations, note, s."""
+    start = time.perf_counter()
+    algo, done, how = _train_seed(table, cell, s, train, obs_dim, num_actions, config,
+                                  iterations, device, sys.stderr, time_budget, checkpoints)
+    weights = {k: v.detach().cpu() for k, v in algo.model.state_dict().items()}
+    return weights, done, how, time.perf_counter() - start
 
 
 def _select(algo: RL2, train: Training, done: int, best: dict[str, Any] | None, device: str,
@@ -534,6 +592,9 @@ class BenchRL2Params:
     trials had reached 417.2 / 812.6 / 1235.1 / — (seed 0). ``[10, 25]`` (2000 iterations,
     1.9x the time) scored 158.4 / 436.2 / 918.1 / 1396.6 / 1898.8 on n = 10 to 100 (seed 0;
     seed 1 also under the 10-episode model on the long rows; ``benchmarks/rl2/mdp-mixed-cpu/``)."""
+    workers: int = 1
+    """Seeds of a cell trained at a time, one process and torch thread each (the same
+    models as one after another); ``--workers`` replaces it."""
     runs: dict[str, Any] = dataclasses.field(default_factory=dict)
     """For ``benchmarks/rl2/dvc.yaml`` only (the bench ignores it): its stages, each a group of
     cells run in one process (``--cells``), so that cells sharing a trained model train it
@@ -622,6 +683,8 @@ class CellRun:
     rl2_seconds: float
     """Wall-clock of RL²'s training and scoring, all seeds."""
     baseline_seconds: float
+    workers: int = 1
+    """Seeds trained at a time (``--workers``, capped at the seeds this cell trained)."""
 
 
 def results_json(runs: Sequence[CellRun], reached: dict[str, list[int]],
@@ -643,6 +706,7 @@ def results_json(runs: Sequence[CellRun], reached: dict[str, list[int]],
                 cell[row.method] = row.ours
         cell["wall_clock_s"] = {"rl2": round(run.rl2_seconds, 1),
                                 "baselines": round(run.baseline_seconds, 1)}
+        cell["train_workers"] = run.workers
         cell["rows"] = [dataclasses.asdict(row) for row in run.rows]
     return {"cells": cells,
             "at_or_above_paper": {"bandit": reached["bandit"][0],
@@ -662,7 +726,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               bandit_train_pulls: int | None = BANDIT_TRAIN_PULLS,
               mdp_train_episodes: int | Sequence[int] | None = None,
               json_dir: Path | None = None, bandit_select_every: int | None = None,
-              mdp_select_every: int | None = None) -> list[Row]:
+              mdp_select_every: int | None = None, workers: int = 1) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
 
     With ``json_path``, also write :func:`results_json` there (atomically).
@@ -700,10 +764,14 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         mdp_select_every: likewise for the MDP cells (return per episode).
         json_dir: also write each cell's :func:`results_json` alone to
             ``json_dir/<table>-<cell>.json`` (what ``--combine`` reads), atomically.
+        workers: train a cell's seeds this many at a time, each in a process of its own
+            with one torch thread (the same models as one after another; 2 on a 2-core
+            machine). The rows' seconds are each seed's own; a cell's wall-clock line is
+            the time it took.
 
     Raises:
-        ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances``, ``iterations`` or
-            ``bandit_train_pulls``.
+        ValueError: bad ``tables``, ``cells``, ``seeds``, ``instances``, ``iterations``,
+            ``bandit_train_pulls`` or ``workers``.
         ConfigError: a bad RL² setting in the overrides.
 
     """
@@ -720,6 +788,9 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
             raise ValueError(f"{option} {every!r}: must be >= 1 (training iterations between "
                              "checks); to keep the last weights: null in a params file, 0 on "
                              "the command line")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"--workers {workers!r}: must be >= 1 (seeds trained at a time, one "
+                         "process and torch thread each; 1: one after another)")
     if mdp_train_episodes is not None and not isinstance(mdp_train_episodes, int):
         listed = list(mdp_train_episodes)  # as the JSON settings hold it; [10] is 10
         mdp_train_episodes = listed[0] if len(listed) == 1 else listed
@@ -764,15 +835,15 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                 "bandit", (n, k), lambda c: (training_pulls(c[0], bandit_train_pulls), c[1]),
                 instance_seed, reference),
             select_every=bandit_select_every)
-        cell_rows = _rl2_rows("bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m],
-                              iterations or default_iterations("bandit", m), test, seeds,
-                              (instance_seed, n, k), paper, device, progress, time_budget,
-                              checkpoints, training, trained)
+        cell_rows, parallel = _rl2_rows(
+            "bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m],
+            iterations or default_iterations("bandit", m), test, seeds, (instance_seed, n, k),
+            paper, device, progress, time_budget, checkpoints, training, trained, workers)
         base_start = time.perf_counter()
         cell_rows += [r for r in bandit_cell(n, k, instances, instance_seed, device, reference)
                       if r.method in BANDIT_BASELINES]
         runs.append(CellRun("bandit", f"{n}x{k}", cell_rows, base_start - start,
-                            time.perf_counter() - base_start))
+                            time.perf_counter() - base_start, parallel))
         _report(runs[-1], reached, out)
     for n in mdp:
         start = time.perf_counter()
@@ -793,15 +864,15 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                 "mdp", (n, 0), lambda c: mdp_training_lengths(c[0], mdp_train_episodes),
                 instance_seed, reference),
             select_every=mdp_select_every)
-        cell_rows = _rl2_rows("mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n,
-                              mdp_config, iterations or default_iterations("mdp", m), test,
-                              mdp_seeds, (instance_seed, n), paper, device, progress,
-                              time_budget, checkpoints, training, trained)
+        cell_rows, parallel = _rl2_rows(
+            "mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n, mdp_config,
+            iterations or default_iterations("mdp", m), test, mdp_seeds, (instance_seed, n),
+            paper, device, progress, time_budget, checkpoints, training, trained, workers)
         base_start = time.perf_counter()
         cell_rows += [r for r in mdp_cell(n, instances, instance_seed, device, reference)
                       if r.method in MDP_BASELINES]
         runs.append(CellRun("mdp", str(n), cell_rows, base_start - start,
-                            time.perf_counter() - base_start))
+                            time.perf_counter() - base_start, parallel))
         _report(runs[-1], reached, out)
     rows = _finish(runs, reached, settings, out, json_path)
     if json_dir is not None:
@@ -852,7 +923,8 @@ def combine(cells: Sequence[str] | None, folder: Path, out: TextIO | None = None
             rows = [Row(**row) for row in entry["rows"]]
             run_settings = data["settings"]
             run = CellRun(table, cell, rows, float(entry["wall_clock_s"]["rl2"]),
-                          float(entry["wall_clock_s"]["baselines"]))
+                          float(entry["wall_clock_s"]["baselines"]),
+                          int(entry.get("train_workers", 1)))
         except FileNotFoundError:
             raise ValueError(f"--combine: no {path}; run the cell first: metarl bench rl2 "
                              f"--cells {cell} --json {path}") from None
@@ -973,6 +1045,8 @@ def _report(run: CellRun, reached: dict[str, list[int]], out: TextIO) -> None:
         name = played[0].split(REUSED)[0].rsplit("the ", 1)[-1].strip()
         seeds = ("all seeds, evaluation only: training is counted in the "
                  f"{_row_cell(run.table, name)} cell's line")
+    elif run.workers > 1:
+        seeds = f"all seeds, trained {run.workers} at a time"
     print(f"  wall-clock: RL² {run.rl2_seconds:.0f} s ({seeds}), baselines "
           f"{run.baseline_seconds:.0f} s", file=out, flush=True)
     ours = [r for r in run.rows if r.method.startswith("RL2")][-1]

@@ -169,6 +169,11 @@ def _parser() -> argparse.ArgumentParser:
                          f"its baselines on, apart from the test instances) and keep the "
                          f"weights with the best mean return per {unit}; default (or 0): "
                          "keep the last")
+    rl2.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="train a cell's seeds N at a time, each in a process of its own with "
+                     "one torch thread (the same models as one after another); 2 on a 2-core "
+                     "machine trains three seeds in about two seeds' time (default 1, or the "
+                     "params file's `workers`)")
     rl2.add_argument("--json-dir", type=Path, default=None, metavar="DIR",
                      help="also write each cell's numbers alone to DIR/bandit-10x5.json, "
                      "DIR/mdp-10.json, ... (what --combine reads; DVC runs cells that share "
@@ -274,7 +279,8 @@ def _bench_rl2(args: argparse.Namespace) -> None:
                       mdp_seeds=p.mdp_seeds, bandit_train_pulls=p.bandit_train_pulls,
                       mdp_train_episodes=p.mdp_train_episodes, json_dir=args.json_dir,
                       bandit_select_every=p.bandit_select_every,
-                      mdp_select_every=p.mdp_select_every)
+                      mdp_select_every=p.mdp_select_every,
+                      workers=p.workers if args.workers is None else args.workers)
     elif args.combine is not None:
         combine(args.cells, args.combine, table, json_path=json_path)
     else:
@@ -286,7 +292,8 @@ def _bench_rl2(args: argparse.Namespace) -> None:
                   mdp_seeds=args.mdp_seeds, bandit_train_pulls=_train_pulls(args),
                   mdp_train_episodes=args.mdp_train_episodes or None,
                   json_dir=args.json_dir, bandit_select_every=args.bandit_select_every or None,
-                  mdp_select_every=args.mdp_select_every or None)
+                  mdp_select_every=args.mdp_select_every or None,
+                  workers=1 if args.workers is None else args.workers)
     if table is not None:
         atomic_write_text(args.out, table.getvalue())
     if args.plot is not None:

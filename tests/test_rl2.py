@@ -1196,3 +1196,42 @@ def test_select_every_scores_the_papers_cells_a_model_plays() -> None:
 
     test = bandit.family.sample(VALIDATION_INSTANCES, np.random.default_rng(_seed(0, 1, 10, 5, 0)))
     assert [t["probs"] for t in bandit.tasks] != [t["probs"] for t in test]
+
+
+def test_workers_train_a_cells_seeds_at_once_into_the_same_models(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipelines.cli import main
+
+    base = ["bench", "rl2", "--instances", "40", "--cells", "10x5", "--seeds", "0", "1", "2",
+            "--bandit", "hidden_size=8", "meta_batch_size=8", "lr=0.05"]
+    assert main([*base, "--iterations", "3", "--json", str(tmp_path / "one.json")]) == 0
+    capsys.readouterr()
+    # three seeds, two processes: the pool is reused for the third
+    assert main([*base, "--iterations", "3", "--workers", "2", "--json-dir",
+                 str(tmp_path / "cells"), "--json", str(tmp_path / "two.json")]) == 0
+    captured = capsys.readouterr()
+    assert "wall-clock: RL² " in captured.out and "(all seeds, trained 2 at a time)" in captured.out
+    one = json.loads((tmp_path / "one.json").read_text())["cells"]["bandit n=10 k=5"]
+    two = json.loads((tmp_path / "two.json").read_text())["cells"]["bandit n=10 k=5"]
+    assert two["train_workers"] == 2 and one["train_workers"] == 1
+    scores = [(r["method"], r["ours"], r["half_width"]) for r in one["rows"]]
+    assert [(r["method"], r["ours"], r["half_width"]) for r in two["rows"]] == scores
+    assert len({s for m, s, _ in scores if m.startswith("RL2 s")}) == 3  # three models
+    assert all("3 it, " in r["setting"] for r in two["rows"] if r["method"].startswith("RL2 s"))
+    # --combine reprints the cell as run
+    assert main(["bench", "rl2", "--cells", "10x5", "--combine", str(tmp_path / "cells")]) == 0
+    assert "(all seeds, trained 2 at a time)" in capsys.readouterr().out
+    # workers write and resume checkpoints as one process does: 2 + 1 iterations = 3
+    ckpt = tmp_path / "ckpt"
+    for iterations in ("2", "3"):
+        assert main([*base, "--iterations", iterations, "--workers", "2", "--checkpoints",
+                     str(ckpt), "--json", str(tmp_path / "pieces.json")]) == 0
+    assert sorted(p.name for p in ckpt.iterdir()) == [f"bandit-10x5-s{s}.pt" for s in range(3)]
+    pieces = json.loads((tmp_path / "pieces.json").read_text())["cells"]["bandit n=10 k=5"]
+    assert [(r["method"], r["ours"]) for r in pieces["rows"]] == [(m, s) for m, s, _ in scores]
+    assert "3 it (resumed at 2), " in pieces["rows"][0]["setting"]
+    capsys.readouterr()
+    assert main([*base, "--iterations", "1", "--workers", "0"]) == 2
+    assert "--workers 0: must be >= 1 (seeds trained at a time" in capsys.readouterr().err
