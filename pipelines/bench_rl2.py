@@ -255,6 +255,10 @@ class Training:
     """Check every this many iterations (and at the last) and keep the weights that scored
     best, their mean return per step over ``validation``; ``None``: keep the last weights."""
 
+    def seed(self, s: int) -> int:
+        """The RL² seed of training seed ``s`` (weights, tasks, rollouts)."""
+        return _seed(10, *self.keys, s)
+
     @property
     def on(self) -> str:
         """The note as it follows the iterations in a row or a progress line (`` on 100 pulls``)."""
@@ -342,9 +346,9 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
     short = cell.replace("n=", "").replace(" k=", "x")  # as --cells names it
     rows, per_seed = [], []
     todo = [s for s in seeds if trained is None or (train.cell, s) not in trained]
-    args = (table, cell, train, obs_dim, num_actions, config, iterations, device)
     parallel = min(workers, len(todo)) if len(todo) > 1 else 1
-    ready = (_train_in_workers(args, todo, parallel, time_budget, checkpoints)
+    ready = (_train_in_workers(table, cell, todo, train, obs_dim, num_actions, config,
+                               iterations, device, time_budget, checkpoints, parallel)
              if parallel > 1 else {})
     for s in seeds:
         start, before = time.perf_counter(), 0.0
@@ -386,7 +390,7 @@ def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
     60 s)`` or nothing.
     """
     start = time.perf_counter()
-    seed = _seed(10, *train.keys, s)
+    seed = train.seed(s)
     algo = RL2(train.family, obs_dim, num_actions, train.episodes_per_trial, config,
                seed=seed, device=device)
     path = None if checkpoints is None else checkpoints / f"{train.cell}-s{s}.pt"
@@ -431,10 +435,11 @@ def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
     return algo, done, f"{since}{stopped}{kept}"
 
 
-def _train_in_workers(args: tuple[Any, ...], seeds: Sequence[int], workers: int,
-                      time_budget: float | None, checkpoints: Path | None
-                      ) -> dict[int, tuple[RL2, int, str, float]]:
-    """Train ``seeds`` (:func:`_train_seed`'s ``args``, less the seed) ``workers`` at a time.
+def _train_in_workers(table: str, cell: str, seeds: Sequence[int], train: Training,
+                      obs_dim: int, num_actions: int, config: RL2Config, iterations: int,
+                      device: str, time_budget: float | None, checkpoints: Path | None,
+                      workers: int) -> dict[int, tuple[RL2, int, str, float]]:
+    """Train ``seeds`` as :func:`_train_seed` does, ``workers`` at a time.
 
     Each seed trains in a process of its own (spawned, one torch thread: on a 2-core machine
     two such processes run at full speed side by side, where one process with two threads
@@ -446,7 +451,6 @@ def _train_in_workers(args: tuple[Any, ...], seeds: Sequence[int], workers: int,
     import concurrent.futures
     import multiprocessing
 
-    table, cell, train, obs_dim, num_actions, config, iterations, device = args
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=torch.set_num_threads,
@@ -458,7 +462,7 @@ def _train_in_workers(args: tuple[Any, ...], seeds: Sequence[int], workers: int,
     out = {}
     for s, (weights, iters, how, seconds) in done.items():
         algo = RL2(train.family, obs_dim, num_actions, train.episodes_per_trial, config,
-                   seed=_seed(10, *train.keys, s), device=device)
+                   seed=train.seed(s), device=device)
         algo.model.load_state_dict(weights)
         algo.iteration = iters
         out[s] = (algo, iters, how, seconds)
