@@ -146,7 +146,12 @@ def _load_rl2(weights_path: Path, config: dict[str, Any]) -> RL2Learner:
         raise ValueError(f"{weights_path}: parameters do not match the RL² architecture in "
                          "its config (obs_dim, num_actions/action_dim, hidden_size, inputs, head)")
     model.load_state_dict(params)
-    return RL2Learner(model.eval())
+    clocked = bool(config.get("algo_config", {}).get("trial_clock", False))
+    if clocked and not isinstance(config.get("episodes_per_trial"), int):
+        raise ValueError("checkpoint config: a model trained with trial_clock needs its "
+                         "episodes_per_trial; re-train to produce a full one")
+    return RL2Learner(model.eval(),
+                      trial_length=int(config["episodes_per_trial"]) if clocked else None)
 
 
 def read_config(path: Path) -> dict[str, Any]:

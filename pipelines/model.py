@@ -12,7 +12,8 @@ obs_dim]``, ``prev_action [B, T]`` (int64, ``-1`` at the trial's first step; con
 ``[B, T, action_dim]`` float32, zeros at the first step), ``prev_reward [B, T]`` and
 ``prev_done [B, T]`` (float32, 1.0 where the previous step ended an episode); the output is
 the greedy action at every step (the GRU run from a fresh state over the ``T`` steps), the last
-one being what to do now.
+one being what to do now. A model trained with a trial clock (``trial_clock``) counts the
+trial's episodes from ``prev_done`` and reads the clock it was trained with.
 """
 
 from __future__ import annotations
@@ -71,12 +72,16 @@ class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defi
 
 
 def _predict_rl2(learner: Any, model_input: dict[str, Any]) -> np.ndarray:
+    from metarl.algos.rl2 import with_clock
+
     model = learner.model
     obs = torch.as_tensor(np.asarray(model_input["obs"], dtype=np.float32))
     act_dtype = np.int64 if model.discrete else np.float32
     prev_action = torch.as_tensor(np.asarray(model_input["prev_action"], dtype=act_dtype))
     prev_reward = torch.as_tensor(np.asarray(model_input["prev_reward"], dtype=np.float32))
     prev_done = torch.as_tensor(np.asarray(model_input["prev_done"], dtype=np.float32))
+    if learner.trial_length is not None:  # the trial clock: the episodes the trial has played
+        obs = with_clock(obs, prev_done.cumsum(-1), learner.trial_length)
     # the observation each previous action was taken in: the previous step's (the sequence's
     # first step has none)
     prev_obs = torch.cat([torch.zeros_like(obs[..., :1, :]), obs[..., :-1, :]], dim=-2)

@@ -807,6 +807,73 @@ def test_served_rl2_model_derives_the_previous_observation_from_the_trial() -> N
     assert len(set(batch.actions.flatten().tolist())) > 1  # not one constant action
 
 
+def test_trial_clock_counts_the_episodes_a_trial_has_played() -> None:
+    # RL2Config.trial_clock: the observation the GRU reads ends with episode / n, in
+    # training, in evaluate (over the n asked), and the model's obs_dim counts it.
+    from metarl.algos.rl2 import RL2
+
+    family = TabularMDPFamily(TabularMDPFamilyConfig(horizon=2, num_episodes=3))
+    config = RL2Config(hidden_size=8, meta_batch_size=2, trials_per_task=2, num_minibatches=1,
+                       inputs="pair_code", head="bilinear", trial_clock=True)
+    algo = RL2(family, 10, 5, 3, config, seed=0)
+    assert algo.model.obs_dim == 11
+    env = family.make_env(family.sample(2, np.random.default_rng(0)), 2)
+    batch = collect_trials(algo.model, env, 3, torch.Generator().manual_seed(0), clock=True)
+    assert batch.inputs.shape[:2] == (4, 6)
+    expected = torch.tensor([0, 0, 1, 1, 2, 2]) / 3
+    torch.testing.assert_close(batch.inputs[:, :, 10], expected.expand(4, 6))
+    assert torch.equal(batch.inputs[:, :, :10].sum(-1), torch.ones(4, 6))  # the one-hot state
+    # the pair code's previous observation carries the previous step's clock
+    pair = batch.inputs[:, 3, 11 + 5 + 2:11 + 5 + 2 + 55].reshape(4, 11, 5)
+    torch.testing.assert_close(pair[:, 10].sum(-1), torch.full((4,), 1 / 3))
+    algo.train_step()
+    long = TabularMDPFamily(TabularMDPFamilyConfig(horizon=2, num_episodes=6))
+    scores = algo.evaluate(long.sample(3, np.random.default_rng(1)),
+                           torch.Generator().manual_seed(0), family=long, episodes_per_trial=6)
+    assert scores.shape == (3,)
+    with pytest.raises(ConfigError, match="trial_clock"):
+        RL2Config(trial_clock=1)  # type: ignore[arg-type]
+
+
+def test_clocked_learner_acts_in_the_evaluator_and_registry_as_in_training(
+        tmp_path: Any) -> None:
+    # The contract (explore / adapt per episode), a checkpoint of it and the served model
+    # must read the same clock as collect_trials: greedy, same noise, same actions.
+    from metarl.algos.rl2 import RL2
+    from metarl.checkpoint import load_learner, rl2_config, save_params
+    from metarl.sampler import rollout
+    from pipelines.model import _predict_rl2
+
+    family = TabularMDPFamily(TabularMDPFamilyConfig(horizon=3, num_episodes=4))
+    config = RL2Config(hidden_size=16, inputs="pair_code", head="bilinear", trial_clock=True)
+    algo = RL2(family, 10, 5, 4, config, seed=3)
+    tasks = family.sample(5, np.random.default_rng(0))
+    batch = collect_trials(algo.model, family.make_env(tasks, 1), 4,
+                           torch.Generator().manual_seed(1), greedy=True, clock=True)
+    assert len(set(batch.actions.flatten().tolist())) > 1  # not one constant action
+    save_params(dict(algo.model.state_dict()), tmp_path / "rl2.pt")
+    saved = rl2_config(algo.model, algo_config={"trial_clock": True}, episodes_per_trial=4)
+    for learner in (algo.learner(), load_learner(tmp_path / "rl2.pt", saved)):
+        learner.greedy = True
+        assert learner.trial_length == 4
+        params, env = learner.initial_params(5), family.make_env(tasks, 1)
+        generator, actions = torch.Generator().manual_seed(1), []
+        for episode in range(4):
+            episodes = rollout(learner.explore(params), env, generator)
+            actions.append(episodes.actions[:, 0])
+            params = learner.adapt(params, episodes)
+            assert torch.equal(params["episode"], torch.full((5, 1), episode + 1))
+        assert torch.equal(torch.cat(actions, dim=1), batch.actions)
+    start = torch.full((5, 1), -1)
+    trial = {"obs": batch.inputs[..., :10].numpy(),
+             "prev_action": torch.cat([start, batch.actions[:, :-1]], 1).numpy(),
+             "prev_reward": torch.cat([torch.zeros(5, 1), batch.rewards[:, :-1]], 1).numpy(),
+             "prev_done": torch.cat([torch.zeros(5, 1), batch.dones[:, :-1]], 1).numpy()}
+    np.testing.assert_array_equal(_predict_rl2(algo.learner(), trial), batch.actions.numpy())
+    with pytest.raises(ValueError, match="episodes_per_trial"):
+        load_learner(tmp_path / "rl2.pt", {**saved, "episodes_per_trial": None})
+
+
 def test_pair_code_and_bilinear_heads_learn_tabular_mdps_faster() -> None:
     # Random 10-state MDPs, trials of 5 episodes (random play: 50). In 40 iterations the
     # paper's encoding and heads barely move (51.3); with the reward of each (s, a) pair in its

@@ -132,6 +132,13 @@ class RL2Config:
     remembers about each state can be read out in that state without the GRU having to learn
     the selection itself. The policy still acts from its history (``o`` is part of it)."""
 
+    trial_clock: bool = False
+    """The observation also carries the fraction of the trial's episodes already played
+    (``0, 1/n, ..., (n-1)/n`` for a trial of ``n`` episodes), appended by RL² itself, like the
+    bandit observation's ``t / n``: a policy trained on short trials then plays a longer one
+    on the same schedule, stretched, instead of playing on past the end it learned (and a
+    policy trained on several lengths can tell them apart). Off: the paper's inputs."""
+
     reward_signal: str = "sampled"
     """The rewards the advantages and value targets are computed from: ``sampled``, the
     rewards the env returned (the paper); ``expected``, each step's expected reward given the
@@ -163,6 +170,8 @@ class RL2Config:
             check(value >= 0, name, value, "must be >= 0")
         check(self.critic in CRITICS, "critic", self.critic, f"must be one of {list(CRITICS)}")
         check(self.inputs in INPUTS, "inputs", self.inputs, f"must be one of {list(INPUTS)}")
+        check(isinstance(self.trial_clock, bool), "trial_clock", self.trial_clock,
+              "must be true or false")
         check(self.head in HEADS, "head", self.head, f"must be one of {list(HEADS)}")
         check(self.reward_signal in REWARD_SIGNALS, "reward_signal", self.reward_signal,
               f"must be one of {list(REWARD_SIGNALS)}")
@@ -234,6 +243,17 @@ def _cat(obs: torch.Tensor, code: torch.Tensor, prev_reward: torch.Tensor,
          prev_done: torch.Tensor) -> torch.Tensor:
     return torch.cat([obs, code, prev_reward.unsqueeze(-1).to(obs.dtype),
                       prev_done.unsqueeze(-1).to(obs.dtype)], dim=-1)
+
+
+def with_clock(obs: torch.Tensor, episode: torch.Tensor, episodes_per_trial: int
+               ) -> torch.Tensor:
+    """``obs [..., D]`` with the trial clock appended (``RL2Config.trial_clock``): ``[..., D + 1]``.
+
+    The clock is ``episode / episodes_per_trial``, ``episode [...]`` counting the trial's
+    episodes already played.
+    """
+    clock = (episode.to(obs.dtype) / episodes_per_trial).unsqueeze(-1)
+    return torch.cat([obs, clock], dim=-1)
 
 
 @torch.no_grad()
@@ -492,7 +512,8 @@ class _TaskFamily(Protocol):
 @torch.no_grad()
 def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
                    generator: torch.Generator, chunk_length: int = 0,
-                   greedy: bool = False, expected_rewards: bool = False) -> TrialBatch:
+                   greedy: bool = False, expected_rewards: bool = False,
+                   clock: bool = False) -> TrialBatch:
     """Play one trial of ``episodes_per_trial`` episodes in every slot of ``env``.
 
     The env is reset once; an episode that ends (termination, or ``env.max_steps`` steps) is
@@ -508,6 +529,8 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
         greedy: take the most likely action (the Gaussian's mean) instead of sampling.
         expected_rewards: also record every step's expected reward, ``env.mean_reward``
             of the action in the state it was taken in (``RL2Config.reward_signal``).
+        clock: append the trial clock to every observation (``RL2Config.trial_clock``; the
+            model's ``obs_dim`` counts it).
 
     """
     if env.discrete != model.discrete:
@@ -520,6 +543,9 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
     obs = env.reset(generator).float()
     n, e = env.num_tasks, env.num_envs
     b, device = n * e, obs.device
+    episode = torch.zeros(n, e, dtype=torch.long, device=device)
+    if clock:
+        obs = with_clock(obs, episode, episodes_per_trial)
     horizon = episodes_per_trial * env.max_steps
     chunk = chunk_length if chunk_length > 0 else horizon
     h = model.initial_state(b, device)
@@ -528,7 +554,6 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
     prev_done = torch.zeros(n, e, device=device)
     prev_obs = torch.zeros_like(obs)
     age = torch.zeros(n, e, dtype=torch.long, device=device)
-    episode = torch.zeros(n, e, dtype=torch.long, device=device)
     alive = torch.ones(n, e, dtype=torch.bool, device=device)
     buf: dict[str, list[torch.Tensor]] = {k: [] for k in (
         "inputs", "actions", "log_probs", "values", "rewards", "dones", "mask", "episode",
@@ -558,6 +583,8 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
         age.masked_fill_(done, 0)
         prev_obs = obs
         obs = env.reset_done(generator).float()
+        if clock:
+            obs = with_clock(obs, episode, episodes_per_trial)
         prev_action, prev_reward, prev_done = actions, reward.float(), done.float()
         if not alive.any():
             break
@@ -648,19 +675,20 @@ def ppo_loss(model: RL2Policy, batch: TrialBatch, idx: torch.Tensor, adv: torch.
 
 
 def model_for(family: _TaskFamily, hidden_size: int, generator: torch.Generator,
-              init_std: float = 0.5, inputs: str = "paper", head: str = "linear"
-              ) -> RL2Policy:
+              init_std: float = 0.5, inputs: str = "paper", head: str = "linear",
+              clock: bool = False) -> RL2Policy:
     """An :class:`RL2Policy` sized for ``family``'s observations and actions.
 
     A continuous family's Gaussian starts with standard deviation ``init_std`` times half the
     widest action range; ``inputs`` is the step encoding (discrete families), ``head`` the
-    kind of heads.
+    kind of heads; ``clock`` counts the trial clock in the observation.
     """
     env = probe_env(family)  # type: ignore[arg-type]
+    obs_dim = env.obs_dim + int(clock)
     if env.discrete:
-        return RL2Policy(env.obs_dim, env.num_actions, hidden_size, generator, inputs=inputs,
+        return RL2Policy(obs_dim, env.num_actions, hidden_size, generator, inputs=inputs,
                          head=head)
-    return RL2Policy(env.obs_dim, 0, hidden_size, generator, action_dim=env.action_dim,
+    return RL2Policy(obs_dim, 0, hidden_size, generator, action_dim=env.action_dim,
                      action_low=env.action_low, action_high=env.action_high,
                      init_std=init_std * half_action_range(env), inputs=inputs, head=head)
 
@@ -676,7 +704,7 @@ class RL2:
         family: samples tasks and builds batched envs.
         obs_dim, num_actions: the family's observation size and number of discrete actions;
             ``None`` reads both (and a continuous family's action size and bounds) from an env
-            of ``family``.
+            of ``family``. The model's ``obs_dim`` is one more with ``config.trial_clock``.
         episodes_per_trial: episodes per trial (bandit: 1; tabular MDP: ``num_episodes``).
         config: hyperparameters.
         seed: seeds the network, the training tasks and every rollout.
@@ -699,10 +727,10 @@ class RL2:
         init = torch.Generator().manual_seed(seed)
         if obs_dim is None or num_actions is None:
             model = model_for(family, config.hidden_size, init, config.init_std, config.inputs,
-                              config.head)
+                              config.head, config.trial_clock)
         else:
-            model = RL2Policy(obs_dim, num_actions, config.hidden_size, init,
-                              inputs=config.inputs, head=config.head)
+            model = RL2Policy(obs_dim + int(config.trial_clock), num_actions,
+                              config.hidden_size, init, inputs=config.inputs, head=config.head)
         self.model = model.to(device)
         if config.reward_signal == "expected":
             env = probe_env(family)  # type: ignore[arg-type]
@@ -779,7 +807,8 @@ class RL2:
         tasks = self.sample_tasks()
         env = self.family.make_env(tasks, c.trials_per_task, device=self.device)
         batch = collect_trials(self.model, env, self.episodes_per_trial, self.generator,
-                               c.bptt_length, expected_rewards=c.reward_signal == "expected")
+                               c.bptt_length, expected_rewards=c.reward_signal == "expected",
+                               clock=c.trial_clock)
         values, critic_inputs = batch.values, None
         if self.critic is not None:
             critic_x = self.critic_inputs(batch, tasks)
@@ -818,16 +847,19 @@ class RL2:
         trains on (default: the training family and trial length), e.g. a bandit family with
         more pulls per trial: its observation is the fraction of the trial played (``t / n``),
         so the policy plays the longer trial on the same schedule, stretched; a tabular-MDP
-        policy sees no clock and plays on for as many episodes as asked.
+        policy sees no clock and plays on for as many episodes as asked, unless it has the
+        trial clock (``RL2Config.trial_clock``), which then runs over the ``n`` episodes asked.
         """
         env = (family or self.family).make_env(tasks, 1, device=self.device)
         batch = collect_trials(self.model, env, episodes_per_trial or self.episodes_per_trial,
-                               generator, greedy=greedy)
+                               generator, greedy=greedy, clock=self.config.trial_clock)
         return batch.trial_returns[:, 0].double().cpu().numpy()
 
     def learner(self) -> RL2Learner:
         """The trained policy on the meta-learner contract (a copy of the current weights)."""
-        return RL2Learner(copy.deepcopy(self.model).eval())
+        return RL2Learner(copy.deepcopy(self.model).eval(),
+                          trial_length=self.episodes_per_trial if self.config.trial_clock
+                          else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -840,12 +872,16 @@ class RecurrentAct:
     Built from a context (hidden state and previous observation/action/reward/done per slot, see
     :meth:`RL2Learner.initial_params`); each call advances the GRU one step, and
     :func:`metarl.sampler.rollout` reports every step's reward and end flag through
-    :meth:`observe`. A slot whose episode has ended keeps its state.
+    :meth:`observe`. A slot whose episode has ended keeps its state. With ``trial_length``
+    the trial clock (the context's ``episode`` over it) is appended to every observation.
     """
 
-    def __init__(self, model: RL2Policy, context: Params, greedy: bool = False) -> None:
+    def __init__(self, model: RL2Policy, context: Params, greedy: bool = False,
+                 trial_length: int | None = None) -> None:
         self.model, self.greedy = model, greedy
         self.context = context
+        self.trial_length = trial_length
+        self.episode: torch.Tensor | None = None
         self.h: torch.Tensor | None = None
         self.finished: torch.Tensor | None = None
 
@@ -858,8 +894,14 @@ class RecurrentAct:
             self.h, self.prev_action = ctx["h"], ctx["prev_action"]
             self.prev_reward, self.prev_done = ctx["prev_reward"], ctx["prev_done"]
             self.prev_obs = ctx["prev_obs"]
+            self.episode = ctx.get("episode")
             self.finished = torch.zeros(n, e, dtype=torch.bool, device=obs.device)
         assert self.finished is not None
+        if self.trial_length is not None:
+            if self.episode is None:
+                raise ValueError("RecurrentAct: a clocked policy needs the context's 'episode' "
+                                 "(RL2Learner.initial_params gives it)")
+            obs = with_clock(obs.float(), self.episode, self.trial_length)
         x = self.model.step_input(obs, self.prev_action, self.prev_reward, self.prev_done,
                                   self.prev_obs)
         out, _, h = self.model(x.reshape(n * e, 1, -1), self.h.reshape(n * e, -1))
@@ -887,10 +929,17 @@ class RL2Learner:
     the GRU (the same steps the acting function took) and returns the context at its end, so
     the next episode continues the same trial: the adaptation curve of the evaluator is the
     return of episode 1, 2, ... of a trial, each slot of a task being one trial.
+
+    ``trial_length`` (a model trained with ``RL2Config.trial_clock``): the trial's episodes;
+    the context then also counts the episodes played (``episode``), and the observations
+    the model reads carry the clock ``episode / trial_length``.
     """
 
-    def __init__(self, model: RL2Policy, greedy: bool = False) -> None:
-        self.model, self.greedy = model, greedy
+    def __init__(self, model: RL2Policy, greedy: bool = False,
+                 trial_length: int | None = None) -> None:
+        check(trial_length is None or (isinstance(trial_length, int) and trial_length >= 1),
+              "trial_length", trial_length, "must be an integer >= 1 (or None: no clock)")
+        self.model, self.greedy, self.trial_length = model, greedy, trial_length
 
     def initial_params(self, num_tasks: int) -> Params:
         """A fresh trial (``[N, 1, ...]``): zero state, no previous observation or action.
@@ -898,15 +947,18 @@ class RL2Learner:
         The previous observation is zeros, the action "none", reward and done 0.
         """
         device = next(self.model.parameters()).device
-        return {"h": torch.zeros(num_tasks, 1, self.model.hidden_size, device=device),
-                "prev_obs": torch.zeros(num_tasks, 1, self.model.obs_dim, device=device),
-                "prev_action": self.model.no_action((num_tasks, 1), device),
-                "prev_reward": torch.zeros(num_tasks, 1, device=device),
-                "prev_done": torch.zeros(num_tasks, 1, device=device)}
+        params = {"h": torch.zeros(num_tasks, 1, self.model.hidden_size, device=device),
+                  "prev_obs": torch.zeros(num_tasks, 1, self.model.obs_dim, device=device),
+                  "prev_action": self.model.no_action((num_tasks, 1), device),
+                  "prev_reward": torch.zeros(num_tasks, 1, device=device),
+                  "prev_done": torch.zeros(num_tasks, 1, device=device)}
+        if self.trial_length is not None:
+            params["episode"] = torch.zeros(num_tasks, 1, dtype=torch.long, device=device)
+        return params
 
     def explore(self, params: Params) -> RecurrentAct:
         """Act from the context (sampling, unless built with ``greedy``)."""
-        return RecurrentAct(self.model, params, self.greedy)
+        return RecurrentAct(self.model, params, self.greedy, self.trial_length)
 
     act = explore
 
@@ -923,16 +975,22 @@ class RL2Learner:
         prev_done = torch.cat([ctx["prev_done"].unsqueeze(2),
                                torch.zeros(n, e, steps - 1, device=device)], dim=2)
         obs = episodes.obs.float()
+        if self.trial_length is not None:
+            obs = with_clock(obs, ctx["episode"].unsqueeze(2).expand(n, e, steps),
+                             self.trial_length)
         prev_obs = torch.cat([ctx["prev_obs"].unsqueeze(2).to(obs.dtype), obs[:, :, :-1]],
                              dim=2)
         x = self.model.step_input(obs, prev_action, prev_reward, prev_done, prev_obs)
         states, _ = self.model.encode(x.reshape(n * e, steps, -1), ctx["h"].reshape(n * e, -1))
         last = (episodes.mask.sum(-1).long() - 1).clamp(min=0)  # [N, E], the final step
-        return {"h": _at_step(states.reshape(n, e, steps, -1), last),
-                "prev_obs": _at_step(obs, last),
-                "prev_action": _at_step(episodes.actions, last),
-                "prev_reward": _at_step(episodes.rewards, last),
-                "prev_done": torch.ones(n, e, device=device)}
+        new = {"h": _at_step(states.reshape(n, e, steps, -1), last),
+               "prev_obs": _at_step(obs, last),
+               "prev_action": _at_step(episodes.actions, last),
+               "prev_reward": _at_step(episodes.rewards, last),
+               "prev_done": torch.ones(n, e, device=device)}
+        if self.trial_length is not None:
+            new["episode"] = ctx["episode"] + 1
+        return new
 
 
 def _at_step(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
