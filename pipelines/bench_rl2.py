@@ -16,8 +16,8 @@ RL² mean, rounded to the paper's one decimal, is at least the paper's RL² figu
 Budget: the defaults (:func:`bandit_config`, :data:`MDP_CONFIG`, :func:`default_iterations`)
 are sized for one CPU thread: one seed of a cell takes about 1 minute (n = 10 bandits) to 8
 minutes (n = 100 and 500 bandits: the 500-pull cells are played by the 100-pull cells' models,
-:data:`BANDIT_TRAIN_PULLS`), 35 minutes for MDP n = 10 (2000 iterations) and 9 to 45 minutes for
-the MDP cells n = 25 to 100 (200). The paper
+:data:`BANDIT_TRAIN_PULLS`), 35 minutes for the MDP cells (one model trained on 10-episode
+trials, 2000 iterations, plays all five: :data:`MDP_TRAIN_EPISODES`). The paper
 trained for far longer, so this is what RL² reaches with that compute, not its ceiling. On a
 GPU, ``--bandit`` / ``--mdp`` replace settings (e.g. ``meta_batch_size=1024 hidden_size=256``:
 8 × the trials at about the CPU's seconds per iteration) and ``--time-budget`` bounds the
@@ -197,13 +197,25 @@ def training_pulls(num_pulls: int, train_pulls: int | None = BANDIT_TRAIN_PULLS)
     return num_pulls if train_pulls is None else min(num_pulls, train_pulls)
 
 
+MDP_TRAIN_EPISODES = 10
+"""MDP cells with more episodes than this are played by the model trained on trials of this
+many episodes (the 10 cell's: seeds, settings, 2000 iterations, checkpoint file).
+
+With the trial clock (:data:`MDP_CONFIG`) that model plays a longer trial on its own schedule,
+stretched, as the bandit models do. Three seeds (``benchmarks/rl2/table.txt``): 157.1 / 436.4
+/ 922.3 / 1411.5 / 1922.4 on n = 10 / 25 / 50 / 75 / 100; a clocked model trained on
+25-episode trials for the whole schedule, 2.6 × the compute, scored 158.4 / 437.1 / 923.0 /
+1409.7 / 1926.3 (three seeds, ``benchmarks/rl2/mdp-clock-cpu/``), and 200 iterations on each
+cell's own trials (before the clock) had reached 417.2 / 812.6 / 1235.1 on n = 25 / 50 / 75."""
+
+
 BANDIT_BASELINES = ("Random", "Gittins", "UCB1", "TS", "Bayes-optimal", "Oracle")
 MDP_BASELINES = ("Random", "PSRL", "Myopic-Bayes", "Oracle")
 
 
 REUSED = "cell's model (trained above)"
-"""How a row played by another cell's model ends its setting (``the 100x5 cell's model ...``);
-the cell's wall-clock line then says its seconds are evaluation only."""
+"""How a row played by another cell's model ends its setting (``the 100x5 cell's model ...``;
+the cell's :attr:`CellRun.played_by` names it)."""
 
 
 VALIDATION_INSTANCES = 200
@@ -338,7 +350,7 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
               paper: float | None, device: str, progress: TextIO,
               time_budget: float | None, checkpoints: Path | None, train: Training,
               trained: dict[tuple[str, int], tuple[RL2, int, str, str]] | None = None,
-              workers: int = 1) -> tuple[list[Row], int]:
+              workers: int = 1) -> tuple[list[Row], int, str | None]:
     """RL² rows of one cell: per seed, train (or resume, or reuse) and score.
 
     ``train`` is what the cell's model trains on (its own trials, or a shorter cell's, or
@@ -348,10 +360,11 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
     on the shorter cell's trials; a longer MDP cell) is played by that model, not trained
     again. ``workers`` > 1 trains the seeds still to train that many at a time, each in a
     process of its own (:func:`_train_in_workers`): the same models as one after another.
-    Returns the rows and how many seeds trained at a time (1: one after another, or none).
+    Returns the rows, how many seeds trained at a time (1: one after another, or none) and
+    the cell whose model, trained earlier in this run, played this one (``None``: trained here).
     """
     short = cell.replace("n=", "").replace(" k=", "x")  # as --cells names it
-    rows, per_seed = [], []
+    rows, per_seed, played_by = [], [], None
     todo = [s for s in seeds if trained is None or (train.cell, s) not in trained]
     parallel = min(workers, len(todo)) if len(todo) > 1 else 1
     ready = (_train_in_workers(table, cell, todo, train, obs_dim, num_actions, config,
@@ -364,6 +377,7 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
             print(f"  {table} {cell} seed {s}: the {name} cell's model, trained above",
                   file=progress, flush=True)
             what, timed = f"{done} it{train.on}{how}: the {name} {REUSED}", "eval"
+            played_by = name
         else:
             if s in ready:  # trained in a worker: its own seconds count for this seed
                 algo, done, how, before = ready[s]
@@ -384,7 +398,7 @@ def _rl2_rows(table: str, cell: str, family: BanditFamily | TabularMDPFamily,
     if len(seeds) > 1:
         mean, half = _summary(np.mean(per_seed, axis=0))
         rows.append(Row(table, cell, "RL2 mean", mean, half, paper, f"{len(seeds)} seeds"))
-    return rows, parallel
+    return rows, parallel, played_by
 
 
 def _train_seed(table: str, cell: str, s: int, train: Training, obs_dim: int,
@@ -593,16 +607,15 @@ class BenchRL2Params:
     the tuning instances of the cells it plays and keep the best weights; null: the last."""
     mdp_select_every: int | None = None
     """Likewise for the MDP models."""
-    mdp_train_episodes: int | tuple[int, ...] | None = None
-    """Likewise for the MDP cells: longer cells are played by the model trained on trials of
-    this many episodes; null: every cell trains on its own; a list (``[10, 25]``): every cell
-    at least as long as the first is played by one model trained on trials of each listed
-    length in turn, one iteration each (:func:`mdp_training_lengths`).
-    ``benchmarks/rl2/params.yaml`` sets 10: the n = 10 cell's model (2000 iterations) played
-    n = 25 / 50 / 75 / 100 at 435.8 / 920.3 / 1400.5 / 1905.8, where 200 iterations on their own
-    trials had reached 417.2 / 812.6 / 1235.1 / — (seed 0). ``[10, 25]`` (2000 iterations,
-    1.9x the time) scored 158.4 / 436.2 / 918.1 / 1396.6 / 1898.8 on n = 10 to 100 (seed 0;
-    seed 1 also under the 10-episode model on the long rows; ``benchmarks/rl2/mdp-mixed-cpu/``)."""
+    mdp_train_episodes: int | tuple[int, ...] | None = MDP_TRAIN_EPISODES
+    """Likewise for the MDP cells (:data:`MDP_TRAIN_EPISODES`): longer cells are played by the
+    model trained on trials of this many episodes; null: every cell trains on its own; a list
+    (``[10, 25]``): every cell at least as long as the first is played by one model trained on
+    trials of each listed length in turn, one iteration each (:func:`mdp_training_lengths`).
+    ``[10, 25]`` (2000 iterations, 1.9x the time, before the trial clock) scored 158.4 / 436.2 /
+    918.1 / 1396.6 / 1898.8 on n = 10 to 100 (seed 0), the 10-episode model 157.6 / 435.8 /
+    920.3 / 1400.5 / 1905.8 (seed 1 likewise under it on the long rows;
+    ``benchmarks/rl2/mdp-mixed-cpu/``)."""
     workers: int = 1
     """Seeds of a cell trained at a time, one process and torch thread each (the same
     models as one after another); ``--workers`` replaces it."""
@@ -696,6 +709,9 @@ class CellRun:
     baseline_seconds: float
     workers: int = 1
     """Seeds trained at a time (``--workers``, capped at the seeds this cell trained)."""
+    played_by: str | None = None
+    """The cell (``--cells`` name) whose model, trained earlier in the run, played this one:
+    its wall-clock is evaluation only, the training counted in that cell's line."""
 
 
 def results_json(runs: Sequence[CellRun], reached: dict[str, list[int]],
@@ -718,6 +734,7 @@ def results_json(runs: Sequence[CellRun], reached: dict[str, list[int]],
         cell["wall_clock_s"] = {"rl2": round(run.rl2_seconds, 1),
                                 "baselines": round(run.baseline_seconds, 1)}
         cell["train_workers"] = run.workers
+        cell["played_by"] = run.played_by
         cell["rows"] = [dataclasses.asdict(row) for row in run.rows]
     return {"cells": cells,
             "at_or_above_paper": {"bandit": reached["bandit"][0],
@@ -735,7 +752,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
               time_budget: float | None = None, checkpoints: Path | None = None,
               mdp_seeds: Sequence[int] | None = None,
               bandit_train_pulls: int | None = BANDIT_TRAIN_PULLS,
-              mdp_train_episodes: int | Sequence[int] | None = None,
+              mdp_train_episodes: int | Sequence[int] | None = MDP_TRAIN_EPISODES,
               json_dir: Path | None = None, bandit_select_every: int | None = None,
               mdp_select_every: int | None = None, workers: int = 1) -> list[Row]:
     """Train and score RL² on the selected cells, print the table, return its rows.
@@ -765,9 +782,9 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         bandit_train_pulls: bandit cells with more pulls train on trials of this many
             (:func:`training_pulls`: the shorter cell's family, seeds, settings, iterations
             and checkpoint file) and are scored on their own; ``None``: each on its own.
-        mdp_train_episodes: likewise for the MDP cells (episodes per training trial);
-            ``None`` (the default): each on its own; a list: trials of each length in turn
-            (:func:`mdp_training_lengths`).
+        mdp_train_episodes: likewise for the MDP cells (episodes per training trial,
+            default :data:`MDP_TRAIN_EPISODES`); ``None``: each on its own; a list: trials of
+            each length in turn (:func:`mdp_training_lengths`).
         bandit_select_every: every this many training iterations (and at the last) score
             the model on the tuning instances of the paper's cells it plays (and of the cell
             run), :data:`VALIDATION_INSTANCES` each, and keep the best weights (mean return per
@@ -846,7 +863,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                 "bandit", (n, k), lambda c: (training_pulls(c[0], bandit_train_pulls), c[1]),
                 instance_seed, reference),
             select_every=bandit_select_every)
-        cell_rows, parallel = _rl2_rows(
+        cell_rows, parallel, played_by = _rl2_rows(
             "bandit", f"n={n} k={k}", family, 1, k, 1, bandit_configs[m],
             iterations or default_iterations("bandit", m), test, seeds, (instance_seed, n, k),
             paper, device, progress, time_budget, checkpoints, training, trained, workers)
@@ -854,7 +871,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         cell_rows += [r for r in bandit_cell(n, k, instances, instance_seed, device, reference)
                       if r.method in BANDIT_BASELINES]
         runs.append(CellRun("bandit", f"{n}x{k}", cell_rows, base_start - start,
-                            time.perf_counter() - base_start, parallel))
+                            time.perf_counter() - base_start, parallel, played_by))
         _report(runs[-1], reached, out)
     for n in mdp:
         start = time.perf_counter()
@@ -875,7 +892,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
                 "mdp", (n, 0), lambda c: mdp_training_lengths(c[0], mdp_train_episodes),
                 instance_seed, reference),
             select_every=mdp_select_every)
-        cell_rows, parallel = _rl2_rows(
+        cell_rows, parallel, played_by = _rl2_rows(
             "mdp", f"n={n}", mdp_family, c.num_states, c.num_actions, n, mdp_config,
             iterations or default_iterations("mdp", m), test, mdp_seeds, (instance_seed, n),
             paper, device, progress, time_budget, checkpoints, training, trained, workers)
@@ -883,7 +900,7 @@ def bench_rl2(tables: str = "all", cells: Sequence[str] | None = None,
         cell_rows += [r for r in mdp_cell(n, instances, instance_seed, device, reference)
                       if r.method in MDP_BASELINES]
         runs.append(CellRun("mdp", str(n), cell_rows, base_start - start,
-                            time.perf_counter() - base_start, parallel))
+                            time.perf_counter() - base_start, parallel, played_by))
         _report(runs[-1], reached, out)
     rows = _finish(runs, reached, settings, out, json_path)
     if json_dir is not None:
@@ -933,9 +950,12 @@ def combine(cells: Sequence[str] | None, folder: Path, out: TextIO | None = None
             (entry,) = data["cells"].values()
             rows = [Row(**row) for row in entry["rows"]]
             run_settings = data["settings"]
+            played_by = entry.get("played_by")  # absent in files written before 2026-12-06
+            if not isinstance(played_by, str | None):
+                raise TypeError(f"played_by {played_by!r} is not a cell name")
             run = CellRun(table, cell, rows, float(entry["wall_clock_s"]["rl2"]),
                           float(entry["wall_clock_s"]["baselines"]),
-                          int(entry.get("train_workers", 1)))
+                          int(entry.get("train_workers", 1)), played_by)
         except FileNotFoundError:
             raise ValueError(f"--combine: no {path}; run the cell first: metarl bench rl2 "
                              f"--cells {cell} --json {path}") from None
@@ -1051,11 +1071,9 @@ def _report(run: CellRun, reached: dict[str, list[int]], out: TextIO) -> None:
     for row in run.rows:
         print(format_row(row), file=out)
     seeds = "all seeds"
-    played = [r.setting for r in run.rows if r.method.startswith("RL2 s") and REUSED in r.setting]
-    if played:  # "... on 100 pulls: the 100x5 cell's model (trained above)"
-        name = played[0].split(REUSED)[0].rsplit("the ", 1)[-1].strip()
+    if run.played_by is not None:
         seeds = ("all seeds, evaluation only: training is counted in the "
-                 f"{_row_cell(run.table, name)} cell's line")
+                 f"{_row_cell(run.table, run.played_by)} cell's line")
     elif run.workers > 1:
         seeds = f"all seeds, trained {run.workers} at a time"
     print(f"  wall-clock: RL² {run.rl2_seconds:.0f} s ({seeds}), baselines "

@@ -122,11 +122,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="training seeds, one model each (default: 0)")
     rl2.add_argument("--mdp-seeds", type=int, nargs="+", default=None, metavar="SEED",
                      help="the MDP cells' training seeds, when they should differ from --seeds "
-                     "(an MDP seed costs 10 to 45 minutes on one CPU thread, a bandit seed 1 to "
-                     "5; default: --seeds)")
+                     "(an MDP seed costs about 35 minutes on one CPU thread, one model playing "
+                     "every MDP cell; a bandit seed 1 to 14; default: --seeds)")
     rl2.add_argument("--iterations", type=int, default=None,
-                     help="PPO iterations per seed (default: bandit 400 / 300 / 150 for n = 10 "
-                     "/ 100 / 500, MDP 2000 at n = 10 and 200 for longer trials)")
+                     help="PPO iterations per seed (default: bandit 400 / 600 for n = 10 / 100, "
+                     "the 500-pull cells being played by the 100-pull model (150 on their own "
+                     "trials); MDP 2000 for the 10-episode model that plays every MDP cell (200 "
+                     "for a model trained on longer trials))")
     rl2.add_argument("--instances", type=int, default=1000,
                      help="test instances per cell (default 1000, as the paper)")
     rl2.add_argument("--instance-seed", type=int, default=0,
@@ -156,11 +158,13 @@ def _parser() -> argparse.ArgumentParser:
                      "0: every cell trains on its own length (default 100)")
     rl2.add_argument("--mdp-train-episodes", type=_lengths, default=None, metavar="N[,M...]",
                      help="MDP cells with more episodes per trial than N are played by the "
-                     "model trained on N-episode trials (the N cell's, trained once per run); "
-                     "a list, e.g. 10,25: every cell of at least 10 episodes is played by one "
-                     "model trained on 10- and 25-episode trials in turn, one iteration each "
-                     "(the 10 cell's seeds and iterations; what benchmarks/rl2/params.yaml "
-                     "sets); default: every cell on its own")
+                     "model trained on N-episode trials (the N cell's seeds, settings, "
+                     "iterations and --checkpoints file, trained once per run); the policy "
+                     "reads the fraction of the trial's episodes played, so it plays the "
+                     "longer trial on its own schedule, stretched. A list, e.g. 10,25: every "
+                     "cell of at least 10 episodes is played by one model trained on 10- and "
+                     "25-episode trials in turn, one iteration each. 0: every cell trains on "
+                     "its own length (default 10, as benchmarks/rl2/params.yaml)")
     for table, unit in (("bandit", "pull"), ("mdp", "episode")):
         rl2.add_argument(f"--{table}-select-every", type=int, default=None, metavar="N",
                          help=f"every N training iterations (and at the last) score the "
@@ -245,12 +249,16 @@ def _lengths(text: str) -> int | tuple[int, ...]:
     return lengths[0] if len(lengths) == 1 else lengths
 
 
-def _train_pulls(args: argparse.Namespace) -> int | None:
-    """``--bandit-train-pulls``: the default when absent, ``None`` (own length) for 0."""
-    from pipelines.bench_rl2 import BANDIT_TRAIN_PULLS
+def _train_lengths(args: argparse.Namespace) -> tuple[int | None, int | tuple[int, ...] | None]:
+    """``--bandit-train-pulls`` / ``--mdp-train-episodes`` as given, or their defaults.
 
-    value = args.bandit_train_pulls
-    return BANDIT_TRAIN_PULLS if value is None else (value or None)
+    0 gives ``None``: every cell trains on its own trial length.
+    """
+    from pipelines.bench_rl2 import BANDIT_TRAIN_PULLS, MDP_TRAIN_EPISODES
+
+    pulls, episodes = args.bandit_train_pulls, args.mdp_train_episodes
+    return (BANDIT_TRAIN_PULLS if pulls is None else (pulls or None),
+            MDP_TRAIN_EPISODES if episodes is None else (episodes or None))
 
 
 def _bench_rl2(args: argparse.Namespace) -> None:
@@ -284,13 +292,14 @@ def _bench_rl2(args: argparse.Namespace) -> None:
     elif args.combine is not None:
         combine(args.cells, args.combine, table, json_path=json_path)
     else:
+        train_pulls, train_episodes = _train_lengths(args)
         bench_rl2(args.table, args.cells, args.seeds, args.instances, args.iterations,
                   args.instance_seed, args.device, table, json_path=json_path,
                   bandit_overrides=parse_overrides(args.bandit, "--bandit"),
                   mdp_overrides=parse_overrides(args.mdp, "--mdp"),
                   time_budget=args.time_budget, checkpoints=args.checkpoints,
-                  mdp_seeds=args.mdp_seeds, bandit_train_pulls=_train_pulls(args),
-                  mdp_train_episodes=args.mdp_train_episodes or None,
+                  mdp_seeds=args.mdp_seeds, bandit_train_pulls=train_pulls,
+                  mdp_train_episodes=train_episodes,
                   json_dir=args.json_dir, bandit_select_every=args.bandit_select_every or None,
                   mdp_select_every=args.mdp_select_every or None,
                   workers=1 if args.workers is None else args.workers)

@@ -1065,14 +1065,23 @@ def test_mdp_cells_played_by_one_model_write_a_file_per_cell_that_combines(
         assert list(alone["cells"]) == [f"mdp n={cell}"]
         assert alone["at_or_above_paper"]["mdp_cells"] == 1
         assert alone["settings"]["mdp_train_episodes"] == 10
+        assert alone["cells"][f"mdp n={cell}"]["played_by"] == (None if cell == "10" else "10")
     # the scores are those of the 10-episode model on 25-episode trials: a run of cell 25
-    # alone with the same training length trains the same model
-    assert main([*base, "--cells", "25", "--mdp-train-episodes", "10", "--json",
-                 str(tmp_path / "25.json")]) == 0
-    capsys.readouterr()
-    alone = json.loads((tmp_path / "25.json").read_text())["cells"]["mdp n=25"]["rl2"]
+    # alone with the same training length -- the default's -- trains the same model
+    assert main([*base, "--cells", "25", "--json", str(tmp_path / "25.json")]) == 0
+    assert " 1 it on 10 episodes, " in capsys.readouterr().out
+    alone = json.loads((tmp_path / "25.json").read_text())
+    assert alone["settings"]["mdp_train_episodes"] == 10
     assert json.loads((group / "mdp-25.json").read_text())["cells"]["mdp n=25"]["rl2"] == (
-        pytest.approx(alone))
+        pytest.approx(alone["cells"]["mdp n=25"]["rl2"]))
+    # 0: the cell trains on its own 25-episode trials, another model
+    assert main([*base, "--cells", "25", "--mdp-train-episodes", "0", "--json",
+                 str(tmp_path / "own.json")]) == 0
+    out = capsys.readouterr().out
+    assert " on 10 episodes" not in out and "trains on trials of at most" not in out
+    own = json.loads((tmp_path / "own.json").read_text())
+    assert own["settings"]["mdp_train_episodes"] is None
+    assert own["cells"]["mdp n=25"]["rl2"] != pytest.approx(alone["cells"]["mdp n=25"]["rl2"])
     # --combine finds the files in the run's subfolder; --out keeps the printed table
     saved = tmp_path / "table.txt"
     assert main(["bench", "rl2", "--cells", "10", "25", "--combine", str(tmp_path / "cells"),
@@ -1084,6 +1093,12 @@ def test_mdp_cells_played_by_one_model_write_a_file_per_cell_that_combines(
     walls = [line for line in table.splitlines() if "wall-clock: RL²" in line]
     assert len(walls) == 2 and "evaluation only" not in walls[0]
     assert "(all seeds, evaluation only: training is counted in the n=10 cell's line)" in walls[1]
+    bad = json.loads((group / "mdp-25.json").read_text())
+    bad["cells"]["mdp n=25"]["played_by"] = 10
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "mdp-25.json").write_text(json.dumps(bad))
+    assert main(["bench", "rl2", "--cells", "25", "--combine", str(tmp_path / "bad")]) == 2
+    assert "played_by 10 is not a cell name" in capsys.readouterr().err
     copy = tmp_path / "cells" / "other"
     copy.mkdir()
     (copy / "mdp-25.json").write_text((group / "mdp-25.json").read_text())
@@ -1179,6 +1194,10 @@ def test_a_params_file_takes_a_list_of_mdp_training_lengths(tmp_path: Any) -> No
     path = tmp_path / "params.yaml"
     path.write_text("mdp_train_episodes: [10, 25]\n")
     assert read_params(path).mdp_train_episodes == (10, 25)
+    path.write_text("cells: ['25']\n")  # absent: the 10-episode model, as on the command line
+    assert read_params(path).mdp_train_episodes == 10
+    path.write_text("mdp_train_episodes: null\n")
+    assert read_params(path).mdp_train_episodes is None
     path.write_text("mdp_train_episodes: [10]\n")
     assert mdp_training_lengths(50, read_params(path).mdp_train_episodes) == (10,)
     path.write_text("mdp_train_episodes: [10, ten]\n")
