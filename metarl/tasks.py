@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 
-from metarl.config import check
+from metarl.config import ConfigError, check
 from metarl.envs.base import BatchedEnv
 
 SCHEMA_VERSION = 1
@@ -46,6 +47,21 @@ class TaskFamily(Protocol):
         """Expected episode return of the best policy that knows each task, ``[N]``.
 
         The 1 of the normalised score (random is its 0).
+        """
+        ...
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """Verify that ``task`` is a task this family can build an environment for.
+
+        Checks that the task has exactly the fields :meth:`sample` writes, that each has the
+        right type and lies in the *physically valid* range (a mass > 0, a probability in
+        [0, 1], ...), not the configured sampling range: held-out tasks may deliberately lie
+        outside it. Every task :meth:`sample` draws passes.
+
+        Raises:
+            ConfigError: keyed by the field (``pole_mass``, ``probs[2]``); the caller
+                prefixes it with the task's place, e.g. ``tasks[3].pole_mass``.
+
         """
         ...
 
@@ -116,10 +132,155 @@ class TaskSet:
                              f"the tasks ({task_set.content_hash}); the file was modified — "
                              "regenerate it with `metarl stage tasks`")
         for i, task in enumerate(tasks):
-            if not isinstance(task, dict) or not all(_finite(v) for v in task.values()):
-                raise ValueError(f"{source}: tasks[{i}]={task!r}: expected finite numbers or "
-                                 "(nested) non-empty lists of them")
+            if not isinstance(task, dict):
+                raise ValueError(f"{source}: tasks[{i}]={task!r}: expected a mapping of task "
+                                 "fields; regenerate it with `metarl stage tasks`")
+            for name, value in task.items():
+                if not _finite(value):
+                    raise ValueError(f"{source}: tasks[{i}].{name}={value!r}: expected finite "
+                                     "numbers or (nested) non-empty lists of them")
         return task_set
+
+    def check(self, family: TaskFamily, source: str = "<task set>") -> None:
+        """Verify every task against ``family`` (:meth:`TaskFamily.check_task`).
+
+        Raises:
+            TaskSetError: naming ``source``, the task and field (``tasks[3].pole_mass``), the
+                value and what is wrong with it, on one line.
+
+        """
+        for i, task in enumerate(self.tasks):
+            where = f"tasks[{i}]"
+            if not isinstance(task, dict):
+                raise TaskSetError(source, where, task, "expected a mapping of task fields")
+            try:
+                family.check_task(task)
+            except ConfigError as err:
+                raise TaskSetError(source, f"{where}.{err.key}", err.value,
+                                   err.message) from None
+
+
+class TaskSetError(ConfigError):
+    """A task of a task-set file is invalid for its family.
+
+    Its message reads ``<source>: tasks[3].pole_mass=-0.1: must be > 0 (a mass, kg); regenerate
+    the file with `metarl stage tasks` or fix the value``.
+
+    Attributes:
+        source: the file (or other origin) of the task set.
+
+    """
+
+    def __init__(self, source: str, key: str, value: object, message: str) -> None:
+        super().__init__(key, value, message)
+        self.source = source
+        self.args = (f"{source}: {key}={value!r}: {message}; regenerate the file with "
+                     "`metarl stage tasks` or fix the value",)
+
+
+class _Missing:
+    """The value of a task field that is absent (its ``repr`` is ``<missing>``)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+"""Stands for an absent field's value in a :class:`ConfigError`."""
+
+
+def check_fields(task: Mapping[str, object], fields: Sequence[str]) -> None:
+    """Require ``task`` to have exactly the fields ``fields``.
+
+    Raises:
+        ConfigError: keyed by the first missing field (value :data:`MISSING`) or the first
+            unknown one, listing the expected fields.
+
+    """
+    for name in fields:
+        if name not in task:
+            raise ConfigError(name, MISSING, f"field missing; a task has the fields "
+                              f"{list(fields)}")
+    for name, value in task.items():
+        if name not in fields:
+            raise ConfigError(str(name), value, f"unknown field; valid fields: {list(fields)}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_number(key: str, value: object, *, positive: bool = False, what: str = "") -> float:
+    """Require a finite number (``> 0`` when ``positive``); return it as a float.
+
+    Args:
+        key: the field's name, for the error.
+        value: the value to check.
+        positive: also require ``value > 0``.
+        what: what the quantity is, for the error, e.g. ``a mass, kg``.
+
+    Raises:
+        ConfigError: the value is not a number, not finite, or not positive.
+
+    """
+    about = f" ({what})" if what else ""
+    check(_is_number(value), key, value, f"expected a number{about}")
+    number = float(value)  # type: ignore[arg-type]
+    check(math.isfinite(number), key, value, f"must be a finite number{about}")
+    if positive:
+        check(number > 0, key, value, f"must be > 0{about}")
+    return number
+
+
+def check_int(key: str, value: object, *, low: int | None = None,
+              high: int | None = None) -> int:
+    """Require an integer in ``[low, high]`` (either bound optional); return it.
+
+    Raises:
+        ConfigError: the value is not an integer (``true`` and ``1.0`` are not) or is out of
+            bounds.
+
+    """
+    check(isinstance(value, int) and not isinstance(value, bool), key, value,
+          "expected an integer")
+    number = int(value)  # type: ignore[call-overload]
+    if low is not None:
+        check(number >= low, key, value, f"must be >= {low}")
+    if high is not None:
+        check(number <= high, key, value, f"must be <= {high}")
+    return number
+
+
+def check_array(key: str, value: object, shape: Sequence[int]) -> np.ndarray:
+    """Require a nested list of finite numbers of exactly ``shape``; return it as an array.
+
+    ``shape`` may hold ``-1`` for "any non-zero length". Errors name the offending entry,
+    e.g. ``transitions[2][1][4]``.
+
+    Raises:
+        ConfigError: a level is not a list or has the wrong length, or an entry is not a
+            finite number.
+
+    """
+    full = "×".join("N" if n < 0 else str(n) for n in shape)
+
+    def walk(k: str, v: object, depth: int) -> None:
+        if depth == len(shape):
+            check_number(k, v)
+            return
+        n = shape[depth]
+        check(isinstance(v, list), k, v, f"expected a list (the field is {full})")
+        items = cast(list[object], v)
+        if n < 0:
+            check(bool(items), k, v, f"expected a non-empty list (the field is {full})")
+        else:
+            check(len(items) == n, k, v,
+                  f"expected {n} entries, got {len(items)} (the field is {full})")
+        for i, item in enumerate(items):
+            walk(f"{k}[{i}]", item, depth + 1)
+
+    walk(key, value, 0)
+    return np.asarray(value, dtype=np.float64)
 
 
 def _finite(value: object) -> bool:

@@ -1,16 +1,22 @@
-"""Task sets (JSON, hash, sampling) and the CartPole family's config validation."""
+"""Task sets (JSON, hash, sampling, per-family validation) and CartPole's config validation."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from metarl.config import ConfigError, from_mapping
+from metarl.envs.bandit import BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
-from metarl.tasks import SCHEMA_VERSION, TaskSet, sample_task_sets
+from metarl.envs.tabular_mdp import TabularMDPFamilyConfig
+from metarl.families import make_family
+from metarl.tasks import MISSING, SCHEMA_VERSION, TaskSet, TaskSetError, sample_task_sets
+from pipelines.cli import main
 
 RANGED = ("pole_length", "pole_mass", "cart_mass", "gravity", "force_mag")
 SIZES = {"train": 8, "val": 4, "test": 4}
@@ -189,3 +195,216 @@ def test_config_valid_mapping_builds_tuples() -> None:
     assert config.pole_mass == (0.1, 0.2)
     assert config.max_steps == 50
     assert config.gravity == CartPoleFamilyConfig().gravity
+
+
+# --- per-family task validation ------------------------------------------------------------
+
+CORE_FAMILIES = ["cartpole", "nav2d", "pendulum", "bandit", "tabular_mdp"]
+NEEDS = {"cheetah_vel": ("mujoco", "gymnasium.envs.mujoco"),
+         "cheetah_dir": ("mujoco", "gymnasium.envs.mujoco"),
+         "ant_dir": ("mujoco", "gymnasium.envs.mujoco"),
+         "metaworld_ml1": ("mujoco", "metaworld")}
+
+
+def _rehashed(task_set: TaskSet, tasks: list[dict[str, Any]]) -> str:
+    """The file form of ``task_set`` with ``tasks`` instead, its hash recomputed (an attacker)."""
+    data = json.loads(task_set.to_json())
+    data["tasks"] = tasks
+    data["content_hash"] = TaskSet(task_set.family, task_set.split, task_set.seed,
+                                   tuple(tasks)).content_hash
+    return json.dumps(data)
+
+
+def _refusal(family_name: str, tasks: list[dict[str, Any]], config: object = None) -> str:
+    """The one-line message with which a rehashed file holding ``tasks`` is refused."""
+    family = make_family(family_name, config)
+    original = sample_task_sets(family, {"train": 2}, seed=0)["train"]
+    loaded = TaskSet.from_json(_rehashed(original, tasks), source="data/tasks/train.json")
+    with pytest.raises(TaskSetError) as info:
+        loaded.check(family, source="data/tasks/train.json")
+    message = str(info.value)
+    assert message.startswith("data/tasks/train.json: tasks[")
+    assert "\n" not in message
+    assert "metarl stage tasks" in message
+    return message
+
+
+@pytest.mark.parametrize("name", [*CORE_FAMILIES, *NEEDS])
+def test_sampled_tasks_pass_their_familys_check(name: str) -> None:
+    for module in NEEDS.get(name, ()):
+        pytest.importorskip(module)
+    family = make_family(name)
+    sets = sample_task_sets(family, {"train": 5, "val": 3, "test": 3}, seed=2)
+    for task_set in sets.values():
+        task_set.check(family)
+        loaded = TaskSet.from_json(task_set.to_json())  # the JSON round trip keeps them valid
+        loaded.check(family)
+        for task in loaded.tasks:
+            family.check_task(task)
+
+
+def test_held_out_values_outside_the_sampling_range_pass() -> None:
+    family = _family()
+    family.check_task({"pole_length": 3.0, "pole_mass": 2.0, "cart_mass": 0.01,
+                       "gravity": 30.0, "force_mag": -40})
+
+
+def test_negative_mass_is_refused_naming_task_field_and_value() -> None:
+    task = {"pole_length": 0.5, "pole_mass": -0.1, "cart_mass": 1.0, "gravity": 9.8,
+            "force_mag": 10.0}
+    message = _refusal("cartpole", [task])
+    assert "tasks[0].pole_mass=-0.1: must be > 0 (a mass, kg)" in message
+    with pytest.raises(ConfigError) as info:
+        _family().check_task(task)
+    assert (info.value.key, info.value.value) == ("pole_mass", -0.1)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda t: t.update(gravity=0.0), "tasks[1].gravity=0.0: must be > 0"),
+        (lambda t: t.update(pole_length=-1), "tasks[1].pole_length=-1: must be > 0"),
+        (lambda t: t.update(force_mag=0.0), "tasks[1].force_mag=0.0: must be non-zero"),
+        (lambda t: t.update(cart_mass=True), "tasks[1].cart_mass=True: expected a number"),
+        (lambda t: t.pop("cart_mass"), "tasks[1].cart_mass=<missing>: field missing"),
+        (lambda t: t.update(wind=1.0), "tasks[1].wind=1.0: unknown field"),
+    ],
+)
+def test_cartpole_task_errors(edit, needle: str) -> None:  # type: ignore[no-untyped-def]
+    tasks = _family().sample(2, np.random.default_rng(0))
+    edit(tasks[1])
+    message = _refusal("cartpole", tasks)
+    assert needle in message
+    if "field" in needle:
+        assert "'pole_mass'" in message  # lists the expected fields
+
+
+def test_missing_field_value_reads_missing() -> None:
+    assert repr(MISSING) == "<missing>"
+
+
+def test_string_value_is_refused_by_the_file_check() -> None:
+    family = _family()
+    original = sample_task_sets(family, {"train": 2}, seed=0)["train"]
+    tasks = [dict(t) for t in original.tasks]
+    tasks[0]["pole_mass"] = "heavy"
+    with pytest.raises(ValueError, match=re.escape("tasks[0].pole_mass='heavy'")):
+        TaskSet.from_json(_rehashed(original, tasks), source="data/tasks/train.json")
+    with pytest.raises(ConfigError, match=re.escape("pole_mass='heavy': expected a number")):
+        family.check_task(tasks[0])
+
+
+def test_bandit_task_errors() -> None:
+    config = BanditFamilyConfig(num_arms=3)
+    message = _refusal("bandit", [{"probs": [0.1, 0.2]}], config)
+    assert "tasks[0].probs=[0.1, 0.2]: expected 3 entries, got 2" in message
+    message = _refusal("bandit", [{"probs": [0.1, 1.5, 0.2]}], config)
+    assert "tasks[0].probs[1]=1.5: must be a probability in [0, 1]" in message
+    message = _refusal("bandit", [{"probs": [0.1, 0.5, -0.2]}], config)
+    assert "tasks[0].probs[2]=-0.2" in message
+    message = _refusal("bandit", [{"probs": [0.1, 0.5, 0.2], "arms": 3}], config)
+    assert "tasks[0].arms=3: unknown field" in message
+
+
+def test_tabular_mdp_task_errors() -> None:
+    config = TabularMDPFamilyConfig(num_states=3, num_actions=2)
+    family = make_family("tabular_mdp", config)
+    task = family.sample(1, np.random.default_rng(0))[0]
+    bad = json.loads(json.dumps(task))
+    bad["transitions"][1][0] = [0.5, 0.2, 0.2]
+    message = _refusal("tabular_mdp", [bad], config)
+    assert "tasks[0].transitions[1][0]=[0.5, 0.2, 0.2]: a transition row must sum to 1" in message
+    bad = json.loads(json.dumps(task))
+    bad["transitions"][2][1] = [1.5, -0.5, 0.0]
+    message = _refusal("tabular_mdp", [bad], config)
+    assert ("tasks[0].transitions[2][1]=[1.5, -0.5, 0.0]: a transition row must be "
+            "non-negative") in message
+    bad = json.loads(json.dumps(task))
+    bad["reward_means"] = bad["reward_means"][:2]
+    message = _refusal("tabular_mdp", [bad], config)
+    assert "tasks[0].reward_means=" in message and "expected 3 entries, got 2" in message
+    bad = json.loads(json.dumps(task))
+    bad["transitions"][0][0] = [0.5, 0.5]  # 2 next states in a 3-state MDP
+    assert "tasks[0].transitions[0][0]=[0.5, 0.5]" in _refusal("tabular_mdp", [bad], config)
+    row = np.array(task["transitions"][0][1])
+    near = json.loads(json.dumps(task))
+    near["transitions"][0][1] = (row / row.sum() * (1 + 1e-8)).tolist()  # within tolerance
+    family.check_task(near)
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "needle"),
+    [
+        ("nav2d", {"goal_x": 0.1}, "goal_y=<missing>"),
+        ("pendulum", {"mass": 1.0, "length": 0.0, "gravity": 10.0}, "length=0.0: must be > 0"),
+    ],
+)
+def test_other_core_family_errors(name: str, task: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        make_family(name).check_task(task)
+
+
+def test_mujoco_and_metaworld_task_errors() -> None:
+    pytest.importorskip("mujoco")
+    pytest.importorskip("gymnasium.envs.mujoco")
+    with pytest.raises(ConfigError, match=re.escape("direction=0.5: must be -1")):
+        make_family("cheetah_dir").check_task({"direction": 0.5})
+    with pytest.raises(ConfigError, match=re.escape("velocity=inf")):
+        make_family("cheetah_vel").check_task({"velocity": float("inf")})
+    make_family("cheetah_vel").check_task({"velocity": -3.0})  # backward, outside [0, 2]
+    with pytest.raises(ConfigError, match=re.escape("angle=<missing>")):
+        make_family("ant_dir").check_task({"theta": 0.0})
+    pytest.importorskip("metaworld")
+    family = make_family("metaworld_ml1")
+    task = family.sample(1, np.random.default_rng(0))[0]
+    for field, value, needle in [("test_split", 2, "must be <= 1"),
+                                 ("goal_index", 50, "must be <= 49"),
+                                 ("goal_index", 1.0, "expected an integer"),
+                                 ("benchmark_seed", -1, "must be >= 0"),
+                                 ("rand_vec", [], "expected a non-empty list")]:
+        with pytest.raises(ConfigError, match=re.escape(f"{field}={value!r}: {needle}")):
+            family.check_task({**task, field: value})
+
+
+# --- through the CLI ------------------------------------------------------------------------
+
+def _cli(root: Path, *args: str) -> int:
+    return main([*args, "--root", str(root)])
+
+
+def test_train_file_saved_as_test_is_refused(project: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(project, "stage", "tasks") == 0
+    tasks_dir = project / "data" / "tasks"
+    (tasks_dir / "test.json").write_text((tasks_dir / "train.json").read_text())
+    capsys.readouterr()
+    assert _cli(project, "stage", "evaluate") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, "the error is one line"
+    assert err.startswith("metarl: error: ")
+    assert "test.json: split='train' but it is read as the test split" in err
+    assert "metarl stage tasks" in err
+
+
+def test_rehashed_negative_mass_stops_training(project: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(project, "stage", "tasks") == 0
+    path = project / "data" / "tasks" / "train.json"
+    original = TaskSet.from_json(path.read_text())
+    tasks = [dict(t) for t in original.tasks]
+    tasks[0]["pole_mass"] = -0.1
+    path.write_text(_rehashed(original, tasks))
+    capsys.readouterr()
+    assert _cli(project, "stage", "train") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, "the error is one line"
+    assert "train.json: tasks[0].pole_mass=-0.1: must be > 0" in err
+    assert not (project / "models").exists()
+    tasks[0]["pole_mass"] = 0.1
+    tasks[1]["wind"] = 1.0
+    path.write_text(_rehashed(original, tasks))
+    assert _cli(project, "stage", "train") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tasks[1].wind=1.0: unknown field" in err
+    assert "Traceback" not in err
+    assert not (project / "models").exists()

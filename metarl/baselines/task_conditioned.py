@@ -134,6 +134,10 @@ class TaskConditionedFamily:
         """The wrapped family's tasks."""
         return self.family.sample(num_tasks, rng)
 
+    def check_task(self, task: dict[str, Any]) -> None:
+        """The wrapped family's check."""
+        self.family.check_task(task)
+
     def make_env(self, tasks: list[dict[str, Any]], num_envs: int,
                  device: torch.device | str = "cpu") -> TaskObsEnv:
         """The wrapped family's env, observations followed by the task's features."""

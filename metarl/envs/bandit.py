@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from metarl.config import check
+from metarl.tasks import check_array, check_fields
 
 
 class BatchedBandit:
@@ -239,6 +240,14 @@ class BanditFamily:
         """``num_tasks`` tasks, each ``k`` probabilities drawn from U[0, 1]."""
         probs = rng.uniform(0.0, 1.0, size=(num_tasks, self.config.num_arms))
         return [{"probs": row.tolist()} for row in probs]
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """``probs``: ``num_arms`` probabilities in [0, 1]."""
+        check_fields(task, ("probs",))
+        probs = check_array("probs", task["probs"], (self.config.num_arms,))
+        for i, p in enumerate(probs):
+            check(0.0 <= p <= 1.0, f"probs[{i}]", task["probs"][i],
+                  "must be a probability in [0, 1]")
 
     def make_env(
         self, tasks: list[dict[str, Any]], num_envs: int, device: torch.device | str = "cpu"

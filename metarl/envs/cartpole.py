@@ -20,6 +20,7 @@ import torch
 
 from metarl.config import check, check_range
 from metarl.envs.base import StateBatch
+from metarl.tasks import check_fields, check_number
 
 TAU = 0.02
 X_THRESHOLD = 2.4
@@ -202,6 +203,9 @@ class CartPoleFamilyConfig:
         check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
 
 
+_CARTPOLE_FIELDS = ("pole_length", "pole_mass", "cart_mass", "gravity", "force_mag")
+
+
 class CartPoleFamily:
     """CartPole tasks with varied physics and, with some probability, reversed controls."""
 
@@ -216,13 +220,22 @@ class CartPoleFamily:
         c = self.config
         tasks = []
         for _ in range(num_tasks):
-            values = {name: float(rng.uniform(*getattr(c, name)))
-                      for name in ("pole_length", "pole_mass", "cart_mass", "gravity",
-                                   "force_mag")}
+            values = {name: float(rng.uniform(*getattr(c, name))) for name in _CARTPOLE_FIELDS}
             if rng.random() < c.force_flip_prob:
                 values["force_mag"] = -values["force_mag"]
             tasks.append(values)
         return tasks
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """The five fields; lengths, masses and gravity > 0, the force non-zero (any sign)."""
+        check_fields(task, _CARTPOLE_FIELDS)
+        for name, what in (("pole_length", "half the pole's length, m"),
+                           ("pole_mass", "a mass, kg"), ("cart_mass", "a mass, kg"),
+                           ("gravity", "m/s²")):
+            check_number(name, task[name], positive=True, what=what)
+        force = check_number("force_mag", task["force_mag"], what="the push, N")
+        check(force != 0, "force_mag", task["force_mag"],
+              "must be non-zero (the push, N; negative reverses the controls)")
 
     def make_env(
         self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"

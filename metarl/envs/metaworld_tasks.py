@@ -64,6 +64,7 @@ import numpy as np
 import torch
 
 from metarl.config import ConfigError, check
+from metarl.tasks import check_array, check_fields, check_int
 
 DEFAULT_MAX_STEPS = 150
 """Pipeline default horizon (Meta-World v1's; the benchmark's own is 500)."""
@@ -73,6 +74,7 @@ NUM_GOALS = 50
 """Goals per ML1 split."""
 
 Task = dict[str, Any]
+_TASK_FIELDS = ("test_split", "goal_index", "benchmark_seed", "rand_vec")
 
 _POOL: dict[tuple[str, str], list[Any]] = {}
 """Built Meta-World envs no batch holds, by (env_name, reward version): building one parses its
@@ -296,6 +298,18 @@ class MetaWorldML1Family:
     def sample(self, num_tasks: int, rng: np.random.Generator) -> list[Task]:
         """Goals from ML1's train set (use :meth:`sample_split` for the test set)."""
         return self.sample_split("train", num_tasks, rng)
+
+    def check_task(self, task: Task) -> None:
+        """The fields :meth:`sample_split` writes, each of the right type.
+
+        ``test_split`` 0 or 1, ``goal_index`` in ``[0, 50)``, ``benchmark_seed`` >= 0 and
+        ``rand_vec`` a non-empty list of finite numbers.
+        """
+        check_fields(task, _TASK_FIELDS)
+        check_int("test_split", task["test_split"], low=0, high=1)
+        check_int("goal_index", task["goal_index"], low=0, high=NUM_GOALS - 1)
+        check_int("benchmark_seed", task["benchmark_seed"], low=0)
+        check_array("rand_vec", task["rand_vec"], (-1,))
 
     def make_env(self, tasks: list[Task], num_envs: int,
                  device: torch.device | str = "cpu") -> BatchedMetaWorld:

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from metarl.config import ConfigError, check, check_range
+from metarl.tasks import check_fields, check_number
 
 DEFAULT_MAX_STEPS = 200
 """MAML's and PEARL's horizon for these tasks."""
@@ -286,6 +287,11 @@ class CheetahVelFamily:
         """Target velocities uniform in the configured range."""
         return [{"velocity": float(v)} for v in rng.uniform(*self.config.velocity, num_tasks)]
 
+    def check_task(self, task: dict[str, Any]) -> None:
+        """``velocity``: a finite number, m/s (negative runs backward)."""
+        check_fields(task, ("velocity",))
+        check_number("velocity", task["velocity"], what="the target velocity, m/s")
+
     def make_env(self, tasks: list[dict[str, float]], num_envs: int,
                  device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
         """``HalfCheetah-v5`` copies rewarded for matching each task's velocity."""
@@ -312,6 +318,13 @@ class CheetahDirFamily:
     def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
         """±1 with probability 1/2 each (MAML)."""
         return [{"direction": float(d)} for d in rng.choice([-1.0, 1.0], size=num_tasks)]
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """``direction``: -1 (backward) or 1 (forward)."""
+        check_fields(task, ("direction",))
+        direction = check_number("direction", task["direction"])
+        check(direction in (-1.0, 1.0), "direction", task["direction"],
+              "must be -1 (backward) or 1 (forward)")
 
     def make_env(self, tasks: list[dict[str, float]], num_envs: int,
                  device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
@@ -343,6 +356,11 @@ class AntDirFamily:
         else:
             angles = rng.uniform(0.0, 2 * math.pi, size=num_tasks)
         return [{"angle": float(a)} for a in angles]
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """``angle``: a finite number, radians (any value; the direction wraps)."""
+        check_fields(task, ("angle",))
+        check_number("angle", task["angle"], what="the walking direction, radians")
 
     def make_env(self, tasks: list[dict[str, float]], num_envs: int,
                  device: torch.device | str = "cpu") -> BatchedGymMuJoCo:

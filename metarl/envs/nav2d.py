@@ -34,6 +34,7 @@ from metarl.config import check
 from metarl.envs.base import StateBatch
 from metarl.policies import ActFn, Params
 from metarl.sampler import EpisodeBatch, rollout
+from metarl.tasks import check_fields, check_number
 
 RewardKind = Literal["distance", "squared_distance"]
 
@@ -238,6 +239,12 @@ class Nav2DFamily:
         """Goals uniform in ``[goal_low, goal_high]^2``."""
         goals = rng.uniform(self.config.goal_low, self.config.goal_high, size=(num_tasks, 2))
         return [{"goal_x": float(x), "goal_y": float(y)} for x, y in goals]
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """``goal_x`` and ``goal_y``, finite numbers (anywhere in the plane)."""
+        check_fields(task, ("goal_x", "goal_y"))
+        for name in ("goal_x", "goal_y"):
+            check_number(name, task[name], what="a goal coordinate")
 
     def make_env(
         self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"

@@ -32,6 +32,7 @@ from metarl.config import check, check_range
 from metarl.envs.base import StateBatch
 from metarl.policies import ActFn, Params
 from metarl.sampler import EpisodeBatch, rollout
+from metarl.tasks import check_fields, check_number
 
 DT = 0.05
 MAX_SPEED = 8.0
@@ -299,6 +300,13 @@ class PendulumFamily:
         c = self.config
         return [{name: float(rng.uniform(*getattr(c, name)))
                  for name in ("mass", "length", "gravity")} for _ in range(num_tasks)]
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """``mass``, ``length`` and ``gravity``, each > 0."""
+        check_fields(task, ("mass", "length", "gravity"))
+        for name, what in (("mass", "a mass, kg"), ("length", "a length, m"),
+                           ("gravity", "m/s²")):
+            check_number(name, task[name], positive=True, what=what)
 
     def make_env(
         self, tasks: list[dict[str, float]], num_envs: int, device: torch.device | str = "cpu"

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from metarl.config import check
+from metarl.tasks import check_array, check_fields
 
 
 def value_iteration(
@@ -308,6 +309,10 @@ class TabularMDPFamilyConfig:
         check(self.dirichlet_alpha > 0, "dirichlet_alpha", self.dirichlet_alpha, "must be > 0")
 
 
+ROW_SUM_TOLERANCE = 1e-6
+"""How far a task's transition row may sum from 1 (JSON round trips are exact; hand edits)."""
+
+
 class TabularMDPFamily:
     """Random MDPs; a task is ``{"reward_means": S×A, "transitions": S×A×S}`` (nested lists)."""
 
@@ -325,6 +330,22 @@ class TabularMDPFamily:
         rows = rng.dirichlet(np.full(c.num_states, c.dirichlet_alpha), size=shape)
         return [{"reward_means": m.tolist(), "transitions": p.tolist()}
                 for m, p in zip(means, rows, strict=True)]
+
+    def check_task(self, task: dict[str, Any]) -> None:
+        """``reward_means`` S×A finite; ``transitions`` S×A×S, rows distributions (± 1e-6)."""
+        c = self.config
+        check_fields(task, ("reward_means", "transitions"))
+        check_array("reward_means", task["reward_means"], (c.num_states, c.num_actions))
+        transitions = check_array("transitions", task["transitions"],
+                                  (c.num_states, c.num_actions, c.num_states))
+        for s, a in np.ndindex(c.num_states, c.num_actions):
+            row = transitions[s, a]
+            key, value = f"transitions[{s}][{a}]", task["transitions"][s][a]
+            check(bool((row >= 0).all()), key, value,
+                  "a transition row must be non-negative (probabilities of the next state)")
+            check(abs(row.sum() - 1.0) <= ROW_SUM_TOLERANCE, key, value,
+                  f"a transition row must sum to 1 (± {ROW_SUM_TOLERANCE:g}), "
+                  f"this one sums to {row.sum():.9g}")
 
     def make_env(
         self, tasks: list[dict[str, Any]], num_envs: int, device: torch.device | str = "cpu"

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from metarl.checkpoint import load_learner, read_config
+from metarl.config import ConfigError
 from metarl.families import make_family
 from metarl.tasks import TaskFamily, TaskSet
 from pipelines.paths import Paths
@@ -33,7 +34,16 @@ def device(config: PipelineConfig) -> str:
 
 
 def load_task_set(paths: Paths, split: str, config: PipelineConfig) -> TaskSet:
-    """Read and verify ``data/tasks/<split>.json`` for the configured family."""
+    """Read and verify ``data/tasks/<split>.json`` for the configured family.
+
+    Beyond the file's own checks (schema, hash, finite values) its ``family`` and ``split``
+    must be the ones it is read for, and every task must be valid for the family
+    (:meth:`TaskSet.check`), so a rehashed file with a negative mass fails here, on one line.
+
+    Raises:
+        StageError: naming the file, the field and the value.
+
+    """
     path = paths.task_set(split)
     try:
         text = path.read_text()
@@ -47,6 +57,13 @@ def load_task_set(paths: Paths, split: str, config: PipelineConfig) -> TaskSet:
     if task_set.family != config.task.family:
         raise StageError(f"{path}: family={task_set.family!r} but task.family="
                          f"{config.task.family!r}; regenerate with `metarl stage tasks`")
+    if task_set.split != split:
+        raise StageError(f"{path}: split={task_set.split!r} but it is read as the {split} "
+                         "split; regenerate with `metarl stage tasks`")
+    try:
+        task_set.check(family(config), source=str(path))
+    except ConfigError as err:
+        raise StageError(str(err)) from None
     return task_set
 
 

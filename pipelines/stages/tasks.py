@@ -16,8 +16,11 @@ from pipelines.tracking import flatten
 def run(config: PipelineConfig, paths: Paths) -> dict[str, str]:
     """Write ``data/tasks/{train,val,test}.json``; return each split's content hash."""
     t = config.task
-    sets = sample_task_sets(family(config),
-                            {"train": t.num_train, "val": t.num_val, "test": t.num_test}, t.seed)
+    fam = family(config)
+    sets = sample_task_sets(fam, {"train": t.num_train, "val": t.num_val, "test": t.num_test},
+                            t.seed)
+    for split, task_set in sets.items():
+        task_set.check(fam, source=f"sampled {split} tasks")  # a family that fails its own check
     for split, task_set in sets.items():
         atomic_write_text(paths.task_set(split), task_set.to_json())
     hashes = {split: s.content_hash for split, s in sets.items()}
