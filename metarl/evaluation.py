@@ -126,3 +126,63 @@ def normalized(value: np.ndarray | float, random_value: np.ndarray | float,
                best_value: float) -> np.ndarray:
     """``(R - R_random) / (R_best - R_random)``: 0 is random, 1 is the best possible."""
     return (np.asarray(value) - random_value) / (best_value - np.asarray(random_value))
+
+
+def score_scale(random_value: float, oracle: float) -> float | None:
+    """The unit of the normalised score, ``R_oracle - R_random``, or None if there is none.
+
+    This is the one rule every stage scores by: with a finite oracle return whose gap to
+    random is not ~0, scores are normalised (random 0, oracle 1); without one (MuJoCo,
+    Meta-World: NaN), or with random already at the oracle's return, raw returns are
+    compared instead.
+    """
+    if not np.isfinite(oracle) or abs(oracle - random_value) < 1e-9:
+        return None
+    return float(oracle - random_value)
+
+
+def normalized_score(value: float, random_value: float, oracle: float) -> float | None:
+    """The normalised score of ``value``, or None when :func:`score_scale` has no unit."""
+    if score_scale(random_value, oracle) is None:
+        return None
+    return float(normalized(value, random_value, oracle))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A candidate against a reference on the same tasks and seeds.
+
+    Attributes:
+        mean_difference: mean over tasks of ``candidate - reference`` (per-task scores).
+        ci_low, ci_high: percentile bootstrap interval of that mean (tasks resampled).
+        level: the interval's confidence level.
+        num_tasks: how many paired tasks.
+
+    """
+
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    level: float
+    num_tasks: int
+
+
+def paired_comparison(candidate: np.ndarray, reference: np.ndarray, rng: np.random.Generator,
+                      num_resamples: int = 10_000, level: float = 0.95) -> PairedComparison:
+    """Bootstrap the mean per-task difference ``candidate - reference`` (both ``[N]``).
+
+    The pairs are resampled together (the same task for both), so task-to-task spread, which
+    both share, does not widen the interval.
+    """
+    candidate, reference = np.asarray(candidate, float), np.asarray(reference, float)
+    if candidate.shape != reference.shape or candidate.ndim != 1 or len(candidate) == 0:
+        raise ValueError(f"paired scores must be two equal non-empty 1-D arrays, got shapes "
+                         f"{candidate.shape} and {reference.shape}")
+    diff = candidate - reference
+    lo, hi = bootstrap_ci(diff, rng, num_resamples, level)
+    return PairedComparison(float(diff.mean()), lo, hi, level, len(diff))
+
+
+def post_adapt_per_task(summary: CurveSummary) -> np.ndarray:
+    """Each task's return after the last adaptation step, averaged over seeds, ``[N]``."""
+    return summary.per_task[:, -1, :].mean(0)

@@ -16,6 +16,7 @@ EPILOG = """examples:
   metarl stage train                  run one stage in this project
   metarl flow                         run all stages as a Prefect flow (no server needed)
   metarl serve --cron "0 3 * * *"     schedule the flow nightly (needs a Prefect server)
+  metarl promote metarl-cartpole-maml 3   roll @champion back to version 3
   metarl bench sampler                batched sampler vs gymnasium's SyncVectorEnv
   metarl bench maml                   MAML on 2D navigation: s/iteration, returns, score
   metarl bench baselines --cells 10x5 RL²'s bandit/MDP baselines beside the paper's tables
@@ -56,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default="0 3 * * *", help='cron schedule (default "0 3 * * *")')
     serve.add_argument("--name", default="metarl-nightly", help="deployment name")
     project_args(serve)
+
+    promote = sub.add_parser(
+        "promote", help="point @champion at a registered version by hand (roll back)",
+        description="Move the @champion alias of registered model NAME to VERSION, bypassing "
+        "the gate: the way to roll back a promotion. The version must exist and its artifact "
+        "must load. Uses the tracking URI of params.yaml (or MLFLOW_TRACKING_URI).")
+    promote.add_argument("model_name", metavar="NAME", help="registered model name, e.g. "
+                         "metarl-cartpole-maml")
+    promote.add_argument("version", metavar="VERSION", type=int, help="version number")
+    project_args(promote)
 
     bench = sub.add_parser("bench", help="benchmarks that print tables")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -359,6 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.flows import run_flow
 
             print(json.dumps(run_flow(args.root, args.params), default=str))
+        elif args.command == "promote":
+            from pipelines.runner import promote_version
+
+            print(json.dumps(promote_version(args.model_name, args.version, args.root,
+                                             args.params)))
         elif args.command == "serve":
             from pipelines.flows import serve
 

@@ -1,11 +1,20 @@
-"""The MLflow pyfunc flavour of a metarl policy: weights + config JSON, no pickled objects.
+"""The MLflow pyfunc flavour of a metarl policy: data only (weights + config JSON), no code.
+
+A registered version's artifact holds ``data/policy/weights.pt`` (a plain tensor dict, read with
+``torch.load(weights_only=True)``), ``data/policy/config.json`` and MLflow's own metadata. Its
+``MLmodel`` names this module as the ``loader_module``: loading runs :func:`_load_pyfunc` from
+the *installed* package, never a Python file stored with the model, so write access to the
+artifact store is not code execution for whoever loads the champion.
+:func:`load_registered` goes one step further for metarl's own use (the registry's gate, the
+CLI): it checks that the ``MLmodel`` still names this loader and stores no code, and reads the
+data files itself.
 
 ``mlflow.pyfunc.load_model("models:/<name>@champion").predict(obs)`` maps observations
 ``[batch, obs_dim]`` (float32) to the greedy actions of the meta-learned initialisation: for a
 discrete family the most likely action, ``[batch]`` int64; for a continuous family the mean of
 the Gaussian policy, ``[batch, action_dim]`` float32 (unclipped: the env clips it to its action
-bounds, as it does every action). To adapt to a new task first, load the weights with
-:func:`metarl.checkpoint.load_learner` from the model's ``artifacts/`` folder.
+bounds, as it does every action). To adapt to a new task first, load the learner with
+:func:`load_registered`.
 
 An RL² model is recurrent: its input is the trial so far, as named tensors ``obs [B, T,
 obs_dim]``, ``prev_action [B, T]`` (int64, ``-1`` at the trial's first step; continuous:
@@ -19,6 +28,8 @@ trial's episodes from ``prev_done`` and reads the clock it was trained with.
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,29 +37,27 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+import yaml
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-WEIGHTS = "weights"
-CONFIG = "config"
+WEIGHTS_FILE = "weights.pt"
+CONFIG_FILE = "config.json"
+DATA_DIR = "data/policy"
+"""Where MLflow keeps the ``data_path`` folder (``policy``) inside the model artifact."""
 
 
-class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined,unused-ignore]
-    """Greedy actions of a :class:`metarl.algos.base.GradientAdaptedPolicy`."""
+class ArtifactError(ValueError):
+    """A registered model artifact cannot be loaded (missing, unreadable or tampered with)."""
 
-    # The tensor signature given at logging validates input; MLflow's type-hint validation
-    # (and its warning about missing hints) is not wanted.
-    _skip_type_hint_validation = True
 
-    def load_context(self, context: Any) -> None:
-        """Rebuild the policy from the logged weights (``weights_only`` load) and config."""
-        from metarl.checkpoint import load_learner, read_config
+class MetaPolicyModel:
+    """Greedy actions of a loaded learner (what :func:`_load_pyfunc` gives MLflow)."""
 
-        config = read_config(Path(context.artifacts[CONFIG]))
-        self.learner = load_learner(Path(context.artifacts[WEIGHTS]), config)
+    def __init__(self, learner: Any) -> None:
+        self.learner = learner
 
-    # No type hints here: MLflow would read them as a (list-based) input schema.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         """Greedy actions: per observation row, or per step of the trials given (RL²).
 
         The input is an array, a DataFrame or ``{"obs": array}``; for RL², the named tensors
@@ -69,6 +78,82 @@ class MetaPolicyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defi
         if policy.discrete:
             return out.argmax(-1).numpy().astype(np.int64)
         return out.numpy().astype(np.float32)
+
+
+def load_data(data_path: Path) -> tuple[Any, dict[str, Any]]:
+    """The learner and its checkpoint config from a model's data folder.
+
+    Raises:
+        ArtifactError: a file is missing or is not a metarl checkpoint.
+
+    """
+    from metarl.checkpoint import load_learner, read_config
+
+    weights, config = data_path / WEIGHTS_FILE, data_path / CONFIG_FILE
+    for path in (weights, config):
+        if not path.is_file():
+            raise ArtifactError(f"{path.name} is missing from the model's data")
+    try:
+        ckpt = read_config(config)
+        return load_learner(weights, ckpt), ckpt
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        raise ArtifactError(f"its data does not load ({err})") from None
+
+
+def _load_pyfunc(data_path: str) -> MetaPolicyModel:
+    """MLflow's ``loader_module`` hook: the policy from the model's data folder."""
+    learner, _ = load_data(Path(data_path))
+    return MetaPolicyModel(learner)
+
+
+def check_mlmodel(model_dir: Path) -> None:
+    """Refuse a model whose ``MLmodel`` would load anything but this module's data loader.
+
+    Raises:
+        ArtifactError: no ``MLmodel``, another loader, stored code or a pickled model.
+
+    """
+    try:
+        meta = yaml.safe_load((model_dir / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ArtifactError(f"its MLmodel file is missing or unreadable ({err})") from None
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    conf = flavors.get("python_function") if isinstance(flavors, dict) else None
+    if not isinstance(conf, dict) or conf.get("loader_module") != __name__:
+        found = conf.get("loader_module") if isinstance(conf, dict) else None
+        raise ArtifactError(f"its MLmodel names loader_module={found!r}, not {__name__!r}: not "
+                            "a metarl model, or its MLmodel was edited")
+    assert isinstance(flavors, dict)
+    stored_code = [k for k in ("code", "python_model", "cloudpickle_version") if conf.get(k)]
+    if stored_code or set(flavors) != {"python_function"} or conf.get("data") != DATA_DIR:
+        raise ArtifactError(f"its MLmodel asks to load stored code or other flavours "
+                            f"({stored_code or sorted(flavors)}): refused")
+
+
+def load_registered(model_uri: str) -> tuple[Any, dict[str, Any]]:
+    """Download ``model_uri`` (``models:/name@alias``, ``runs:/...``) and load its learner.
+
+    Only data is read: the ``MLmodel`` is checked (:func:`check_mlmodel`), then the weights
+    (``weights_only``) and the config JSON; nothing in the artifact is imported or unpickled.
+
+    Raises:
+        ArtifactError: the URI does not resolve, or the artifact is incomplete or tampered with.
+
+    """
+    from mlflow.exceptions import MlflowException
+
+    tmp = Path(tempfile.mkdtemp(prefix="metarl-model-"))
+    try:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                             dst_path=str(tmp)))
+        except (MlflowException, OSError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ArtifactError(f"its artifact cannot be downloaded ({first})") from None
+        check_mlmodel(local)
+        return load_data(local / DATA_DIR)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _predict_rl2(learner: Any, model_input: dict[str, Any]) -> np.ndarray:
@@ -128,7 +213,7 @@ def requirements() -> list[str]:
 
 
 def log_model(weights: Path, config: Path, obs_dim: int) -> Any:
-    """Log the pyfunc model (from code, not pickled) to the active run; return ``ModelInfo``.
+    """Log the model (data only, see the module docstring) to the active run; ``ModelInfo``.
 
     The output signature follows the policy kind recorded in the checkpoint ``config``.
     """
@@ -138,11 +223,14 @@ def log_model(weights: Path, config: Path, obs_dim: int) -> Any:
     action_dim = int(ckpt.get("action_dim", 0)) if ckpt.get("policy") == "gaussian" else 0
     sig = (rl2_signature(obs_dim, action_dim) if ckpt.get("learner") == "rl2"
            else signature(obs_dim, action_dim))
-    entry = Path(__file__).with_name("pyfunc_entry.py")
-    with warnings.catch_warnings():
-        # The explicit tensor signature validates input; no example needed.
-        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=str(entry),
-            artifacts={WEIGHTS: str(weights), CONFIG: str(config)},
-            signature=sig, pip_requirements=requirements())
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / Path(DATA_DIR).name
+        data.mkdir()
+        shutil.copyfile(weights, data / WEIGHTS_FILE)
+        shutil.copyfile(config, data / CONFIG_FILE)
+        with warnings.catch_warnings():
+            # The explicit tensor signature validates input; no example needed.
+            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+            return mlflow.pyfunc.log_model(
+                name="model", loader_module=__name__, data_path=str(data),
+                signature=sig, pip_requirements=requirements())

@@ -38,6 +38,15 @@ def configure_torch() -> None:
     torch.set_num_threads(int(os.environ.get("METARL_NUM_THREADS", "1")))
 
 
+def promote_version(name: str, version: int, root: Path | str = ".",
+                    params: Path | str | None = None) -> dict[str, Any]:
+    """``metarl promote``: move ``@champion`` by hand, with the project's tracking settings."""
+    paths = Paths(Path(root).resolve())
+    config = load_config(Path(params) if params else paths.params)
+    tracking.setup(config.tracking, paths.root)
+    return register.promote(name, version)
+
+
 def run_stage(name: str, root: Path | str = ".", params: Path | str | None = None) -> Any:
     """Run stage ``name`` of the project at ``root`` inside its nested MLflow run."""
     if name not in STAGES:

@@ -193,13 +193,18 @@ class RegisterSection:
     """Registered model name; empty means ``metarl-<task.family>-<algo.name>``, so each
     family/algorithm pair has its own champion."""
     margin: float = 0.02
-    """Promote to @champion only if the new normalised post-adaptation score exceeds the
-    champion's (re-evaluated on the same test tasks and seeds) by more than this."""
+    """Promote to @champion only if the lower end of the bootstrap interval of the mean
+    per-task difference, new model minus champion (both evaluated now on the same test tasks
+    and seeds; for a first version: minus the best baseline), is above this. Normalised units
+    where the family has a closed-form oracle, else return units."""
+    confidence: float = 0.95
+    """Confidence level of that interval."""
 
     def __post_init__(self) -> None:
         check(self.model_name == self.model_name.strip(), "model_name", self.model_name,
               "remove the surrounding spaces")
         check(self.margin >= 0, "margin", self.margin, "must be >= 0")
+        check(0.5 <= self.confidence < 1, "confidence", self.confidence, "must be in [0.5, 1)")
 
 
 @dataclass(frozen=True)

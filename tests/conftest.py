@@ -56,6 +56,14 @@ def run_tiny_family(root: Path, family: str, stages: tuple[str, ...] = ("tasks",
         run_stage(stage, root)
 
 
+def assert_gate_consistent(register: dict[str, Any]) -> None:
+    """``metrics/register.json`` of a new version: promoted exactly when the gate says so."""
+    low, high = register["ci"]
+    assert low <= register["difference"] <= high
+    assert register["promoted"] == (low > register["margin"])
+    assert register["reference"] in ("champion", "pretrained", "scratch", "random")
+
+
 def write_params(root: Path, params: dict[str, Any]) -> Path:
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))

@@ -13,7 +13,7 @@ import yaml
 
 from pipelines.cli import main
 from pipelines.runner import run_stage
-from tests.conftest import tiny_params, write_params
+from tests.conftest import assert_gate_consistent, tiny_params, write_params
 
 TINY_FAMILY = {
     "nav2d": {"max_steps": 10},
@@ -58,10 +58,11 @@ def test_continuous_family_runs_tasks_train_evaluate_register(tmp_path: Path, fa
         assert np.isfinite(summary[name]["return_post_adapt_k2"]), name
 
     register = json.loads((root / "metrics/register.json").read_text())
-    assert register["promoted"] and register["version"] == 1
+    assert register["version"] == 1
+    assert_gate_consistent(register)
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"models:/{params['register']['model_name']}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{params['register']['model_name']}@challenger")
     obs_dim = {"nav2d": 2, "pendulum": 3}[family]
     obs = np.random.default_rng(0).uniform(-0.5, 0.5, size=(5, obs_dim)).astype(np.float32)
     actions = model.predict(obs)

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from metarl.config import ConfigError
+from tests.conftest import assert_gate_consistent
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_NAMES = ["tasks", "tune", "train", "evaluate", "register"]
@@ -106,13 +107,14 @@ def test_flow_runs_all_stages_under_one_parent_run(flows: ModuleType, tmp_path: 
         assert (root / rel).is_file(), rel
     registered = json.loads((root / "metrics/register.json").read_text())
     assert registered == results["register"]
-    assert registered["version"] == 1 and registered["promoted"] is True
+    assert registered["version"] == 1
+    assert_gate_consistent(registered)
     assert results["tasks"]["test"] == results["evaluate"]["test_task_hash"]
     assert "METARL_PIPELINE_RUN" not in os.environ  # restored
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    champion = client.get_model_version_by_alias(registered["model_name"], "champion")
-    assert int(champion.version) == registered["version"]
+    challenger = client.get_model_version_by_alias(registered["model_name"], "challenger")
+    assert int(challenger.version) == registered["version"]
 
     experiment = client.get_experiment_by_name("metarl")
     runs = client.search_runs([experiment.experiment_id])

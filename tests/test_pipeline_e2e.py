@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import copy_repo, tiny_params, write_params
+from tests.conftest import assert_gate_consistent, copy_repo, tiny_params, write_params
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -78,12 +78,13 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
                for r in trials)
 
     name = "metarl-cartpole-maml"  # register.model_name is empty: metarl-<family>-<algo>
-    champion = client.get_model_version_by_alias(name, "champion")
-    assert int(champion.version) == 1
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert int(challenger.version) == 1
+    assert_gate_consistent(json.loads((root / "metrics" / "register.json").read_text()))
 
-    # The champion loads in a fresh process and acts.
+    # The registered model loads in a fresh process and acts.
     code = ("import mlflow, numpy as np; "
-            f"m = mlflow.pyfunc.load_model('models:/{name}@champion'); "
+            f"m = mlflow.pyfunc.load_model('models:/{name}@challenger'); "
             "print(m.predict(np.zeros((5, 4), np.float32)).tolist())")
     loaded = _run([sys.executable, "-c", code], root)
     actions = json.loads(loaded.stdout.strip().splitlines()[-1])

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.runner import run_stage
-from tests.conftest import tiny_params, write_params
+from pipelines.runner import promote_version, run_stage
+from tests.conftest import assert_gate_consistent, tiny_params, write_params
 
 
 @pytest.mark.parametrize(("family", "obs_dim", "action_dim"),
@@ -56,11 +56,13 @@ def test_rl2_runs_every_stage_and_registers_a_recurrent_model(
 
     register = json.loads((root / "metrics/register.json").read_text())
     assert register["model_name"] == f"metarl-{family}-rl2"
-    assert register["promoted"] and register["version"] == 1
+    assert register["version"] == 1
+    assert_gate_consistent(register)
+    # the gate measured the checkpoint itself: the same score as evaluate's
     assert register["score"] == pytest.approx(summary["rl2"]["normalized_post_adapt"])
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(f"models:/metarl-{family}-rl2@champion")
+    model = mlflow.pyfunc.load_model(f"models:/metarl-{family}-rl2@challenger")
     rng = np.random.default_rng(0)
     b, t = 3, 5
     if action_dim:
@@ -81,7 +83,8 @@ def test_rl2_runs_every_stage_and_registers_a_recurrent_model(
     np.testing.assert_array_equal(model.predict(later)[:, :3], actions[:, :3])
 
     # registering again re-evaluates the champion as an RL² model; the same checkpoint and
-    # score is the same registration, so no version is added
+    # protocol is the same registration, so no version is added
+    promote_version(f"metarl-{family}-rl2", 1, root)
     run_stage("register", root)
     again = json.loads((root / "metrics/register.json").read_text())
     assert again["version"] == 1 and again["reused_version"] and not again["promoted"]
@@ -147,6 +150,7 @@ def test_no_normalised_score_when_random_already_scores_the_oracle(tmp_path: Pat
     assert summary["maml"]["normalized_post_adapt"] is None
     assert "NaN" not in (tmp_path / "metrics/meta_test.json").read_text()
     register = json.loads((tmp_path / "metrics/register.json").read_text())
-    assert register["score"] == 3.0 and register["champion_score_before"] == 3.0
+    assert register["score"] == 3.0 and register["reference_score"] == 3.0
+    assert register["units"] == "return" and register["difference"] == 0.0
     assert register["version"] == 1 and register["reused_version"]
     assert not register["promoted"]

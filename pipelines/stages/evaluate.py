@@ -26,7 +26,7 @@ import torch
 from metarl.algos.base import GradientAdaptedPolicy, MetaLearner, RandomLearner
 from metarl.baselines.reference import reference_returns
 from metarl.baselines.task_conditioned import TaskConditionedFamily
-from metarl.evaluation import CurveSummary, bootstrap_ci, meta_test, normalized
+from metarl.evaluation import CurveSummary, bootstrap_ci, meta_test, normalized_score
 from pipelines.io import atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
 from pipelines.plots import plot_adaptation_curves
@@ -68,16 +68,6 @@ def trained_oracle_return(paths: Paths, fam: Any, test: Any, config: PipelineCon
     return float(res["oracle"].mean[0])
 
 
-def _normalized(value: float, random_value: float, oracle: float) -> float | None:
-    """The normalised score, or None when there is nothing to normalise by.
-
-    That is: the family has no oracle (NaN), or random already scores the oracle's return.
-    """
-    if not np.isfinite(oracle) or abs(oracle - random_value) < 1e-9:
-        return None
-    return float(normalized(value, random_value, oracle))
-
-
 def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]:
     """Metrics per learner (the meta-learner first, named in ``learner``)."""
     random_mean = results["random"].mean[0]
@@ -91,8 +81,8 @@ def summarize(results: dict[str, CurveSummary], oracle: float) -> dict[str, Any]
             **{f"return_post_adapt_k{k}": float(s.mean[k]) for k in range(1, k_max + 1)},
             **{f"ci95_k{k}": [float(s.ci_low[k]), float(s.ci_high[k])]
                for k in range(k_max + 1)},
-            "normalized_pre_adapt": _normalized(s.mean[0], random_mean, oracle),
-            "normalized_post_adapt": _normalized(s.mean[k_max], random_mean, oracle),
+            "normalized_pre_adapt": normalized_score(s.mean[0], random_mean, oracle),
+            "normalized_post_adapt": normalized_score(s.mean[k_max], random_mean, oracle),
         }
         if s.success is not None:  # Meta-World: the share of episodes that succeeded
             out[name].update({f"success_rate_k{k}": float(s.success[k])
@@ -127,7 +117,7 @@ def reference_summary(fam: Any, test: Any, seeds: tuple[int, ...], dev: str,
     rng = np.random.default_rng(0)
     return {name: {"return": float(values.mean()),
                    "ci95": list(bootstrap_ci(values, rng)),
-                   "normalized": _normalized(values.mean(), random_return, oracle)}
+                   "normalized": normalized_score(values.mean(), random_return, oracle)}
             for name, values in refs.items()}
 
 

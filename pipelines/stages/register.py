@@ -1,15 +1,21 @@
 """Stage ``register``: log the model, register a version, and gate the ``@champion`` alias.
 
-Every new version gets ``@challenger``. It also gets ``@champion`` when there is none yet, or
-when its normalised post-adaptation score beats the current champion's by more than
-``register.margin`` — the champion re-evaluated now, on the same test tasks, seeds and protocol
-(so a changed test set never compares apples with oranges).
+The gate scores the model it registers: nothing is taken from ``metrics/meta_test.json``.
+The checkpoint in ``models/`` is evaluated now, on the test tasks, seeds and protocol of
+``evaluate``, and so is its reference: the current ``@champion`` (loaded from the registry as
+data only, see :mod:`pipelines.model`), or, for a model name's first version, the best of the
+baselines trained beside it (pretrained, scratch, random). Promotion is a paired decision:
+per-task differences (candidate minus reference, in normalised units where the family has a
+closed-form oracle, else in return units), a bootstrap interval of their mean, and
+``@champion`` moves only when the interval's lower end is above ``register.margin``. Both
+scores, the interval and the decision go on the version (tags and description) and in
+``metrics/register.json``. Every new version gets ``@challenger``.
 
 A failure leaves the registry as it was: everything that can fail without touching it runs
 first, and a failure after the version is created (setting an alias, writing
 ``register.json``) deletes that version and puts the aliases back. The registration is also
 idempotent: a version carries a ``registration_key`` tag (a hash of the checkpoint, the test set
-and the score), and registering the same key again — a Prefect retry after a crash, a forced
+and the protocol), and registering the same key again — a Prefect retry after a crash, a forced
 ``dvc repro`` — reuses that version instead of adding one.
 
 Two registrations into one local (SQLite) registry at once — queued ``dvc exp run`` jobs,
@@ -17,7 +23,8 @@ parallel Prefect runs — take turns: the gate, from reading ``@champion`` to mo
 under an exclusive lock on ``<database>.register.lock``, so the champion is always the better
 of the two, never the last writer. MLflow's registry has no compare-and-set, so against a
 tracking *server* this lock cannot be taken and concurrent registrations are the user's to
-serialise.
+serialise. :func:`promote` moves ``@champion`` by hand (``metarl promote NAME VERSION``), to
+roll back.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +44,19 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from metarl.algos.base import RandomLearner
-from metarl.baselines.task_conditioned import has_closed_form_oracle
-from metarl.checkpoint import load_learner, read_config
-from metarl.evaluation import meta_test, normalized
+from metarl.algos.base import MetaLearner, RandomLearner
+from metarl.evaluation import (
+    CurveSummary,
+    PairedComparison,
+    meta_test,
+    normalized_score,
+    paired_comparison,
+    post_adapt_per_task,
+    score_scale,
+)
 from metarl.tasks import TaskFamily, TaskSet
 from pipelines.io import atomic_write_json
-from pipelines.model import log_model
+from pipelines.model import ArtifactError, load_registered, log_model
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
 from pipelines.stages.common import (
@@ -53,6 +66,7 @@ from pipelines.stages.common import (
     family,
     load_task_set,
 )
+from pipelines.stages.evaluate import BASELINES, learners
 
 LOCK_TIMEOUT = 900.0
 """Seconds a registration waits for another one on the same registry before giving up."""
@@ -114,11 +128,11 @@ def _version_str(version: Any | None) -> str | None:
     return None if version is None else str(version.version)
 
 
-def registration_key(weights: Path, config_path: Path, test_hash: str, score: float) -> str:
-    """What identifies one registration: checkpoint bytes, test set and gate score."""
+def registration_key(weights: Path, config_path: Path, test_hash: str, protocol: str) -> str:
+    """What identifies one registration: checkpoint bytes, test set and evaluation protocol."""
     digest = hashlib.sha256()
     for part in (weights.read_bytes(), config_path.read_bytes(), test_hash.encode(),
-                 f"{score:.6f}".encode()):
+                 protocol.encode()):
         digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()[:32]
 
@@ -164,71 +178,142 @@ def _roll_back(client: MlflowClient, name: str, aliases: dict[str, str | None],
             _quietly(client.delete_registered_model, name)
 
 
-def score_version(version: Any, config: PipelineConfig, fam: TaskFamily, test: TaskSet,
-                  dev: str) -> float:
-    """Normalised post-adaptation score of a registered version on ``test``, evaluated now."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp))
-        ckpt = read_config(next(p for p in local.rglob("*.json")
-                                if p.name in ("config.json", "rl2.json")))
-        if ckpt.get("family") != config.task.family:
-            raise StageError(f"register.model_name={version.name!r}: its champion was trained "
-                             f"on family {ckpt.get('family')!r}, not {config.task.family!r}; "
-                             "use another model_name")
-        learner = load_learner(next(local.rglob("*.pt")), ckpt)
+def repair_hint(name: str) -> str:
+    """How to point ``@champion`` of ``name`` at a version that loads, or drop it."""
+    return (f"repair the alias: `metarl promote {name} VERSION` (a version that loads) or "
+            f"`MlflowClient().delete_registered_model_alias({name!r}, 'champion')`")
+
+
+def load_version(version: Any, fam_name: str | None) -> MetaLearner:
+    """The learner of a registered version, read as data only (see :mod:`pipelines.model`).
+
+    Raises:
+        StageError: the artifact is missing, unreadable or tampered with, or was trained on
+            another family; the message says how to repair the alias.
+
+    """
+    name = version.name
+    try:
+        learner, ckpt = load_registered(f"models:/{name}/{version.version}")
+    except ArtifactError as err:
+        raise StageError(f"register.model_name={name!r}: version {version.version} cannot be "
+                         f"loaded: {err}; {repair_hint(name)}") from None
+    if fam_name is not None and ckpt.get("family") != fam_name:
+        raise StageError(f"register.model_name={name!r}: version {version.version} was trained "
+                         f"on family {ckpt.get('family')!r}, not {fam_name!r}; use another "
+                         "model_name")
+    return learner  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class GateScores:
+    """Per-task post-adaptation scores of the candidate and its possible references."""
+
+    per_task: dict[str, np.ndarray]
+    """Learner name → ``[N]`` return after the last adaptation step (seed-averaged)."""
+    random_return: float
+    """Random's mean return on the same tasks and seeds (the 0 of normalised scores)."""
+    scale: float | None
+    """``R_oracle - R_random``, the unit of the gate's comparison; None: raw returns."""
+    oracle: float
+
+    def score(self, name: str) -> float:
+        """The mean score of ``name``: normalised where there is a scale, else the raw return."""
+        value = float(self.per_task[name].mean())
+        normed = normalized_score(value, self.random_return, self.oracle)
+        return value if normed is None else normed
+
+    def compare(self, candidate: str, reference: str, level: float) -> PairedComparison:
+        """Paired bootstrap of ``candidate - reference`` in the gate's units."""
+        unit = 1.0 if self.scale is None else self.scale
+        return paired_comparison(self.per_task[candidate] / unit,
+                                 self.per_task[reference] / unit, np.random.default_rng(0),
+                                 level=level)
+
+
+def gate_scores(learners_: dict[str, MetaLearner], config: PipelineConfig, fam: TaskFamily,
+                test: TaskSet, dev: str) -> GateScores:
+    """Evaluate ``learners_`` (``random`` among them) with ``evaluate``'s protocol."""
     ev = config.evaluate
-    res = meta_test({"champion": learner, "random": RandomLearner()}, fam, test,
-                    ev.num_adapt_steps, ev.episodes_per_task, ev.seeds, dev)
+    res: dict[str, CurveSummary] = meta_test(learners_, fam, test, ev.num_adapt_steps,
+                                             ev.episodes_per_task, ev.seeds, dev)
     oracle = float(fam.oracle_returns(list(test.tasks)).mean())
-    if not np.isfinite(oracle) or abs(oracle - res["random"].mean[0]) < 1e-9:
-        # no closed-form oracle (MuJoCo, Meta-World), or random already at the oracle's
-        # return (nothing to normalise by): compare raw returns, as run() does
-        return float(res["champion"].mean[-1])
-    return float(normalized(res["champion"].mean[-1], res["random"].mean[0], oracle))
+    random_return = float(res["random"].mean[0])
+    per_task = {name: post_adapt_per_task(s) for name, s in res.items()}
+    per_task["random"] = res["random"].per_task[:, 0, :].mean(0)  # random does not adapt
+    return GateScores(per_task, random_return, score_scale(random_return, oracle), oracle)
+
+
+def _check_reported(paths: Paths, algo: str, measured: float, k: int) -> None:
+    """Warn when ``metrics/meta_test.json`` disagrees with what the gate measured."""
+    path = paths.metrics / "meta_test.json"
+    try:
+        reported = json.loads(path.read_text())[algo][f"return_post_adapt_k{k}"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(reported, float) and abs(reported - measured) > 1e-6 * max(1.0, abs(measured)):
+        print(f"register: {path} says {algo} returns {reported:.4f} after {k} steps, but the "
+              f"checkpoint in models/ returns {measured:.4f} on the same protocol: the file is "
+              "stale or was edited (re-run `metarl stage evaluate`); the gate uses its own "
+              "measurement", file=sys.stderr)
 
 
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Register the trained meta-learner; write metrics/register.json."""
     fam, dev = family(config), device(config)
     test = load_task_set(paths, "test", config)
-    metrics_path = paths.metrics / "meta_test.json"
-    if not metrics_path.exists():
-        raise StageError(f"{metrics_path}: missing; run `metarl stage evaluate` first")
-    summary = json.loads(metrics_path.read_text())
-    if summary.get("test_task_hash") != test.content_hash:
-        raise StageError(f"{metrics_path}: test_task_hash={summary.get('test_task_hash')!r} "
-                         f"is stale (test set is {test.content_hash}); re-run evaluate")
-    algo = config.algo.name
-    if algo not in summary:
-        raise StageError(f"{metrics_path}: no results for algo.name={algo!r} (it holds "
-                         f"{summary.get('learner')!r}); re-run `metarl stage evaluate`")
-    weights, config_path = checkpoint_files(paths, algo)
-    ckpt = read_config(config_path)
-    load_learner(weights, ckpt)  # fail now, not after registering, if the checkpoint is bad
-    # The gate compares like with like: the normalised score where the family has a
-    # closed-form oracle, else the raw post-adaptation return (margin in return units), as
-    # score_version computes for the champion.
-    new_score = summary[algo]["normalized_post_adapt"]
-    if not has_closed_form_oracle(fam, test.tasks) or new_score is None:
-        new_score = summary[algo][f"return_post_adapt_k{config.evaluate.num_adapt_steps}"]
-    new_score = float(new_score)
+    weights, config_path = checkpoint_files(paths, config.algo.name)
+    candidates = learners(paths, config)  # fails now, before the registry, if a file is bad
     with registry_lock(mlflow.get_tracking_uri()):
-        return _gate(config, paths, fam, test, dev, weights, config_path, ckpt, new_score,
+        return _gate(config, paths, fam, test, dev, weights, config_path, candidates,
                      MlflowClient())
 
 
+def _decide(config: PipelineConfig, fam: TaskFamily, test: TaskSet, dev: str,
+            candidates: dict[str, MetaLearner], champion: Any | None) -> dict[str, Any]:
+    """Score the candidate against its reference; the decision and its evidence."""
+    algo, name = config.algo.name, config.model_name
+    if champion is not None:
+        pool = {algo: candidates[algo], "champion": load_version(champion, config.task.family),
+                "random": RandomLearner()}
+        scores = gate_scores(pool, config, fam, test, dev)
+        reference = "champion"
+    else:
+        scores = gate_scores(candidates, config, fam, test, dev)
+        reference = max(BASELINES, key=scores.score)  # the best baseline on these tasks
+    level = config.register.confidence
+    cmp = scores.compare(algo, reference, level)
+    margin = config.register.margin
+    promote = cmp.ci_low > margin
+    units = "normalized" if scores.scale is not None else "return"
+    against = f"champion v{champion.version}" if champion is not None else \
+        f"the best baseline ({reference})"
+    verdict = "promoted to @champion" if promote else "not promoted"
+    reason = (f"{verdict}: {name} scores {scores.score(algo):.4f} vs {scores.score(reference):.4f}"
+              f" for {against} ({units} post-adaptation score, {cmp.num_tasks} test tasks "
+              f"{test.content_hash}, seeds {list(config.evaluate.seeds)}); mean paired "
+              f"difference {cmp.mean_difference:+.4f}, {level:.0%} bootstrap interval "
+              f"[{cmp.ci_low:+.4f}, {cmp.ci_high:+.4f}], lower end "
+              f"{'>' if promote else '<='} margin {margin}")
+    return {"promoted": promote, "reason": reason, "score": scores.score(algo),
+            "reference": reference, "reference_score": scores.score(reference),
+            "difference": cmp.mean_difference, "ci": [cmp.ci_low, cmp.ci_high],
+            "level": level, "margin": margin, "units": units,
+            "baselines": ({b: scores.score(b) for b in BASELINES} if champion is None else {}),
+            "measured_return": float(scores.per_task[algo].mean())}
+
+
 def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, dev: str,
-          weights: Path, config_path: Path, ckpt: dict[str, Any], new_score: float,
+          weights: Path, config_path: Path, candidates: dict[str, MetaLearner],
           client: MlflowClient) -> dict[str, Any]:
     """Register ``weights`` and move the aliases (under the registry lock); see the module."""
-    name, margin = config.model_name, config.register.margin
+    name, ev = config.model_name, config.evaluate
     champion = champion_version(client, name)
-    champion_score = (score_version(champion, config, fam, test, dev)
-                      if champion is not None else None)
-    promote = champion_score is None or new_score > champion_score + margin
-
-    key = registration_key(weights, config_path, test.content_hash, new_score)
+    decision = _decide(config, fam, test, dev, candidates, champion)
+    _check_reported(paths, config.algo.name, decision.pop("measured_return"),
+                    ev.num_adapt_steps)
+    protocol = json.dumps([list(ev.seeds), ev.num_adapt_steps, ev.episodes_per_task])
+    key = registration_key(weights, config_path, test.content_hash, protocol)
     aliases = {"champion": _version_str(champion),
                "challenger": _version_str(alias_version(client, name, "challenger"))}
     version = _existing_version(client, name, key)
@@ -239,26 +324,34 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
     except MlflowException:
         model_existed = False
     created: str | None = None
+    promote = bool(decision["promoted"])
     try:
         if version is None:
+            ckpt = json.loads(config_path.read_text())
             info = log_model(weights, config_path, int(ckpt["obs_dim"]))
             version = mlflow.register_model(info.model_uri, name, tags={
-                "test_task_hash": test.content_hash,
-                "normalized_post_adapt": f"{new_score:.4f}", "family": config.task.family,
-                "algo": config.algo.name, "registration_key": key})
+                "test_task_hash": test.content_hash, "family": config.task.family,
+                "algo": config.algo.name, "registration_key": key,
+                **gate_tags(decision)})
             created = str(version.version)
+            client.update_model_version(name, version.version,
+                                        description=f"Registry gate: {decision['reason']}.")
         if str(version.version) == aliases["champion"]:
             promote = False  # the same registration is already the champion
+            decision["reason"] = f"not promoted: version {version.version} is the champion"
         client.set_registered_model_alias(name, "challenger", version.version)
         if promote:
             client.set_registered_model_alias(name, "champion", version.version)
-        mlflow.log_metrics({"register/score": new_score, "register/promoted": float(promote)})
-        if champion_score is not None:
-            mlflow.log_metric("register/champion_score_before", champion_score)
-        result = {"model_name": name, "version": int(version.version), "promoted": promote,
-                  "score": new_score, "champion_score_before": champion_score,
+        mlflow.log_metrics({"register/score": decision["score"],
+                            "register/reference_score": decision["reference_score"],
+                            "register/difference_ci_low": decision["ci"][0],
+                            "register/promoted": float(promote)})
+        result = {"model_name": name, "version": int(version.version), **decision,
+                  "promoted": promote,
+                  "champion_score_before": (decision["reference_score"]
+                                            if champion is not None else None),
                   "champion_version_before": int(champion.version) if champion else None,
-                  "margin": margin, "test_task_hash": test.content_hash,
+                  "test_task_hash": test.content_hash, "seeds": list(ev.seeds),
                   "reused_version": reused}
         atomic_write_json(paths.metrics / "register.json", result)  # last: only on success
     except BaseException:
@@ -267,4 +360,41 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
             created = str(leftover.version) if leftover is not None else None
         _roll_back(client, name, aliases, created, model_existed)
         raise
+    print(f"register: {name} version {version.version}: {decision['reason']}", file=sys.stderr)
     return result
+
+
+def gate_tags(decision: dict[str, Any]) -> dict[str, str]:
+    """The gate's evidence as model-version tags (``gate.*``)."""
+    return {"gate.decision": "promoted" if decision["promoted"] else "not promoted",
+            "gate.reference": decision["reference"], "gate.units": decision["units"],
+            "gate.score": f"{decision['score']:.6f}",
+            "gate.reference_score": f"{decision['reference_score']:.6f}",
+            "gate.difference": f"{decision['difference']:.6f}",
+            "gate.ci_low": f"{decision['ci'][0]:.6f}", "gate.ci_high": f"{decision['ci'][1]:.6f}",
+            "gate.level": str(decision["level"]), "gate.margin": str(decision["margin"])}
+
+
+def promote(name: str, version: int) -> dict[str, Any]:
+    """Point ``@champion`` of ``name`` at ``version`` by hand (a rollback), if it loads.
+
+    Raises:
+        StageError: no such version, or its artifact does not load (the alias is unchanged).
+
+    """
+    client = MlflowClient()
+    with registry_lock(mlflow.get_tracking_uri()):
+        try:
+            target = client.get_model_version(name, str(version))
+        except MlflowException:
+            known = sorted(int(v.version) for v in client.search_model_versions(
+                f"name='{name}'")) if "'" not in name else []
+            raise StageError(f"promote {name!r} {version}: no such version (versions: "
+                             f"{known or 'none'})") from None
+        load_version(target, None)
+        before = champion_version(client, name)
+        client.set_registered_model_alias(name, "champion", target.version)
+        client.set_model_version_tag(name, target.version, "gate.manual_promotion",
+                                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return {"model_name": name, "champion": int(target.version),
+            "previous_champion": int(before.version) if before is not None else None}
