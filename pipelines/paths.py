@@ -37,6 +37,11 @@ class Paths:
         return self.root / "models"
 
     @property
+    def train_state(self) -> Path:
+        """Resumable training state of the train stage (a DVC ``persist`` output)."""
+        return self.root / "train_state"
+
+    @property
     def metrics(self) -> Path:
         """Metric JSON files."""
         return self.root / "metrics"

@@ -128,9 +128,14 @@ class TrainSection:
     """Seed of parameters, task batches and rollouts."""
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``auto`` (CUDA when present)."""
+    checkpoint_every: int = 5
+    """Write the whole training state to ``train_state/`` every this many iterations (and at
+    the end of each phase), so a killed stage resumes there; 0: never."""
 
     def __post_init__(self) -> None:
         check(self.num_iterations >= 1, "num_iterations", self.num_iterations, "must be >= 1")
+        check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
+              "must be >= 0 (0: no training state)")
         check(self.device in ("cpu", "cuda", "auto"), "device", self.device,
               "choose cpu, cuda or auto")
 

@@ -47,6 +47,7 @@ from metarl.policies import MLPPolicy, Params, act_fn, expand_params, make_polic
 from metarl.returns import advantages
 from metarl.sampler import EpisodeBatch, rollout
 from metarl.tasks import TaskFamily, TaskSet
+from metarl.training import Resume, State, TaskBatches, run_loop
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,29 @@ class MAML:
                                                    for k, v in self.theta.items()},
                                      self.detached_inner_lr(), self.config.discount)
 
+    def training_state(self) -> State:
+        """Parameters, learned step sizes, optimiser moments and the rollout generator."""
+        learned = self.inner_lr if isinstance(self.inner_lr, dict) else None
+        return {"theta": {k: v.detach().cpu().clone() for k, v in self.theta.items()},
+                "inner_lr": None if learned is None else
+                {k: v.detach().cpu().clone() for k, v in learned.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_training_state(self, state: State) -> None:
+        """Continue from :meth:`training_state` (a MAML built with the same config and seed)."""
+        learned = self.inner_lr if isinstance(self.inner_lr, dict) else None
+        if (state["inner_lr"] is None) != (learned is None):
+            raise ValueError("training state: its learned step sizes do not match "
+                             f"learn_inner_lr={self.config.learn_inner_lr}")
+        with torch.no_grad():  # in place: the optimiser holds these very tensors
+            for k, v in self.theta.items():
+                v.copy_(state["theta"][k])
+            for k, v in (learned or {}).items():
+                v.copy_(state["inner_lr"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+
     def meta_train_step(self, family: TaskFamily, tasks: list[dict[str, float]]
                         ) -> dict[str, float]:
         """One meta-iteration on ``tasks``; returns namespaced metrics."""
@@ -233,15 +257,9 @@ class MAML:
         }
 
 
-def task_batches(task_set: TaskSet, batch_size: int, rng: np.random.Generator
-                 ) -> Callable[[], list[dict[str, float]]]:
+def task_batches(task_set: TaskSet, batch_size: int, rng: np.random.Generator) -> TaskBatches:
     """A sampler of meta-batches: ``batch_size`` distinct tasks (with replacement if too few)."""
-    def draw() -> list[dict[str, float]]:
-        replace = batch_size > len(task_set)
-        idx = rng.choice(len(task_set), size=batch_size, replace=replace)
-        return [task_set.tasks[i] for i in idx]
-
-    return draw
+    return TaskBatches(task_set, batch_size, rng)
 
 
 IterationHook = Callable[[int, GradientAdaptedPolicy], None]
@@ -257,13 +275,26 @@ def train_maml(
     device: torch.device | str = "cpu",
     logger: MetricLogger | None = None,
     hook: IterationHook | None = None,
+    resume: Resume | None = None,
 ) -> MAML:
-    """Meta-train for ``num_iterations``; same seed ⇒ identical parameters on CPU."""
+    """Meta-train for ``num_iterations``; same seed ⇒ identical parameters on CPU.
+
+    ``resume`` continues from a saved state and saves as it goes (:mod:`metarl.training`):
+    a run stopped and resumed ends with the same parameters as one that never stopped.
+    """
     logger = logger or NullLogger()
     maml = MAML(make_policy(family, config.hidden_sizes, config.init_std), config, seed, device)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
-    for it in range(num_iterations):
+
+    def step(it: int) -> None:
         logger.log_metrics(maml.meta_train_step(family, draw()), step=it)
         if hook is not None:
             hook(it, maml.learner())
+
+    def set_state(state: State) -> None:
+        maml.load_training_state(state["maml"])
+        draw.load_state(state["tasks"])
+
+    run_loop(step, num_iterations, lambda: {"maml": maml.training_state(),
+                                            "tasks": draw.state()}, set_state, resume)
     return maml

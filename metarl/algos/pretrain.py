@@ -18,6 +18,7 @@ from metarl.policies import act_fn, expand_params
 from metarl.returns import advantages
 from metarl.sampler import rollout
 from metarl.tasks import TaskFamily, TaskSet
+from metarl.training import Resume, State, run_loop
 
 
 def pretrain_multitask(
@@ -28,12 +29,13 @@ def pretrain_multitask(
     seed: int,
     device: torch.device | str = "cpu",
     logger: MetricLogger | None = None,
+    resume: Resume | None = None,
 ) -> GradientAdaptedPolicy:
     """PPO on pooled training tasks for ``num_iterations`` rollouts of one meta-batch each.
 
     Uses MAML's network, batch sizes, clip range, outer learning rate and number of epochs, so
     with ``num_iterations = maml_iterations * (num_inner_steps + 1)`` both see the same number
-    of episodes.
+    of episodes. ``resume``: as for :func:`~metarl.algos.maml.train_maml`.
     """
     logger = logger or NullLogger()
     policy = make_policy(family, config.hidden_sizes, config.init_std).to(device)
@@ -42,7 +44,7 @@ def pretrain_multitask(
     theta = {k: v.to(device).requires_grad_() for k, v in init.items()}
     optimizer = torch.optim.Adam(theta.values(), lr=config.outer_lr)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed + 10_007))
-    for it in range(num_iterations):
+    def step(it: int) -> None:
         tasks = draw()
         env = family.make_env(tasks, config.episodes_per_task, device=device)
         shared = expand_params({k: v.detach() for k, v in theta.items()}, len(tasks))
@@ -60,5 +62,20 @@ def pretrain_multitask(
             optimizer.step()
         logger.log_metrics({"pretrain/return": float(batch.episode_returns.mean()),
                             "pretrain/loss": float(loss.detach())}, step=it)
+
+    def get_state() -> State:
+        return {"theta": {k: v.detach().cpu().clone() for k, v in theta.items()},
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "tasks": draw.state()}
+
+    def set_state(state: State) -> None:
+        with torch.no_grad():
+            for k, v in theta.items():
+                v.copy_(state["theta"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].cpu())
+        draw.load_state(state["tasks"])
+
+    run_loop(step, num_iterations, get_state, set_state, resume)
     return GradientAdaptedPolicy(policy, {k: v.detach() for k, v in theta.items()},
                                  config.inner_lr, config.discount)

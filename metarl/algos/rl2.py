@@ -55,6 +55,7 @@ from metarl.policies import Params, categorical_log_prob, gaussian_log_prob, sam
 from metarl.returns import gae
 from metarl.sampler import EpisodeBatch
 from metarl.tasks import TaskSet
+from metarl.training import Resume, State, run_loop
 
 CRITICS = ("shared", "separate", "task")
 """The value functions :class:`RL2Config` can train (see ``RL2Config.critic``)."""
@@ -1003,16 +1004,23 @@ def _at_step(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
 def train_rl2(family: _TaskFamily, train_set: TaskSet, config: RL2Config,
               episodes_per_trial: int, num_iterations: int, seed: int,
               device: torch.device | str = "cpu", logger: MetricLogger | None = None,
-              hook: Callable[[int, RL2Learner], None] | None = None) -> RL2:
+              hook: Callable[[int, RL2Learner], None] | None = None,
+              resume: Resume | None = None) -> RL2:
     """Meta-train RL² on meta-batches drawn from ``train_set``; same seed ⇒ same weights (CPU).
 
     Logs ``train/return_pre_adapt`` (a trial's first episode), ``train/return_post_adapt``
     (its last) and PPO's loss parts every iteration; ``hook(it, learner)`` may raise to stop.
+    ``resume``: as for :func:`~metarl.algos.maml.train_maml`.
     """
     logger = logger or NullLogger()
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
     algo = RL2(family, None, None, episodes_per_trial, config, seed, device, task_sampler=draw)
-    for it in range(num_iterations):
+
+    def set_state(state: State) -> None:
+        algo.load_training_state(state["rl2"])
+        draw.load_state(state["tasks"])
+
+    def step(it: int) -> None:
         stats = algo.train_step()
         logger.log_metrics({"train/return_pre_adapt": stats["first_episode_return"],
                             "train/return_post_adapt": stats["last_episode_return"],
@@ -1021,4 +1029,7 @@ def train_rl2(family: _TaskFamily, train_set: TaskSet, config: RL2Config,
                                for k in ("policy_loss", "value_loss", "entropy")}}, step=it)
         if hook is not None:
             hook(it, algo.learner())
+
+    run_loop(step, num_iterations, lambda: {"rl2": algo.training_state(),
+                                            "tasks": draw.state()}, set_state, resume)
     return algo

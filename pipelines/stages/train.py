@@ -4,16 +4,28 @@ MAML writes ``models/maml.pt``; RL² writes ``models/rl2.pt`` with its own ``mod
 Both write ``models/pretrained.pt`` and ``models/config.json`` (the MLP network that the
 pretrained and from-scratch baselines share), the pretrained policy trained on as many
 episodes as the meta-learner saw.
+
+The stage survives ``kill -9``: every ``train.checkpoint_every`` iterations each training
+(the meta-learner, the pretrained baseline, the task-conditioned oracle) writes its whole state
+atomically to ``train_state/<phase>.pt`` (a DVC ``persist`` output), with the metrics logged so
+far and a hash of everything that defines the run. A rerun resumes each phase from its state
+when the hash matches, and ends bit-identical (on CPU) to a run that was never interrupted;
+the states are deleted once ``models/`` is written.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
+import torch
 
 from metarl.algos.maml import train_maml
 from metarl.algos.pretrain import pretrain_multitask
@@ -21,16 +33,17 @@ from metarl.algos.rl2 import train_rl2
 from metarl.baselines.task_conditioned import TaskConditionedFamily, has_closed_form_oracle
 from metarl.checkpoint import learner_weights, policy_config, rl2_config, save_params
 from metarl.config import to_dict
-from pipelines.io import atomic_directory, atomic_write_json, atomic_write_text
+from metarl.training import Resume, StateFn
+from pipelines.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
-from pipelines.stages.common import device, family, load_task_set
+from pipelines.stages.common import device, family, load_task_set, relative
 from pipelines.stages.tune import read_best
 from pipelines.tracking import MlflowLogger, flatten
 
 
 class _History(MlflowLogger):
-    """Keeps every row for the training-curve CSV as well."""
+    """Keeps every row for the training-curve CSV (and the training state) as well."""
 
     def __init__(self, total: int, description: str) -> None:
         super().__init__(total, description)
@@ -40,6 +53,63 @@ class _History(MlflowLogger):
         super().log_metrics(metrics, step)
         self.rows.append({"iteration": step, **metrics})
 
+    def restore(self, rows: list[dict[str, float]]) -> None:
+        """Take the rows of an interrupted run: logged to this run again, the bar advanced."""
+        self.rows = [dict(r) for r in rows]
+        for row in self.rows:
+            step = int(row["iteration"])
+            if mlflow.active_run() is not None:
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "iteration"},
+                                   step=step)
+        self.bar.update(len(self.rows))
+
+
+def _phase(paths: Paths, config: PipelineConfig, phase: str, iterations: int,
+           identity: dict[str, Any], history: _History,
+           train: Callable[[Resume], Any]) -> Any:
+    """Run one training ``phase`` through its state file (see the module docstring)."""
+    path = paths.train_state / f"{phase}.pt"
+    key = hashlib.sha256(json.dumps({"phase": phase, "iterations": iterations, **identity},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    state = None
+    if path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a state we cannot read is one we cannot trust
+            print(f"train: {path} is unreadable ({type(err).__name__}); {phase} starts over",
+                  file=sys.stderr)
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key:
+            state = saved["state"]
+            history.restore(saved["history"])
+            print(f"train: resuming {phase} at iteration {state['iteration']}/{iterations} "
+                  f"from {relative(path, paths)}", file=sys.stderr)
+        elif saved is not None:
+            print(f"train: {path} belongs to another configuration; {phase} starts over",
+                  file=sys.stderr)
+    every = config.train.checkpoint_every
+
+    def save(done: int, state_fn: StateFn) -> None:
+        if every and (done % every == 0 or done == iterations):
+            buf = io.BytesIO()
+            torch.save({"key": key, "state": state_fn(), "history": history.rows}, buf)
+            atomic_write_bytes(path, buf.getvalue())
+
+    return train(Resume(state=state, save=save))
+
+
+STATE_README = """Training state of an interrupted `metarl stage train` (one file per phase).
+A rerun resumes from it; the stage deletes the files once models/ is written.
+"""
+
+
+def clear_train_state(paths: Paths) -> None:
+    """Delete the phases' states; leave the folder (a DVC output) with its README."""
+    paths.train_state.mkdir(parents=True, exist_ok=True)
+    for path in paths.train_state.glob("*.pt"):
+        path.unlink()
+    atomic_write_text(paths.train_state / "README", STATE_README)
+
 
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Write ``models/`` (weights + config JSON) and ``plots/train_curve.csv``."""
@@ -48,36 +118,44 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     tuned = read_best(paths.best_params, config.algo.name)
     config = config.with_algo_overrides(tuned)
     cfg, iters, algo = config.algo.maml, config.train.num_iterations, config.algo.name
+    seed = config.train.seed
+    identity = {"algo": to_dict(config.algo), "family": to_dict(config.task.family_config()),
+                "train_task_hash": train.content_hash, "seed": seed, "device": dev,
+                "trial": config.evaluate.num_adapt_steps + 1}
     history = _History(iters, f"meta-train {algo}")
     try:
         if algo == "rl2":
             rl2_cfg = config.algo.rl2
             trial = config.evaluate.num_adapt_steps + 1
-            rl2 = train_rl2(fam, train, rl2_cfg, trial, iters, config.train.seed, dev,
-                            logger=history)
+            rl2 = _phase(paths, config, algo, iters, identity, history, lambda r: train_rl2(
+                fam, train, rl2_cfg, trial, iters, seed, dev, logger=history, resume=r))
             episodes = iters * rl2_cfg.meta_batch_size * rl2_cfg.trials_per_task * trial
         else:
-            maml = train_maml(fam, train, cfg, iters, config.train.seed, dev, logger=history)
+            maml = _phase(paths, config, algo, iters, identity, history, lambda r: train_maml(
+                fam, train, cfg, iters, seed, dev, logger=history, resume=r))
             episodes = iters * (cfg.num_inner_steps + 1) * cfg.meta_batch_size \
                 * cfg.episodes_per_task
     finally:
         history.close()
     # the same number of episodes as the meta-learner
     pre_iters = math.ceil(episodes / (cfg.meta_batch_size * cfg.episodes_per_task))
-    pre_log = MlflowLogger(pre_iters, "pretrain multi-task")
+    pre_log = _History(pre_iters, "pretrain multi-task")
     try:
-        pretrained = pretrain_multitask(fam, train, cfg, pre_iters, config.train.seed, dev,
-                                        logger=pre_log)
+        pretrained = _phase(paths, config, "pretrained", pre_iters, identity, pre_log,
+                            lambda r: pretrain_multitask(fam, train, cfg, pre_iters, seed, dev,
+                                                         logger=pre_log, resume=r))
     finally:
         pre_log.close()
 
     oracle = None
     if not has_closed_form_oracle(fam, train.tasks):  # MuJoCo, Meta-World: train the oracle
         conditioned = TaskConditionedFamily(fam, train.tasks)
-        oracle_log = MlflowLogger(pre_iters, "oracle (task-conditioned)")
+        oracle_log = _History(pre_iters, "oracle (task-conditioned)")
         try:
-            oracle = pretrain_multitask(conditioned, train, cfg, pre_iters, config.train.seed,
-                                        dev, logger=oracle_log)
+            oracle = _phase(paths, config, "oracle", pre_iters, identity, oracle_log,
+                            lambda r: pretrain_multitask(conditioned, train, cfg, pre_iters,
+                                                         seed, dev, logger=oracle_log,
+                                                         resume=r))
         finally:
             oracle_log.close()
 
@@ -108,6 +186,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     writer.writeheader()
     writer.writerows(history.rows)
     atomic_write_text(paths.plots / "train_curve.csv", buf.getvalue())
+    clear_train_state(paths)
     final = history.rows[-1]
     if mlflow.active_run() is not None:
         mlflow.log_params(flatten("algo", to_dict(config.algo)))
