@@ -3,6 +3,13 @@
 A pipeline run is identified by ``METARL_PIPELINE_RUN`` when set (the Prefect flow sets it to
 its flow-run id) and otherwise by a hash of params.yaml and the git commit, so the stages that
 one ``dvc repro`` runs as separate processes all nest under the same parent run.
+
+The parent run is a container: it is created FINISHED and a stage never reopens it, so a stage
+that fails later (a rerun of ``register``, say) marks its own run FAILED without flipping a
+finished pipeline run. Each stage run records its owner (``metarl.host``, ``metarl.pid``);
+a stage killed outright (``kill -9``) cannot end its run, so the next stage that starts ends
+every RUNNING run whose owner process is gone — and the RUNNING runs nested under it, such as
+its tuning trials — as KILLED.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -124,16 +132,61 @@ def _parent_run_id(key: str, root: Path) -> str:
         return str(run.info.run_id)
 
 
+def owner_tags() -> dict[str, str]:
+    """Which process owns a run: ``metarl.host`` and ``metarl.pid``."""
+    return {"metarl.host": socket.gethostname(), "metarl.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def end_stale_runs() -> list[str]:
+    """End as KILLED the RUNNING runs of the experiment whose owner process has died.
+
+    Only owners on this host are judged (their pid says nothing elsewhere); runs nested under
+    a stale run go with it. Returns the ids ended.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    experiment_id = mlflow.tracking.fluent._get_experiment_id()
+    if experiment_id is None:
+        return []
+    running = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 output_format="list")
+    host = socket.gethostname()
+    stale = {r.info.run_id for r in running if r.data.tags.get("metarl.host") == host
+             and r.data.tags.get("metarl.pid", "").isdigit()
+             and not _alive(int(r.data.tags["metarl.pid"]))}
+    grew = True
+    while grew:  # children of stale runs, at any depth
+        more = {r.info.run_id for r in running
+                if r.data.tags.get("mlflow.parentRunId") in stale} - stale
+        stale |= more
+        grew = bool(more)
+    client = MlflowClient()
+    for run_id in sorted(stale):
+        client.set_terminated(run_id, status="KILLED")
+    return sorted(stale)
+
+
 @contextmanager
 def stage_run(stage: str, params_path: Path, root: Path) -> Iterator[Any]:
-    """Open the pipeline's parent run and a nested run named ``stage`` inside it."""
+    """A run named ``stage`` nested under the pipeline's parent run (left as it is)."""
     import mlflow
 
+    end_stale_runs()
     parent_id = _parent_run_id(pipeline_key(params_path, root), root)
-    tags = {"metarl.stage": stage, "git_commit": git_commit(root)}
-    with mlflow.start_run(run_id=parent_id), mlflow.start_run(
-        run_name=stage, nested=True, tags=tags
-    ) as run:
+    tags = {"metarl.stage": stage, "git_commit": git_commit(root),
+            "mlflow.parentRunId": parent_id, **owner_tags()}
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
         yield run
 
 
