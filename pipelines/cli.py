@@ -382,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bench":
             _bench(args)
     except errors as err:
-        print(f"metarl: error: {err}", file=sys.stderr)
+        from pipelines.settings import redact
+
+        print(f"metarl: error: {redact(str(err))}", file=sys.stderr)
         return 2
     return 0
 

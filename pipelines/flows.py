@@ -30,7 +30,7 @@ from prefect.states import State
 from metarl.config import ConfigError
 from pipelines import tracking
 from pipelines.runner import STAGES, run_stage
-from pipelines.settings import load_config
+from pipelines.settings import load_project_config
 from pipelines.stages.common import StageError
 
 PIPELINE_RUN_ENV = "METARL_PIPELINE_RUN"
@@ -103,8 +103,9 @@ def pipeline_flow(root: str = ".", params: str | None = None) -> dict[str, dict[
     """
     root_path = Path(root).resolve()
     params_path = _params_path(root_path, params)
-    config = load_config(params_path)  # fail fast: a bad file is not worth retrying
-    tracking.check_tracking_uri(tracking.resolve_uri(config.tracking.uri, root_path))
+    # fail fast: a bad file is not worth retrying
+    config = load_project_config(params_path, root_path)
+    tracking.check_tracking_uri(tracking.tracking_uri(config.tracking, root_path))
 
     previous = os.environ.get(PIPELINE_RUN_ENV)
     os.environ[PIPELINE_RUN_ENV] = str(flow_run.id)
@@ -139,7 +140,8 @@ def run_flow(root: Path | str = ".", params: Path | str | None = None) -> dict[s
 
     """
     _set_env_defaults()
-    load_config(_params_path(Path(root).resolve(), str(params) if params else None))
+    load_project_config(_params_path(Path(root).resolve(), str(params) if params else None),
+                        Path(root).resolve())
     return pipeline_flow(root=str(Path(root).resolve()),
                          params=str(Path(params).resolve()) if params else None)
 
@@ -166,7 +168,7 @@ def serve(root: Path | str = ".", params: Path | str | None = None, *,
                            f"server cannot run schedules; {SERVER_HINT}")
     root_path = Path(root).resolve()
     params_path = _params_path(root_path, str(params) if params else None)
-    load_config(params_path)  # a bad file fails now, not at 3 a.m.
+    load_project_config(params_path, root_path)  # a bad file fails now, not at 3 a.m.
     pipeline_flow.serve(name=name, cron=cron, interval=interval, limit=1,
                  parameters={"root": str(root_path),
                              "params": str(params_path) if params else None},

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.paths import Paths
-from pipelines.settings import STAGE_NAMES, PipelineConfig, load_config
+from pipelines.settings import STAGE_NAMES, PipelineConfig, load_project_config
 from pipelines.stages import evaluate, register, tasks, train, tune
 
 STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
@@ -42,7 +42,7 @@ def promote_version(name: str, version: int, root: Path | str = ".",
                     params: Path | str | None = None) -> dict[str, Any]:
     """``metarl promote``: move ``@champion`` by hand, with the project's tracking settings."""
     paths = Paths(Path(root).resolve())
-    config = load_config(Path(params) if params else paths.params)
+    config = load_project_config(Path(params) if params else paths.params, paths.root)
     tracking.setup(config.tracking, paths.root)
     return register.promote(name, version)
 
@@ -53,7 +53,7 @@ def run_stage(name: str, root: Path | str = ".", params: Path | str | None = Non
         raise ValueError(f"stage={name!r}: unknown; choose one of {list(STAGES)}")
     paths = Paths(Path(root).resolve())
     params_path = Path(params) if params else paths.params
-    config = load_config(params_path)
+    config = load_project_config(params_path, paths.root)
     tracking.setup(config.tracking, paths.root)
     configure_torch()
     with tracking.stage_run(name, params_path, paths.root):

@@ -7,6 +7,8 @@ One section per stage, mirroring params.yaml one to one. Loading fails with a
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,23 @@ from metarl.envs.tabular_mdp import TabularMDPFamilyConfig
 from metarl.families import FAMILIES
 
 ALGORITHMS = ("maml", "rl2")
+
+MAX_TASKS = 100_000
+"""Most tasks per split (a task set is one JSON file, read whole)."""
+MAX_ITERATIONS = 1_000_000
+"""Most meta-iterations of training or of one tuning trial."""
+MAX_TRIALS = 10_000
+"""Most tuning trials."""
+MAX_WIDTH = 4096
+"""Widest hidden layer (MLP or GRU)."""
+MAX_LAYERS = 16
+"""Most hidden layers of the MLP."""
+MAX_BATCH_STEPS = 20_000_000
+"""Most env steps held in memory by one rollout batch (about 2-3 GiB with its tensors on this
+2-core, 24 GiB machine)."""
+CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):"
+                         r"(?P<secret>[^/@\s]+)@")
+"""``scheme://user:secret@`` in a URI."""
 STAGE_NAMES = ("tasks", "tune", "train", "evaluate", "register")
 """The pipeline's stages, in order (:mod:`pipelines.runner` maps them to functions)."""
 
@@ -155,7 +174,9 @@ class TuneSection:
     seed: int = 0
     """Seed of the TPE sampler and of every trial's training."""
     storage: str = "tuning/study.journal"
-    """Journal file path (relative to the project) or a database URL (e.g. postgresql://...)."""
+    """Journal file path (relative to the project, and inside it) or a database URL (e.g.
+    postgresql://...). ``METARL_TUNE_STORAGE``, when set, replaces it: put a database's
+    credentials there, never here."""
     inner_lr: tuple[float, float] = (0.1, 1.0)
     """Log-uniform search range of ``algo.maml.inner_lr`` (MAML only)."""
     outer_lr: tuple[float, float] = (1e-3, 1e-2)
@@ -170,6 +191,7 @@ class TuneSection:
               "must be >= 2")
         check_range("inner_lr", self.inner_lr, positive=True)
         check_range("outer_lr", self.outer_lr, positive=True)
+        check_no_credentials("storage", self.storage, "METARL_TUNE_STORAGE")
 
 
 @dataclass(frozen=True)
@@ -217,11 +239,17 @@ class TrackingSection:
     """``tracking``: where MLflow writes."""
 
     uri: str = "sqlite:///mlflow.db"
-    """MLflow tracking URI (relative SQLite paths are relative to the project)."""
+    """MLflow tracking URI (relative SQLite paths are relative to the project and must stay
+    inside it). ``MLFLOW_TRACKING_URI``, when set, replaces it: put a server's credentials
+    there, never here (params.yaml values end up in dvc.lock and MLflow)."""
     experiment: str = "metarl"
     """Experiment name."""
     artifact_location: str = "mlartifacts"
-    """Artifact root for a new experiment (relative paths are relative to the project)."""
+    """Artifact root for a new experiment (relative paths are relative to the project and must
+    stay inside it)."""
+
+    def __post_init__(self) -> None:
+        check_no_credentials("uri", self.uri, "MLFLOW_TRACKING_URI")
 
 
 @dataclass(frozen=True)
@@ -235,6 +263,13 @@ class PipelineConfig:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     register: RegisterSection = field(default_factory=RegisterSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    allow_paths_outside_project: bool = False
+    """Let ``tune.storage``, the SQLite path of ``tracking.uri`` and
+    ``tracking.artifact_location`` be absolute paths outside the project (by default every
+    path stays inside it, so a params file cannot write elsewhere)."""
+
+    def __post_init__(self) -> None:
+        check_sizes(self)
 
     @property
     def model_name(self) -> str:
@@ -265,11 +300,152 @@ def load_config(path: Path | str) -> PipelineConfig:
     except OSError as err:
         raise ConfigError("params", str(path), f"cannot read the file ({err.strerror})") from None
     try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError("params", str(path), f"malformed YAML{where}; fix the syntax") from None
+    if duplicate is not None:
+        raise ConfigError(duplicate[0], "<twice>", f"{path}: the key appears again at line "
+                          f"{duplicate[1]}; keep one (YAML would silently take the last)")
+    if data is None:
+        raise ConfigError("params", str(path), "the file is empty; start from the project's "
+                          "params.yaml (every section is documented there)")
     config = from_mapping(PipelineConfig, data)
     per_algo = config.algo.family_overrides.get(config.task.family, {})
     return config.with_algo_overrides(per_algo.get(config.algo.name, {}))
+
+
+def _duplicate_key(node: yaml.Node | None, path: str = "") -> tuple[str, int] | None:
+    """The dotted path and line of the first key that a YAML mapping repeats, if any."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = f"{path}.{key_node.value}" if path else str(key_node.value)
+            if key in seen:
+                return key, key_node.start_mark.line + 1
+            seen.add(key)
+            found = _duplicate_key(value_node, key)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def redact(text: str) -> str:
+    """``text`` with the secret of every ``scheme://user:secret@`` replaced by ``***``."""
+    return CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+def check_no_credentials(key: str, uri: str, variable: str) -> None:
+    """Refuse a secret in a params.yaml URI (it would land in dvc.lock, MLflow and logs).
+
+    Raises:
+        ConfigError: naming the key and the redacted value, and the variable to use instead.
+
+    """
+    if CREDENTIALS.search(uri):
+        raise ConfigError(key, redact(uri), "credentials in params.yaml end up in dvc.lock, "
+                          f"MLflow params and logs; remove them and set {variable} in the "
+                          "environment instead")
+
+
+def _at_most(key: str, value: int, limit: int, what: str) -> None:
+    check(value <= limit, key, value, f"more {what} than this machine can hold (at most "
+          f"{limit:,}); lower it")
+
+
+def _horizon(config: PipelineConfig) -> tuple[str, int]:
+    """The chosen family's steps per episode (``task.<family>.max_steps`` or its like)."""
+    fam_config = config.task.family_config()
+    for name in ("max_steps", "num_pulls", "horizon"):
+        if hasattr(fam_config, name):
+            return f"task.{config.task.family}.{name}", int(getattr(fam_config, name))
+    return "task", 1
+
+
+def check_sizes(config: PipelineConfig) -> None:
+    """Refuse sizes that cannot fit this machine, before any work (see ``MAX_*``).
+
+    Raises:
+        ConfigError: naming the key, the value and the limit.
+
+    """
+    t, m, r = config.task, config.algo.maml, config.algo.rl2
+    for split in ("train", "val", "test"):
+        _at_most(f"task.num_{split}", getattr(t, f"num_{split}"), MAX_TASKS, "tasks")
+    _at_most("train.num_iterations", config.train.num_iterations, MAX_ITERATIONS, "iterations")
+    _at_most("tune.num_iterations", config.tune.num_iterations, MAX_ITERATIONS, "iterations")
+    _at_most("tune.n_trials", config.tune.n_trials, MAX_TRIALS, "trials")
+    _at_most("algo.maml.hidden_sizes", len(m.hidden_sizes), MAX_LAYERS, "layers")
+    for i, width in enumerate(m.hidden_sizes):
+        _at_most(f"algo.maml.hidden_sizes[{i}]", width, MAX_WIDTH, "units")
+    _at_most("algo.rl2.hidden_size", r.hidden_size, MAX_WIDTH, "units")
+    horizon_key, horizon = _horizon(config)
+    trial = config.evaluate.num_adapt_steps + 1
+    batches: list[tuple[tuple[str, int], ...]] = [
+        (("algo.maml.meta_batch_size", m.meta_batch_size),
+         ("algo.maml.episodes_per_task", m.episodes_per_task)),
+        (("task.num_test", t.num_test), ("evaluate.episodes_per_task",
+                                         config.evaluate.episodes_per_task)),
+    ]
+    if config.algo.name == "rl2":
+        batches.append((("algo.rl2.meta_batch_size", r.meta_batch_size),
+                        ("algo.rl2.trials_per_task", r.trials_per_task),
+                        ("evaluate.num_adapt_steps + 1", trial)))
+    for factors in batches:
+        steps = horizon
+        for _, value in factors:
+            steps *= value
+        if steps > MAX_BATCH_STEPS:
+            names = " x ".join(k for k, _ in factors) + f" x {horizon_key}"
+            values = " x ".join(str(v) for _, v in factors) + f" x {horizon}"
+            raise ConfigError(factors[0][0], factors[0][1], f"{names} = {values} = {steps:,} "
+                              f"env steps in one rollout batch, more than this machine can "
+                              f"hold (at most {MAX_BATCH_STEPS:,}); lower one of them")
+
+
+def load_project_config(params_path: Path | str, root: Path) -> PipelineConfig:
+    """:func:`load_config`, then :func:`check_paths` for the project at ``root``."""
+    config = load_config(params_path)
+    check_paths(config, root)
+    return config
+
+
+def check_paths(config: PipelineConfig, root: Path) -> None:
+    """Keep the configured file paths inside the project at ``root`` (see the field's doc).
+
+    Raises:
+        ConfigError: naming the key and the path.
+
+    """
+    paths = [("tune.storage", config.tune.storage, os.environ.get("METARL_TUNE_STORAGE")),
+             ("tracking.artifact_location", config.tracking.artifact_location, None)]
+    prefix = "sqlite:///"
+    uri = config.tracking.uri
+    if uri.startswith(prefix) and not os.environ.get("MLFLOW_TRACKING_URI"):
+        paths.append(("tracking.uri", uri, None))
+    root = root.resolve()
+    for key, value, from_env in paths:
+        raw = value
+        for local in (prefix, "file://"):
+            if value.startswith(local):
+                raw = value[len(local):]
+        if from_env or "://" in raw:
+            continue  # a database or server URL, or set in the environment by the user
+        target = Path(raw)
+        inside = (target if target.is_absolute() else root / target).resolve()
+        if inside.is_relative_to(root):
+            continue
+        if target.is_absolute() and config.allow_paths_outside_project:
+            continue
+        hint = ("set allow_paths_outside_project: true in params.yaml to allow an absolute "
+                "path outside it" if target.is_absolute() else
+                "use a path inside the project (or an absolute one with "
+                "allow_paths_outside_project: true)")
+        raise ConfigError(key, value, f"points outside the project {root}; {hint}")

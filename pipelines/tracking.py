@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from metarl.config import ConfigError
-from pipelines.settings import TrackingSection
+from pipelines.settings import TrackingSection, redact
+
+URI_ENV = "MLFLOW_TRACKING_URI"
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -47,27 +49,35 @@ def resolve_uri(uri: str, root: Path) -> str:
     return uri
 
 
+def tracking_uri(tracking: TrackingSection, root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set (secrets belong there), else ``tracking.uri``."""
+    return os.environ.get(URI_ENV) or resolve_uri(tracking.uri, root)
+
+
 def check_tracking_uri(uri: str) -> None:
     """Fail fast, before any work, when the tracking store cannot be reached.
 
     Raises:
-        ConfigError: naming ``tracking.uri`` and how to fix it.
+        ConfigError: naming ``tracking.uri`` (or ``MLFLOW_TRACKING_URI``, where it came from)
+            and how to fix it; a password in the URI is shown as ``***``.
 
     """
+    key = URI_ENV if os.environ.get(URI_ENV) else "tracking.uri"
+    shown = redact(uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.parent.is_dir() or not os.access(db.parent, os.W_OK):
-            raise ConfigError("tracking.uri", uri, f"directory {db.parent} does not exist or is "
-                              "not writable; create it or point tracking.uri elsewhere")
+            raise ConfigError(key, shown, f"directory {db.parent} does not exist or is "
+                              f"not writable; create it or point {key} elsewhere")
     elif uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
                 resp.read()
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ConfigError("tracking.uri", uri, f"MLflow server unreachable ({reason}); start "
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = redact(str(getattr(err, "reason", err)))
+            raise ConfigError(key, shown, f"MLflow server unreachable ({reason}); start "
                               "it (`mlflow server --host 127.0.0.1 --port 5000`) or fix "
-                              "tracking.uri") from None
+                              f"{key}") from None
 
 
 def setup(tracking: TrackingSection, root: Path) -> str:
@@ -76,9 +86,14 @@ def setup(tracking: TrackingSection, root: Path) -> str:
         os.environ.setdefault(key, value)
     import mlflow
 
-    uri = resolve_uri(tracking.uri, root)
+    uri = tracking_uri(tracking, root)
     check_tracking_uri(uri)
+    user_value = os.environ.get(URI_ENV)
     mlflow.set_tracking_uri(uri)
+    # MLflow also exports the URI as MLFLOW_TRACKING_URI; that variable is the user's own
+    # setting here (it overrides params.yaml), so put it back as it was.
+    if user_value is None:
+        os.environ.pop(URI_ENV, None)
     if mlflow.get_experiment_by_name(tracking.experiment) is None:
         location = Path(tracking.artifact_location)
         location = location if location.is_absolute() else root / location
