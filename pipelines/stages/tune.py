@@ -7,18 +7,43 @@ scores with the same :func:`metarl.evaluation.adaptation_curve` as evaluate, on 
 split. Intermediate scores go to a median pruner. The study persists (a journal file by
 default) under a name derived from everything that defines it, so a re-run resumes it and runs
 only the trials still missing.
+
+Resuming is exact: the study ends with ``tune.n_trials`` finished (complete or pruned) trials,
+the same ones, with the same values, whether or not a run was killed on the way.
+
+* Trials run one at a time, and the trial that follows *k* finished ones is sampled by a
+  sampler seeded with ``tune.seed + k``, so it draws from the same seed and the same history
+  (TPE ignores failed trials) however many times the study was interrupted.
+* Each trial records its worker (user attributes ``worker_host``, ``worker_pid`` and
+  ``worker_started``, written with the trial itself). A run first marks FAIL the RUNNING trials
+  of workers on this host that are gone (killed); with a database storage, Optuna's heartbeat
+  does the same for workers on other hosts. The MLflow run of such a trial is ended as KILLED.
+* A trial failed that way is retried once with its parameters (user attribute ``retry_of``).
+* A trial's MLflow run ends FINISHED, with the tag ``optuna.trial_state`` (COMPLETE, PRUNED).
+* Writers lock the journal with ``flock`` (:class:`FlockLock`), which a killed worker cannot
+  leave behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
 import yaml
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.storages.journal._file import BaseJournalFileLock
+from optuna.trial import FrozenTrial, TrialState
 
 from metarl.algos.base import MetaLearner
 from metarl.algos.maml import train_maml
@@ -32,6 +57,17 @@ from pipelines.settings import PipelineConfig
 from pipelines.stages.common import device, family, load_task_set
 from pipelines.tracking import MlflowLogger, flatten
 
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+"""The states of a finished trial: what ``tune.n_trials`` counts."""
+STATE_TAG = "optuna.trial_state"
+"""The MLflow tag holding the final state of a trial's run."""
+HEARTBEAT_INTERVAL_S = 30
+"""Database storages: a running trial's heartbeat is written every this many seconds ..."""
+GRACE_PERIOD_S = 120
+"""... and a trial whose heartbeat is older than this is failed by the next worker."""
+POLL_S = 1.0
+"""While the missing trials are running in other live workers: seconds between checks."""
+
 
 def validation_score(learner: MetaLearner, fam: TaskFamily, val: TaskSet,
                      episodes_per_task: int, seed: int, dev: str) -> float:
@@ -40,17 +76,68 @@ def validation_score(learner: MetaLearner, fam: TaskFamily, val: TaskSet,
     return float(curve[-1].mean())
 
 
-def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage | str:
-    """A journal file for a path, the URL itself for a database."""
-    if "://" in config.tune.storage:
-        return config.tune.storage
-    path = paths.resolve(config.tune.storage)
+def is_database(location: str) -> bool:
+    """Whether ``tune.storage`` is a database URL (else a journal file path)."""
+    return "://" in location
+
+
+class FlockLock(BaseJournalFileLock):
+    """Journal lock: an exclusive ``flock`` on the journal file itself.
+
+    Optuna's default lock is a symlink beside the journal; a worker killed while holding it
+    leaves it behind, and the next worker waits 30 s before breaking it. The kernel drops a
+    ``flock`` when its holder dies, and locking the journal itself leaves no file behind.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Block until this process holds the lock."""
+        import fcntl
+
+        fd = os.open(self._path, os.O_RDWR)  # writable: NFS maps flock to POSIX locks
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Release the lock (closing the descriptor drops it)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+STORAGE_ENV = "METARL_TUNE_STORAGE"
+"""When set, replaces ``tune.storage`` (a database URL with its password belongs here)."""
+
+
+def storage_location(config: PipelineConfig) -> str:
+    """``METARL_TUNE_STORAGE`` when set, else ``tune.storage``."""
+    return os.environ.get(STORAGE_ENV) or config.tune.storage
+
+
+def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage:
+    """A journal file for a path; for a database URL, its storage with a heartbeat."""
+    location = storage_location(config)
+    if is_database(location):
+        with warnings.catch_warnings():  # the heartbeat is "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(location,
+                                              heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                              grace_period=GRACE_PERIOD_S)
+    path = paths.resolve(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()  # a DVC output even when no trial runs (n_trials: 0)
     from optuna.storages.journal import JournalFileBackend
 
-    backend = JournalFileBackend(str(path))
-    return optuna.storages.JournalStorage(backend)
+    lock = None if sys.platform == "win32" else FlockLock(str(path))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
 def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
@@ -65,23 +152,197 @@ def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
         identity.encode()).hexdigest()[:12]
 
 
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """Linux: state letter and start time (clock ticks since boot) of ``pid``; else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def worker() -> dict[str, Any]:
+    """The owner of the trials this process creates: user attributes written with each."""
+    state = _process_state(os.getpid())
+    return {"worker_host": socket.gethostname(), "worker_pid": os.getpid(),
+            "worker_started": state[1] if state else None}
+
+
+def _alive(pid: int, started: object) -> bool:
+    """Whether process ``pid`` of this host runs, and is the one started at ``started``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    state = _process_state(pid)
+    if state is None:
+        return True
+    return state[0] != "Z" and (not isinstance(started, int) or state[1] == started)
+
+
+def lost_worker(trial: FrozenTrial, host: str) -> str | None:
+    """The worker (``host:pid``) a RUNNING trial has lost, or None while it may still run.
+
+    Only a worker of this ``host`` can be seen to be gone; a trial with no worker recorded
+    (written before workers were) has lost it too.
+    """
+    attrs = trial.user_attrs
+    pid = attrs.get("worker_pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return "unknown"
+    if attrs.get("worker_host") != host or _alive(pid, attrs.get("worker_started")):
+        return None
+    return f"{host}:{pid}"
+
+
+def fail_stale_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Mark FAIL the RUNNING trials whose worker is gone; return those this call failed.
+
+    On this host a worker is gone when its process is (a pid reused since counts as gone).
+    A database storage's heartbeat also fails the trials of silent workers on other hosts.
+    The MLflow run of a trial failed here is ended as KILLED.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # no-op without a heartbeat
+    host, failed = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = lost_worker(trial, host)
+        if owner is None:
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "stale_worker", owner)
+            if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                failed.append(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile, or another worker failed it first
+        _end_mlflow_run(trial.user_attrs.get("mlflow_run_id"))
+    return failed
+
+
+def _end_mlflow_run(run_id: object) -> None:
+    if not isinstance(run_id, str):
+        return
+    with contextlib.suppress(Exception):  # e.g. recorded in another tracking store
+        client = mlflow.MlflowClient()
+        client.set_tag(run_id, STATE_TAG, TrialState.FAIL.name)
+        client.set_terminated(run_id, status="KILLED")
+
+
+def pending_retry(trials: Sequence[FrozenTrial], names: Sequence[str]) -> FrozenTrial | None:
+    """The first trial failed as stale, with all its parameters, that was not retried yet."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for trial in trials:
+        if (trial.state == TrialState.FAIL and "stale_worker" in trial.user_attrs
+                and trial.number not in retried and set(trial.params) == set(names)):
+            return trial
+    return None
+
+
+def _start_trial(study: optuna.Study, user_attrs: dict[str, Any],
+                 params: dict[str, Any] | None) -> optuna.Trial:
+    """A new RUNNING trial created with its user attributes in one write (no ownerless gap)."""
+    template = optuna.trial.create_trial(
+        state=TrialState.RUNNING, user_attrs=user_attrs,
+        system_attrs={"fixed_params": params} if params else None)
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float],
+               tags: dict[str, str]) -> FrozenTrial:
+    """Run ``objective`` in the trial's MLflow run and tell the study how it ended.
+
+    Whatever goes wrong, the trial is not left RUNNING: an exception makes it FAIL (and its
+    MLflow run FAILED), then goes on.
+    """
+    tags = {**tags, "optuna.trial_number": str(trial.number)}
+    try:
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags=tags) as run:
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            try:
+                with get_heartbeat_thread(trial._trial_id, study._storage):
+                    value = objective(trial)
+            except optuna.TrialPruned:
+                frozen = study.tell(trial, state=TrialState.PRUNED)
+            except BaseException:
+                mlflow.set_tag(STATE_TAG, TrialState.FAIL.name)
+                raise
+            else:
+                frozen = study.tell(trial, value)  # FAIL when not finite
+            mlflow.set_tag(STATE_TAG, frozen.state.name)
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    return frozen
+
+
+def optimize(study: optuna.Study, n_trials: int, seed: int,
+             objective: Callable[[optuna.Trial], float], tags: dict[str, str],
+             names: Sequence[str], heartbeat: bool = False) -> None:
+    """Run trials one at a time until the study holds ``n_trials`` finished ones.
+
+    The trial after *k* finished ones is sampled with ``TPESampler(seed=seed + k)``, or retries
+    the parameters of a trial whose worker was killed. RUNNING trials of live workers on this
+    host (on any host with a ``heartbeat`` storage) count as taken and are waited for; those of
+    other hosts in a journal do not, as nothing tells whether they still run.
+
+    Raises:
+        RuntimeError: a trial ended FAIL without an exception (a score that is not finite); the
+            next trial would sample the same point again.
+
+    """
+    host, waited = socket.gethostname(), False
+    while True:
+        for lost in fail_stale_trials(study):
+            recorded = lost.user_attrs
+            owner = (f"{recorded.get('worker_host')}:{recorded['worker_pid']}"
+                     if "worker_pid" in recorded else "none recorded")
+            print(f"tune: trial {lost.number} lost its worker ({owner}); marked FAIL",
+                  file=sys.stderr)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in DONE for t in trials)
+        if finished >= n_trials:
+            return
+        busy = [t.number for t in trials if t.state == TrialState.RUNNING
+                and (heartbeat or t.user_attrs.get("worker_host") == host)]
+        if finished + len(busy) >= n_trials:
+            if not waited:
+                print(f"tune: waiting for trials {busy}, run by other workers", file=sys.stderr)
+            waited = True
+            time.sleep(POLL_S)
+            continue
+        retry = pending_retry(trials, names)
+        sampler = optuna.samplers.TPESampler(seed=seed + finished)
+        # a fresh Study per trial: no trial list cached from the previous one
+        trial_study = optuna.load_study(study_name=study.study_name, storage=study._storage,
+                                        sampler=sampler, pruner=study.pruner)
+        attrs = worker() if retry is None else {**worker(), "retry_of": retry.number}
+        trial = _start_trial(trial_study, attrs, None if retry is None else retry.params)
+        frozen = _run_trial(trial_study, trial, objective, tags)
+        if frozen.state == TrialState.FAIL:
+            raise RuntimeError(f"tune: trial {frozen.number} of {study.study_name} failed: its "
+                               f"validation score is not finite "
+                               f"({frozen.user_attrs.get('last_score')})")
+
+
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Run the missing trials and write ``tuning/best_params.yaml``; return the summary."""
     fam, dev = family(config), device(config)
     train, val = load_task_set(paths, "train", config), load_task_set(paths, "val", config)
     tune = config.tune
-    study_storage = storage(config, paths)
     if tune.n_trials == 0:
+        if not is_database(storage_location(config)):
+            storage(config, paths)  # the journal is a DVC output even when no trial runs
         _write_best(paths.best_params, config.algo.name, {}, None)
         return {"n_trials": 0}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(config, train, val)
     study = optuna.create_study(
-        study_name=name, storage=study_storage, load_if_exists=True,
+        study_name=name, storage=storage(config, paths), load_if_exists=True,
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=tune.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = tune.n_trials - len(study.get_trials(deepcopy=False, states=done_states))
 
     def objective(trial: optuna.Trial) -> float:
         if config.algo.name == "rl2":
@@ -91,46 +352,65 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                 "inner_lr": trial.suggest_float("inner_lr", *tune.inner_lr, log=True),
                 "outer_lr": trial.suggest_float("outer_lr", *tune.outer_lr, log=True)}
         cfg = config.with_algo_overrides(overrides)
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
-                              tags={"metarl.stage": "tune-trial", "optuna.study": name}):
-            mlflow.log_params({f"algo.{config.algo.name}.{k}": v for k, v in overrides.items()})
-            logger = MlflowLogger(tune.num_iterations, f"trial {trial.number}")
+        mlflow.log_params({f"algo.{config.algo.name}.{k}": v for k, v in overrides.items()})
+        logger = MlflowLogger(tune.num_iterations, f"trial {trial.number}")
 
-            def report(it: int, learner: MetaLearner) -> None:
-                if (it + 1) % tune.eval_every and it + 1 != tune.num_iterations:
-                    return
-                score = validation_score(learner, fam, val, tune.episodes_per_task,
-                                         tune.seed, dev)
-                mlflow.log_metric("tune/val_return_post_adapt", score, step=it + 1)
-                trial.report(score, it + 1)
-                trial.set_user_attr("last_score", score)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at iteration {it + 1}: {score:.1f}")
+        def report(it: int, learner: MetaLearner) -> None:
+            if (it + 1) % tune.eval_every and it + 1 != tune.num_iterations:
+                return
+            score = validation_score(learner, fam, val, tune.episodes_per_task, tune.seed, dev)
+            mlflow.log_metric("tune/val_return_post_adapt", score, step=it + 1)
+            trial.report(score, it + 1)
+            trial.set_user_attr("last_score", score)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at iteration {it + 1}: {score:.1f}")
 
-            try:
-                if config.algo.name == "rl2":
-                    train_rl2(fam, train, cfg.algo.rl2, config.evaluate.num_adapt_steps + 1,
-                              tune.num_iterations, tune.seed, dev, logger=logger, hook=report)
-                else:
-                    train_maml(fam, train, cfg.algo.maml, tune.num_iterations, tune.seed, dev,
-                               logger=logger, hook=report)
-            finally:
-                logger.close()
-            return float(trial.user_attrs["last_score"])
+        try:
+            if config.algo.name == "rl2":
+                train_rl2(fam, train, cfg.algo.rl2, config.evaluate.num_adapt_steps + 1,
+                          tune.num_iterations, tune.seed, dev, logger=logger, hook=report)
+            else:
+                train_maml(fam, train, cfg.algo.maml, tune.num_iterations, tune.seed, dev,
+                           logger=logger, hook=report)
+        finally:
+            logger.close()
+        return float(trial.user_attrs["last_score"])
 
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining)
-    best = {k: float(v) for k, v in study.best_params.items()}
-    _write_best(paths.best_params, config.algo.name, best, study.best_value)
-    summary = {"study": name, "n_trials": len(study.trials), "best_value": study.best_value,
-               "best_params": best}
+    names = ("lr",) if config.algo.name == "rl2" else ("inner_lr", "outer_lr")
+    optimize(study, tune.n_trials, tune.seed, objective,
+             {"metarl.stage": "tune-trial", "optuna.study": name}, names,
+             heartbeat=is_database(storage_location(config)))
+    used, counts = _finished(study, tune.n_trials)
+    scored = [(t.value, t) for t in used if t.state == TrialState.COMPLETE and t.value is not None]
+    if not scored:
+        raise RuntimeError(f"tune: study {name} has no complete trial among its first "
+                           f"{len(used)} finished ones (all pruned)")
+    best_value, best_trial = max(scored, key=lambda pair: pair[0])  # the first of equal ones
+    best = {k: float(v) for k, v in best_trial.params.items()}
+    _write_best(paths.best_params, config.algo.name, best, best_value)
+    summary: dict[str, Any] = {"study": name, **counts, "best_value": best_value,
+                               "best_params": best}
     if mlflow.active_run() is not None:
         mlflow.log_params(flatten("tune", to_dict(tune)))
-        mlflow.log_metric("tune/best_val_return_post_adapt", float(study.best_value))
+        mlflow.log_metric("tune/best_val_return_post_adapt", best_value)
         mlflow.log_params({f"tune.best.{k}": v for k, v in best.items()})
         mlflow.set_tags({"task_hash.train": train.content_hash,
                          "task_hash.val": val.content_hash, "optuna.study": name})
     return summary
+
+
+def _finished(study: optuna.Study, n_trials: int) -> tuple[list[FrozenTrial], dict[str, int]]:
+    """The first ``n_trials`` finished trials, and the counts for the summary."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in DONE]
+    counts = {"n_trials": min(len(finished), n_trials),
+              "n_failed": sum(t.state == TrialState.FAIL for t in trials)}
+    if len(finished) > n_trials:
+        counts["n_ignored"] = len(finished) - n_trials
+        print(f"tune: study {study.study_name} holds {len(finished)} finished trials, more than "
+              f"tune.n_trials={n_trials}; the best of the first {n_trials} is used",
+              file=sys.stderr)
+    return finished[:n_trials], counts
 
 
 def _write_best(path: Path, algo: str, best: dict[str, float], value: float | None) -> None:
@@ -151,4 +431,4 @@ def read_best(path: Path, algo: str) -> dict[str, float]:
     return {str(k): v for k, v in section.items()}
 
 
-__all__ = ["read_best", "run", "validation_score"]
+__all__ = ["fail_stale_trials", "read_best", "run", "storage", "validation_score"]
