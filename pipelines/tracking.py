@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -28,6 +27,7 @@ from typing import Any
 
 from metarl.config import ConfigError
 from pipelines.settings import TrackingSection, redact
+from pipelines.workers import Worker
 
 URI_ENV = "MLFLOW_TRACKING_URI"
 
@@ -148,18 +148,8 @@ def _parent_run_id(key: str, root: Path) -> str:
 
 
 def owner_tags() -> dict[str, str]:
-    """Which process owns a run: ``metarl.host`` and ``metarl.pid``."""
-    return {"metarl.host": socket.gethostname(), "metarl.pid": str(os.getpid())}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    """Which process owns a run: ``metarl.host``, ``metarl.pid``, ``metarl.started``."""
+    return {f"metarl.{k}": v for k, v in Worker.current().as_strings().items()}
 
 
 def end_stale_runs() -> list[str]:
@@ -176,10 +166,13 @@ def end_stale_runs() -> list[str]:
         return []
     running = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
                                  output_format="list")
-    host = socket.gethostname()
-    stale = {r.info.run_id for r in running if r.data.tags.get("metarl.host") == host
-             and r.data.tags.get("metarl.pid", "").isdigit()
-             and not _alive(int(r.data.tags["metarl.pid"]))}
+    stale = set()
+    for r in running:
+        tags = r.data.tags
+        owner = Worker.from_strings(tags.get("metarl.host"), tags.get("metarl.pid"),
+                                    tags.get("metarl.started"))
+        if owner is not None and owner.is_gone():
+            stale.add(r.info.run_id)
     grew = True
     while grew:  # children of stale runs, at any depth
         more = {r.info.run_id for r in running

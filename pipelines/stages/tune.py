@@ -56,6 +56,7 @@ from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
 from pipelines.stages.common import device, family, load_task_set
 from pipelines.tracking import MlflowLogger, flatten
+from pipelines.workers import Worker
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 """The states of a finished trial: what ``tune.n_trials`` counts."""
@@ -152,34 +153,10 @@ def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
         identity.encode()).hexdigest()[:12]
 
 
-def _process_state(pid: int) -> tuple[str, int] | None:
-    """Linux: state letter and start time (clock ticks since boot) of ``pid``; else None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def worker() -> dict[str, Any]:
     """The owner of the trials this process creates: user attributes written with each."""
-    state = _process_state(os.getpid())
-    return {"worker_host": socket.gethostname(), "worker_pid": os.getpid(),
-            "worker_started": state[1] if state else None}
-
-
-def _alive(pid: int, started: object) -> bool:
-    """Whether process ``pid`` of this host runs, and is the one started at ``started``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: it exists
-    state = _process_state(pid)
-    if state is None:
-        return True
-    return state[0] != "Z" and (not isinstance(started, int) or state[1] == started)
+    me = Worker.current()
+    return {"worker_host": me.host, "worker_pid": me.pid, "worker_started": me.started}
 
 
 def lost_worker(trial: FrozenTrial, host: str) -> str | None:
@@ -189,10 +166,12 @@ def lost_worker(trial: FrozenTrial, host: str) -> str | None:
     (written before workers were) has lost it too.
     """
     attrs = trial.user_attrs
-    pid = attrs.get("worker_pid")
+    pid, started = attrs.get("worker_pid"), attrs.get("worker_started")
     if not isinstance(pid, int) or pid <= 0:
         return "unknown"
-    if attrs.get("worker_host") != host or _alive(pid, attrs.get("worker_started")):
+    owner = Worker(str(attrs.get("worker_host")), pid,
+                   started if isinstance(started, int) else None)
+    if owner.host != host or not owner.is_gone():
         return None
     return f"{host}:{pid}"
 
