@@ -21,7 +21,8 @@ trials, 2000 iterations, plays all five: :data:`MDP_TRAIN_EPISODES`). The paper
 trained for far longer, so this is what RL² reaches with that compute, not its ceiling. On a
 GPU, ``--bandit`` / ``--mdp`` replace settings (e.g. ``meta_batch_size=1024 hidden_size=256``:
 8 × the trials at about the CPU's seconds per iteration) and ``--time-budget`` bounds the
-training time; ``benchmarks/rl2/gpu/README.md`` has what that reached.
+training time; ``benchmarks/rl2/README.md`` ("What was tried", the ``gpu/`` rows) has what that
+reached.
 """
 
 from __future__ import annotations
@@ -85,21 +86,21 @@ def bandit_config(num_pulls: int) -> RL2Config:
     Each part alone did not do it: the expected rewards with λ 0.3 gave 100x10 77.7 and
     500x50 337.3 (at 150 iterations); λ 0.95 with the sampled rewards 100x10 79.0; λ 0.95
     with the expected ones 100x10 80.4 at 300 iterations (82.1 at 600) but 100x50 only 59 at
-    200 (entropy stuck high) (``benchmarks/rl2/expected-reward-cpu/``).
+    200 (entropy stuck high) (screen ``expected-reward-cpu``).
 
     They also read reward-coded inputs with bilinear heads (``inputs="reward_code"``,
     ``head="bilinear"``: an arm's successes sum linearly in the GRU's input), at the same
     seconds per iteration. Seed 0 / 1 / 2, 600 iterations, before → after
-    (``benchmarks/rl2/encoding-cpu/``): 100x50 83.0 / 83.8 / 83.2 → 84.05 / 84.25 / 83.29, its
+    (screen ``encoding-cpu``): 100x50 83.0 / 83.8 / 83.2 → 84.05 / 84.25 / 83.29, its
     500x50 434.9 / 439.9 / 443.5 → 443.3 / 442.9 / 445.2; seed 0: 100x10 82.4 → 82.6 (there by
     300 iterations), 500x10 432.6 → 435.9, 100x5 77.8 → 77.3, 500x5 403.2 → 405.7.
 
-    Tried on the 100-pull models and not kept (``benchmarks/rl2/wide-cpu/``, 600 iterations):
+    Tried on the 100-pull models and not kept (screen ``wide-cpu``, 600 iterations):
     a 128-wide GRU, at twice the seconds per iteration (three seeds) — 100x10 81.7 (64 wide:
     82.3), its 500x10 430.9 (433.4); 100x50 83.0 (83.3), 500x50 440.3 (439.4); 1024 trials per
     iteration instead of 512 (seed 0, 1.4 × the seconds per iteration): 100x10 82.6 (82.4),
     500x10 433.3 (432.6), ahead at 300 iterations (82.6 vs 81.4) but not at 600; and
-    (``benchmarks/rl2/schedule-cpu/``, seed 0) the rate dropped to 1e-3 for the last 150
+    (screen ``schedule-cpu``, seed 0) the rate dropped to 1e-3 for the last 150
     iterations: 100x10 82.3 (82.4), 100x50 83.3 (83.0).
     """
     if num_pulls <= 10:
@@ -134,7 +135,7 @@ the default until 2026-11-23) they never reached the steps that wrote what a lat
 reads, and the cells learned several times slower at the same seconds per iteration — seed 0,
 n = 10: 134.4 / 140.4 / 143.9 after 200 / 400 / 800 iterations truncated, 145.0 / 151.1 /
 154.3 / 155.1 after 200 / 400 / 800 / 1200 whole; n = 25: 384.8 → 410.9 in 200 iterations
-(``benchmarks/rl2/mdp-cpu/``). For the 500-pull bandits whole-trial gradients were no better
+(screen ``mdp-cpu``). For the 500-pull bandits whole-trial gradients were no better
 (150 iterations, seed 0: 500x5 341.5 vs 331.9, inside the seeds' spread; 500x50 358.1 vs 366.1)
 and 1.6-1.8× slower, so the bandits keep their chunks of 100.
 
@@ -152,7 +153,7 @@ already played), so the n = 10 model plays 25 to 100 episodes on its own schedul
 as the 100-pull bandit model plays 500 pulls; without one it played past the end it had
 learned. Seed 0, 2000 iterations, n = 10 / 25 / 50 / 75 / 100: 157.6 / 435.8 / 920.3 / 1400.5 /
 1905.8 without, 157.1 / 437.7 / 926.5 / 1411.0 / 1921.4 with it, at the same seconds
-(``benchmarks/rl2/mdp-clock-cpu/``)."""
+(screen ``mdp-clock-cpu``)."""
 
 
 def default_iterations(table: str, n: int) -> int:
@@ -161,7 +162,7 @@ def default_iterations(table: str, n: int) -> int:
     Bandits: 400 for n = 10 (about 0.1 s each on one CPU thread), 600 for n = 100 (about
     0.8 s; with the expected-reward defaults 300 → 600 took seed 0 from 77.5 / 81.3 to 77.9 /
     83.0 on 100x5 / 100x50, and their models from 400.6 / 421.8 to 403.2 / 434.9 on 500x5 /
-    500x50, ``benchmarks/rl2/curriculum-cpu/``), 150 for n = 500 (about 2 s; only with
+    500x50, screen ``curriculum-cpu``), 150 for n = 500 (about 2 s; only with
     ``bandit_train_pulls`` null, else the 500-pull cells train on 100 pulls); MDP cells:
     2000 at n = 10 (about 1 s each, 35 min: the 1600 of :data:`MDP_CONFIG`'s learning rate,
     then 400 at the dropped one), 200 for longer trials (about 2.7 s each at n = 25, growing
@@ -179,7 +180,7 @@ BANDIT_TRAIN_PULLS = 100
 The bandit's observation is the fraction of the trial played (``t / n``), so a policy trained
 on 100-pull trials plays a 500-pull trial on the same schedule, stretched, and did better than
 one trained on the 500-pull trials themselves with the same or more compute. Seed 0, the
-bench's instances (``benchmarks/rl2/curriculum-cpu/``): the 100-pull cells' models (300
+bench's instances (screen ``curriculum-cpu``): the 100-pull cells' models (300
 iterations, 3.5 minutes on one thread) score 400.6 / 429.6 / 421.8 on 500x5 / 500x10 / 500x50,
 where 150 iterations on 500-pull trials (6 minutes) reached 378.2 / 395.4 / 379.0 and 300 (12
 minutes) 390.2 / 399.1 / 414.0; training the 100-pull model on at 500 pulls lowered it (500x50:
@@ -205,7 +206,7 @@ With the trial clock (:data:`MDP_CONFIG`) that model plays a longer trial on its
 stretched, as the bandit models do. Three seeds (``benchmarks/rl2/table.txt``): 157.1 / 436.4
 / 922.3 / 1411.5 / 1922.4 on n = 10 / 25 / 50 / 75 / 100; a clocked model trained on
 25-episode trials for the whole schedule, 2.6 × the compute, scored 158.4 / 437.1 / 923.0 /
-1409.7 / 1926.3 (three seeds, ``benchmarks/rl2/mdp-clock-cpu/``), and 200 iterations on each
+1409.7 / 1926.3 (three seeds, screen ``mdp-clock-cpu``), and 200 iterations on each
 cell's own trials (before the clock) had reached 417.2 / 812.6 / 1235.1 on n = 25 / 50 / 75."""
 
 
@@ -615,7 +616,7 @@ class BenchRL2Params:
     ``[10, 25]`` (2000 iterations, 1.9x the time, before the trial clock) scored 158.4 / 436.2 /
     918.1 / 1396.6 / 1898.8 on n = 10 to 100 (seed 0), the 10-episode model 157.6 / 435.8 /
     920.3 / 1400.5 / 1905.8 (seed 1 likewise under it on the long rows;
-    ``benchmarks/rl2/mdp-mixed-cpu/``)."""
+    screen ``mdp-mixed-cpu``)."""
     workers: int = 1
     """Seeds of a cell trained at a time, one process and torch thread each (the same
     models as one after another); ``--workers`` replaces it."""

@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     rl2.add_argument("--bandit", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
                      help="RL² settings for the bandit cells in place of the defaults' (keys of "
                      "RL2Config; repeatable), e.g. on a GPU --bandit meta_batch_size=1024 "
-                     "hidden_size=256 num_minibatches=8, the best of benchmarks/rl2/gpu; "
+                     "hidden_size=256 num_minibatches=8 (the bench README's best GPU run); "
                      "critic=task trains a value function that also sees the task's "
                      "parameters (critic=separate: its own GRU; default shared); "
                      "inputs=paper head=linear: the paper's network on every cell (by default "
