@@ -1,9 +1,11 @@
 """Checkpoints: a ``state_dict`` file plus a JSON config; nothing is ever pickled.
 
 Loading uses ``torch.load(..., weights_only=True)`` so a checkpoint from a registry or a user
-cannot execute code.
+cannot execute code. The config's ``learner`` names the algorithm whose
+:attr:`~metarl.algos.registry.Algorithm.load` rebuilds it; a config without one is an MLP policy
+adapted by gradient steps (the baselines, and checkpoints written before the registry).
 
-A learner with meta-learned per-parameter step sizes (Meta-SGD, ``algo.maml.learn_inner_lr``)
+A learner with meta-learned per-parameter step sizes (Meta-SGD, ``learn_inner_lr``)
 stores them in the same weights file under ``inner_lr.<parameter name>``
 (:func:`learner_weights`); a weights file without such keys adapts with the config's float
 ``inner_lr`` as before.
@@ -18,8 +20,7 @@ from typing import Any
 
 import torch
 
-from metarl.algos.base import GradientAdaptedPolicy
-from metarl.algos.rl2 import RL2Learner, RL2Policy
+from metarl.algos.base import GradientAdaptedPolicy, MetaLearner
 from metarl.policies import POLICY_KINDS, GaussianMLPPolicy, MLPPolicy, Params, make_policy_for
 
 FORMAT_VERSION = 1
@@ -40,16 +41,6 @@ def policy_config(policy: MLPPolicy, hidden_sizes: tuple[int, ...], inner_lr: fl
             "num_actions": policy.num_actions, "action_dim": policy.action_dim,
             "hidden_sizes": list(hidden_sizes), "inner_lr": inner_lr, "discount": discount,
             **gaussian, **extra}
-
-
-def rl2_config(model: RL2Policy, **extra: Any) -> dict[str, Any]:
-    """The JSON needed to rebuild an :class:`~metarl.algos.rl2.RL2Learner` (plus ``extra``)."""
-    return {"format_version": FORMAT_VERSION, "learner": "rl2",
-            "policy": "categorical" if model.discrete else "gaussian",
-            "obs_dim": model.obs_dim, "num_actions": model.num_actions,
-            "action_dim": model.action_dim, "action_low": list(model.action_low),
-            "action_high": list(model.action_high), "hidden_size": model.hidden_size,
-            "inputs": model.inputs, "head": model.head, **extra}
 
 
 def learner_weights(learner: GradientAdaptedPolicy) -> Params:
@@ -81,18 +72,29 @@ def load_params(path: Path) -> Params:
     return data
 
 
-def load_learner(weights_path: Path, config: dict[str, Any]
-                 ) -> GradientAdaptedPolicy | RL2Learner:
+def load_learner(weights_path: Path, config: dict[str, Any]) -> MetaLearner:
     """Rebuild the learner from a weights file and its config JSON.
 
-    ``learner: rl2`` in the config gives an :class:`~metarl.algos.rl2.RL2Learner`; otherwise
-    (MAML, the baselines) a :class:`~metarl.algos.base.GradientAdaptedPolicy`.
+    The config's ``learner`` picks the algorithm's loader from the registry; without one, an
+    MLP policy adapted by gradient steps (:func:`load_policy`).
+
+    Raises:
+        ValueError: another format version, an unknown learner, or weights that do not match.
+
     """
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format_version={config.get('format_version')!r}: expected "
                          f"{FORMAT_VERSION}; re-train to produce a current checkpoint")
-    if config.get("learner") == "rl2":
-        return _load_rl2(weights_path, config)
+    name = config.get("learner")
+    if name is None:
+        return load_policy(weights_path, config)
+    from metarl.algos import registry
+
+    return registry.get(str(name), key="checkpoint config: learner").load(weights_path, config)
+
+
+def load_policy(weights_path: Path, config: dict[str, Any]) -> GradientAdaptedPolicy:
+    """An MLP policy adapted by gradient steps, from its weights and :func:`policy_config`."""
     kind = config.get("policy", "categorical")
     if kind not in POLICY_KINDS:
         raise ValueError(f"policy={kind!r}: unknown policy kind; expected one of "
@@ -125,33 +127,6 @@ def load_learner(weights_path: Path, config: dict[str, Any]
                              "not match its parameters")
         inner_lr = learned
     return GradientAdaptedPolicy(policy, params, inner_lr, float(config["discount"]))
-
-
-def _load_rl2(weights_path: Path, config: dict[str, Any]) -> RL2Learner:
-    missing = [k for k in ("obs_dim", "num_actions", "action_dim", "hidden_size")
-               if k not in config]
-    if missing:
-        raise ValueError(f"checkpoint config lacks {missing}; re-train to produce a full one")
-    model = RL2Policy(int(config["obs_dim"]), int(config["num_actions"]),
-                      int(config["hidden_size"]), torch.Generator().manual_seed(0),
-                      action_dim=int(config["action_dim"]),
-                      action_low=tuple(config.get("action_low", ())),
-                      action_high=tuple(config.get("action_high", ())),
-                      inputs=str(config.get("inputs", "paper")),
-                      head=str(config.get("head", "linear")))
-    params = load_params(weights_path)
-    expected = model.state_dict()
-    if set(params) != set(expected) or any(params[k].shape != v.shape
-                                           for k, v in expected.items()):
-        raise ValueError(f"{weights_path}: parameters do not match the RL² architecture in "
-                         "its config (obs_dim, num_actions/action_dim, hidden_size, inputs, head)")
-    model.load_state_dict(params)
-    clocked = bool(config.get("algo_config", {}).get("trial_clock", False))
-    if clocked and not isinstance(config.get("episodes_per_trial"), int):
-        raise ValueError("checkpoint config: a model trained with trial_clock needs its "
-                         "episodes_per_trial; re-train to produce a full one")
-    return RL2Learner(model.eval(),
-                      trial_length=int(config["episodes_per_trial"]) if clocked else None)
 
 
 def read_config(path: Path) -> dict[str, Any]:

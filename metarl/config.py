@@ -88,6 +88,8 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if hasattr(annotation, "from_params"):  # a section that builds itself (``algo``)
+            return annotation.from_params(value, key)
         check(isinstance(value, Mapping), key, value, "expected a mapping of keys")
         return from_mapping(annotation, value, prefix=key)
     if origin in (typing.Union, types.UnionType):
@@ -136,12 +138,19 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "")
 
 
 def to_dict(config: object) -> dict[str, Any]:
-    """Plain-JSON form of a config dataclass (tuples become lists)."""
+    """Plain-JSON form of a config dataclass (tuples become lists).
+
+    A section with a ``to_params`` method (``algo``) gives that method's form.
+    """
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            if hasattr(v, "to_params"):
+                return plain(v.to_params())
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return plain(dataclasses.asdict(config))  # type: ignore[call-overload, no-any-return]
+    return plain(config)  # type: ignore[no-any-return]

@@ -66,6 +66,8 @@ class MLPPolicy(nn.Module):
     """``categorical`` or ``gaussian``: recorded in checkpoints."""
     discrete: ClassVar[bool]
     """Whether actions are integers (categorical) or float vectors (Gaussian)."""
+    action_dim: int
+    """Size of an action vector (0 for a categorical policy)."""
 
     def __init__(self, obs_dim: int, out_dim: int, hidden_sizes: tuple[int, ...]) -> None:
         super().__init__()

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from metarl.algos import registry
 from metarl.algos.maml import MAMLConfig
-from metarl.algos.rl2 import RL2Config
-from metarl.config import ConfigError, check, check_range, from_mapping
+from metarl.config import ConfigError, check, check_range, from_mapping, to_dict
 from metarl.envs.bandit import BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamilyConfig
 from metarl.envs.metaworld_tasks import MetaWorldML1FamilyConfig
@@ -30,8 +30,6 @@ from metarl.envs.nav2d import Nav2DFamilyConfig
 from metarl.envs.pendulum import PendulumFamilyConfig
 from metarl.envs.tabular_mdp import TabularMDPFamilyConfig
 from metarl.families import FAMILIES
-
-ALGORITHMS = ("maml", "rl2")
 
 MAX_TASKS = 100_000
 """Most tasks per split (a task set is one JSON file, read whole)."""
@@ -100,27 +98,55 @@ class TaskSection:
         return getattr(self, self.family)
 
 
+BASELINE_ALGORITHM = "maml"
+"""The section whose network, batch sizes and step sizes the pretrained and from-scratch
+baselines use, whichever algorithm is chosen (so every algorithm faces the same baselines)."""
+
+
 @dataclass(frozen=True)
 class AlgoSection:
-    """``algo``: which meta-learner and its hyperparameters."""
+    """``algo``: which meta-learner, and one section of hyperparameters per algorithm.
+
+    ``algo.<name>`` holds the config of each algorithm of the registry
+    (:mod:`metarl.algos.registry`); a section left out takes that config's defaults.
+    """
 
     name: str = "maml"
-    """Algorithm name: ``maml`` (gradient-based adaptation) or ``rl2`` (a recurrent policy
-    that adapts in context, across the episodes of a trial)."""
-    maml: MAMLConfig = field(default_factory=MAMLConfig)
-    """MAML hyperparameters (for every family, unless ``family_overrides`` says otherwise).
-    The pretrained and from-scratch baselines use its network, batch sizes and step sizes
-    whichever algorithm is chosen."""
-    rl2: RL2Config = field(default_factory=RL2Config)
-    """RL² hyperparameters (GRU + PPO). A trial has ``evaluate.num_adapt_steps + 1`` episodes,
-    the trial the evaluator plays."""
+    """Algorithm name, one of the registry's (``maml``: an initialisation adapted by gradient
+    steps; ``rl2``: a recurrent policy that adapts in context, across a trial's episodes)."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Algorithm name → its config (the ``algo.<name>`` sections; not a key itself)."""
     family_overrides: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """Per task family and algorithm, keys that replace the common values when that family is
     chosen (e.g. ``nav2d: {maml: {init_std: 3.0, inner_lr: 0.1}}``)."""
 
+    @classmethod
+    def from_params(cls, data: Any, prefix: str = "algo") -> AlgoSection:
+        """Build from the ``algo`` mapping: ``name``, ``family_overrides``, one section each."""
+        check(isinstance(data, dict), prefix, data, "expected a mapping of keys")
+        known = registry.algorithms()
+        rest = dict(data)
+        name = rest.pop("name", "maml")
+        check(isinstance(name, str), f"{prefix}.name", name, "expected a string")
+        overrides = rest.pop("family_overrides", None) or {}
+        check(isinstance(overrides, dict), f"{prefix}.family_overrides", overrides,
+              "expected a mapping from family to algorithm to keys")
+        sections: dict[str, Any] = {}
+        for key, value in rest.items():
+            check(key in known, f"{prefix}.{key}", value, "unknown key; valid keys here: "
+                  f"['family_overrides', 'name'] and the algorithms {list(known)}")
+            sections[key] = from_mapping(known[key].config_cls, value, prefix=f"{prefix}.{key}")
+        try:
+            return cls(name=name, sections=sections, family_overrides=overrides)
+        except ConfigError as err:
+            raise err.with_prefix(prefix) from None
+
     def __post_init__(self) -> None:
-        check(self.name in ALGORITHMS, "name", self.name,
-              f"unknown algorithm; choose one of {list(ALGORITHMS)}")
+        known = registry.algorithms()
+        check(self.name in known, "name", self.name,
+              f"unknown algorithm; choose one of {list(known)}")
+        sections = {n: self.sections.get(n) or a.config_cls() for n, a in known.items()}
+        object.__setattr__(self, "sections", sections)
         for fam, per_algo in self.family_overrides.items():
             check(fam in FAMILIES, f"family_overrides.{fam}", per_algo,
                   f"unknown family; choose among {sorted(FAMILIES)}")
@@ -128,13 +154,53 @@ class AlgoSection:
                   "expected a mapping from algorithm name to its keys, e.g. {maml: {...}}")
             for algo, overrides in per_algo.items():
                 key = f"family_overrides.{fam}.{algo}"
-                check(algo in ALGORITHMS, key, overrides,
-                      f"unknown algorithm; choose one of {list(ALGORITHMS)}")
+                check(algo in known, key, overrides,
+                      f"unknown algorithm; choose one of {list(known)}")
                 check(isinstance(overrides, dict), key, overrides,
                       "expected a mapping of algorithm keys")
-                from_mapping(type(getattr(self, algo)),
-                             {**dataclasses.asdict(getattr(self, algo)), **overrides},
-                             prefix=key)
+                from_mapping(known[algo].config_cls,
+                             {**dataclasses.asdict(sections[algo]), **overrides}, prefix=key)
+
+    def __getattr__(self, item: str) -> Any:
+        """``algo.<name>``: the section of a registered algorithm."""
+        sections = self.__dict__.get("sections") or {}
+        if item in sections:
+            return sections[item]
+        raise AttributeError(item)
+
+    @property
+    def chosen(self) -> Any:
+        """The chosen algorithm's config."""
+        return self.sections[self.name]
+
+    @property
+    def algorithm(self) -> registry.Algorithm:
+        """The chosen algorithm's registry entry."""
+        return registry.get(self.name)
+
+    @property
+    def baselines(self) -> MAMLConfig:
+        """The config the pretrained and from-scratch baselines are built from."""
+        return self.sections[BASELINE_ALGORITHM]  # type: ignore[no-any-return]
+
+    def identity(self) -> dict[str, Any]:
+        """What defines a training run: the chosen algorithm, its section and the baselines'."""
+        return {"name": self.name, self.name: to_dict(self.chosen),
+                BASELINE_ALGORITHM: to_dict(self.baselines)}
+
+    def to_params(self) -> dict[str, Any]:
+        """The params.yaml form: ``name``, each section, ``family_overrides``."""
+        return {"name": self.name, **{n: to_dict(c) for n, c in self.sections.items()},
+                "family_overrides": self.family_overrides}
+
+    def replaced(self, name: str, overrides: dict[str, Any], prefix: str) -> AlgoSection:
+        """A copy with keys of section ``name`` replaced (validated, named by ``prefix``)."""
+        if not overrides:
+            return self
+        section = self.sections[name]
+        merged = {**dataclasses.asdict(section), **overrides}
+        new = from_mapping(type(section), merged, prefix=prefix)
+        return dataclasses.replace(self, sections={**self.sections, name: new})
 
 
 @dataclass(frozen=True)
@@ -278,13 +344,9 @@ class PipelineConfig:
 
     def with_algo_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """A copy with ``algo.<name>.<key>`` values replaced (e.g. tuned step sizes)."""
-        if not overrides:
-            return self
-        section = getattr(self.algo, self.algo.name)
-        merged = {**dataclasses.asdict(section), **overrides}
-        new_section = from_mapping(type(section), merged, prefix=f"algo.{self.algo.name}")
-        return dataclasses.replace(
-            self, algo=dataclasses.replace(self.algo, **{self.algo.name: new_section}))
+        name = self.algo.name
+        return dataclasses.replace(self, algo=self.algo.replaced(name, overrides,
+                                                                 f"algo.{name}"))
 
 
 def load_config(path: Path | str) -> PipelineConfig:
@@ -313,8 +375,11 @@ def load_config(path: Path | str) -> PipelineConfig:
         raise ConfigError("params", str(path), "the file is empty; start from the project's "
                           "params.yaml (every section is documented there)")
     config = from_mapping(PipelineConfig, data)
-    per_algo = config.algo.family_overrides.get(config.task.family, {})
-    return config.with_algo_overrides(per_algo.get(config.algo.name, {}))
+    # every algorithm's section, not only the chosen one: the baselines are built from one
+    algo = config.algo
+    for name, overrides in algo.family_overrides.get(config.task.family, {}).items():
+        algo = algo.replaced(name, overrides, f"algo.family_overrides.{config.task.family}.{name}")
+    return dataclasses.replace(config, algo=algo)
 
 
 def _duplicate_key(node: yaml.Node | None, path: str = "") -> tuple[str, int] | None:
@@ -376,29 +441,32 @@ def check_sizes(config: PipelineConfig) -> None:
         ConfigError: naming the key, the value and the limit.
 
     """
-    t, m, r = config.task, config.algo.maml, config.algo.rl2
+    t = config.task
     for split in ("train", "val", "test"):
         _at_most(f"task.num_{split}", getattr(t, f"num_{split}"), MAX_TASKS, "tasks")
     _at_most("train.num_iterations", config.train.num_iterations, MAX_ITERATIONS, "iterations")
     _at_most("tune.num_iterations", config.tune.num_iterations, MAX_ITERATIONS, "iterations")
     _at_most("tune.n_trials", config.tune.n_trials, MAX_TRIALS, "trials")
-    _at_most("algo.maml.hidden_sizes", len(m.hidden_sizes), MAX_LAYERS, "layers")
-    for i, width in enumerate(m.hidden_sizes):
-        _at_most(f"algo.maml.hidden_sizes[{i}]", width, MAX_WIDTH, "units")
-    _at_most("algo.rl2.hidden_size", r.hidden_size, MAX_WIDTH, "units")
+    for name, section in config.algo.sections.items():  # every network's widths
+        widths = getattr(section, "hidden_sizes", None) or ()
+        _at_most(f"algo.{name}.hidden_sizes", len(widths), MAX_LAYERS, "layers")
+        for i, width in enumerate(widths):
+            _at_most(f"algo.{name}.hidden_sizes[{i}]", width, MAX_WIDTH, "units")
+        if isinstance(getattr(section, "hidden_size", None), int):
+            _at_most(f"algo.{name}.hidden_size", section.hidden_size, MAX_WIDTH, "units")
     horizon_key, horizon = _horizon(config)
     trial = config.evaluate.num_adapt_steps + 1
+    baselines = config.algo.baselines
     batches: list[tuple[tuple[str, int], ...]] = [
-        (("algo.maml.meta_batch_size", m.meta_batch_size),
-         ("algo.maml.episodes_per_task", m.episodes_per_task)),
+        (("algo.maml.meta_batch_size", baselines.meta_batch_size),
+         ("algo.maml.episodes_per_task", baselines.episodes_per_task)),
         (("task.num_test", t.num_test), ("evaluate.episodes_per_task",
                                          config.evaluate.episodes_per_task)),
+        tuple(config.algo.algorithm.batch_factors(config.algo.chosen, trial)),
     ]
-    if config.algo.name == "rl2":
-        batches.append((("algo.rl2.meta_batch_size", r.meta_batch_size),
-                        ("algo.rl2.trials_per_task", r.trials_per_task),
-                        ("evaluate.num_adapt_steps + 1", trial)))
     for factors in batches:
+        if not factors:
+            continue
         steps = horizon
         for _, value in factors:
             steps *= value

@@ -175,8 +175,8 @@ def test_register_failure_after_registering_rolls_back_and_retry_is_idempotent(
     # A challenger the gate promotes (another checkpoint; the decision is forced here, the
     # gate itself is tested in test_register_gate.py) whose registration fails at the alias:
     # versions and both aliases are as they were.
-    (project / "models" / "config.json").write_text(
-        json.dumps({**json.loads((project / "models" / "config.json").read_text()), "n": 1}))
+    (project / "models" / "maml.json").write_text(
+        json.dumps({**json.loads((project / "models" / "maml.json").read_text()), "n": 1}))
     real_decide = register._decide
 
     def promoting(*args: Any, **kwargs: Any) -> dict[str, Any]:

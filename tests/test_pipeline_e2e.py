@@ -102,3 +102,9 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     versions = client.search_model_versions(f"name='{name}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
+
+    # A physics change: every stage after it is out of date (its code is a dependency).
+    physics = root / "metarl" / "envs" / "cartpole.py"
+    physics.write_text(physics.read_text() + "\n# a change to the physics file\n")
+    status = json.loads(_run(["dvc", "status", "--json"], root).stdout or "{}")
+    assert {"tasks", "tune", "train", "evaluate", "register"} <= set(status), status

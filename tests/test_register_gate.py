@@ -138,12 +138,12 @@ def test_gate_decisions_weak_better_equal_and_rollback(
     assert planted["ci"][1] < 0
     assert registry(root)[1]["aliases"] == {"champion": "2", "challenger": "3"}
 
-    # 4. A model equal to the champion (same weights, another config file): every per-task
+    # 4. A model equal to the champion (same weights, an edited config file): every per-task
     #    difference is 0, so the interval's lower end (0) is not above the margin.
     shutil.rmtree(root / "models")
     shutil.copytree(good, root / "models")
-    config = json.loads((root / "models" / "config.json").read_text())
-    (root / "models" / "config.json").write_text(json.dumps({**config, "note": "a copy"}))
+    config = json.loads((root / "models" / "maml.json").read_text())
+    (root / "models" / "maml.json").write_text(json.dumps({**config, "note": "a copy"}))
     assert run_cli(root, "stage", "register") == 0
     equal = json.loads((root / "metrics" / "register.json").read_text())
     assert equal["version"] == 4 and equal["promoted"] is False

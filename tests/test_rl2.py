@@ -539,7 +539,8 @@ def test_rl2_continuous_actions_train_and_act() -> None:
 def test_rl2_checkpoint_round_trip(tmp_path: Any, continuous: bool, inputs: str,
                                    head: str) -> None:
     from metarl.algos.rl2 import RL2Learner, model_for
-    from metarl.checkpoint import load_learner, rl2_config, save_params
+    from metarl.algos.rl2 import checkpoint_config as rl2_config
+    from metarl.checkpoint import load_learner, save_params
     from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 
     family: Any = (Nav2DFamily(Nav2DFamilyConfig()) if continuous
@@ -791,7 +792,6 @@ def test_served_rl2_model_derives_the_previous_observation_from_the_trial() -> N
     # The registry's model takes the trial so far (obs, prev_action, prev_reward, prev_done);
     # with pair_code it must rebuild the previous observation itself and act as in training.
     from metarl.algos.rl2 import RL2Learner
-    from pipelines.model import _predict_rl2
 
     family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=2))
     env = family.make_env(family.sample(3, np.random.default_rng(0)), 2)
@@ -803,7 +803,7 @@ def test_served_rl2_model_derives_the_previous_observation_from_the_trial() -> N
              "prev_action": torch.cat([start, batch.actions[:, :-1]], 1).numpy(),
              "prev_reward": torch.cat([torch.zeros(6, 1), batch.rewards[:, :-1]], 1).numpy(),
              "prev_done": torch.cat([torch.zeros(6, 1), batch.dones[:, :-1]], 1).numpy()}
-    np.testing.assert_array_equal(_predict_rl2(RL2Learner(model), trial), batch.actions.numpy())
+    np.testing.assert_array_equal(RL2Learner(model).serve(trial), batch.actions.numpy())
     assert len(set(batch.actions.flatten().tolist())) > 1  # not one constant action
 
 
@@ -840,9 +840,9 @@ def test_clocked_learner_acts_in_the_evaluator_and_registry_as_in_training(
     # The contract (explore / adapt per episode), a checkpoint of it and the served model
     # must read the same clock as collect_trials: greedy, same noise, same actions.
     from metarl.algos.rl2 import RL2
-    from metarl.checkpoint import load_learner, rl2_config, save_params
+    from metarl.algos.rl2 import checkpoint_config as rl2_config
+    from metarl.checkpoint import load_learner, save_params
     from metarl.sampler import rollout
-    from pipelines.model import _predict_rl2
 
     family = TabularMDPFamily(TabularMDPFamilyConfig(horizon=3, num_episodes=4))
     config = RL2Config(hidden_size=16, inputs="pair_code", head="bilinear", trial_clock=True)
@@ -869,7 +869,7 @@ def test_clocked_learner_acts_in_the_evaluator_and_registry_as_in_training(
              "prev_action": torch.cat([start, batch.actions[:, :-1]], 1).numpy(),
              "prev_reward": torch.cat([torch.zeros(5, 1), batch.rewards[:, :-1]], 1).numpy(),
              "prev_done": torch.cat([torch.zeros(5, 1), batch.dones[:, :-1]], 1).numpy()}
-    np.testing.assert_array_equal(_predict_rl2(algo.learner(), trial), batch.actions.numpy())
+    np.testing.assert_array_equal(algo.learner().serve(trial), batch.actions.numpy())
     with pytest.raises(ValueError, match="episodes_per_trial"):
         load_learner(tmp_path / "rl2.pt", {**saved, "episodes_per_trial": None})
 

@@ -20,6 +20,21 @@ from metarl.sampler import EpisodeBatch
 from metarl.tasks import TaskFamily
 
 StepSize = float | Params
+
+TensorInfo = tuple[str, str, tuple[int, ...]]
+"""A named tensor of a served model: ``(name, numpy dtype, shape)``, ``-1`` for any size."""
+
+
+class Served(Protocol):
+    """A learner that a model server can run: named numpy tensors in, greedy actions out."""
+
+    def serving_spec(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        """The input tensors :meth:`serve` reads and the output it returns."""
+        ...
+
+    def serve(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Greedy actions for ``inputs`` (the tensors of :meth:`serving_spec`)."""
+        ...
 """An inner step size: one float for every parameter, or (Meta-SGD) a tensor per parameter,
 each the parameter's shape (no task dim), multiplying its gradient elementwise."""
 
@@ -195,6 +210,26 @@ class GradientAdaptedPolicy:
         adv = advantages(episodes, self.discount)
         new = inner_step(self.policy, params, episodes, adv, self.inner_lr, first_order=True)
         return {k: v.detach() for k, v in new.items()}
+
+    def serving_spec(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        """``obs float32 [-1, obs_dim]`` → ``action``.
+
+        The action is int64 ``[-1]``, or (continuous) float32 ``[-1, action_dim]``, the
+        Gaussian's mean, unclipped.
+        """
+        p = self.policy
+        out: TensorInfo = (("action", "int64", (-1,)) if p.discrete else
+                           ("action", "float32", (-1, p.action_dim)))
+        return [("obs", "float32", (-1, p.obs_dim))], [out]
+
+    def serve(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The most likely action, or the Gaussian's mean, per observation row."""
+        obs = torch.as_tensor(np.asarray(inputs["obs"], dtype=np.float32))
+        with torch.no_grad():
+            out = self.policy.mlp(self.params, obs)  # logits, or the Gaussian's mean
+        if self.policy.discrete:
+            return out.argmax(-1).numpy().astype(np.int64)
+        return out.numpy().astype(np.float32)
 
 
 class RandomLearner:

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +43,9 @@ from metarl.algos.base import (
     log_probs,
     probe_env,
 )
-from metarl.config import check
+from metarl.algos.registry import Algorithm, TrainContext, register
+from metarl.checkpoint import learner_weights, load_policy, policy_config, save_params
+from metarl.config import check, to_dict
 from metarl.logging import MetricLogger, NullLogger
 from metarl.policies import MLPPolicy, Params, act_fn, expand_params, make_policy_for
 from metarl.returns import advantages
@@ -298,3 +302,30 @@ def train_maml(
     run_loop(step, num_iterations, lambda: {"maml": maml.training_state(),
                                             "tasks": draw.state()}, set_state, resume)
     return maml
+
+
+def save_checkpoint(maml: MAML, weights_path: Path) -> dict[str, Any]:
+    """Write the meta-learned initialisation (and Meta-SGD's step sizes); return its config."""
+    learner = maml.learner()
+    save_params(learner_weights(learner), weights_path)
+    c = maml.config
+    return policy_config(maml.policy, c.hidden_sizes, c.inner_lr, c.discount, learner="maml",
+                         algo_config=to_dict(c))
+
+
+def _train(config: MAMLConfig, ctx: TrainContext) -> MAML:
+    return train_maml(ctx.family, ctx.train_set, config, ctx.num_iterations, ctx.seed,
+                      ctx.device, logger=ctx.logger, hook=ctx.hook,  # type: ignore[arg-type]
+                      resume=ctx.resume)
+
+
+register(Algorithm(
+    name="maml", config_cls=MAMLConfig, train=_train, save=save_checkpoint,  # type: ignore[arg-type]
+    load=load_policy,
+    episodes=lambda c, iters, trial: (iters * (c.num_inner_steps + 1) * c.meta_batch_size
+                                      * c.episodes_per_task),
+    search_space={"inner_lr": "inner_lr", "outer_lr": "outer_lr"},
+    batch_factors=lambda c, trial: (("algo.maml.meta_batch_size", c.meta_batch_size),
+                                    ("algo.maml.episodes_per_task", c.episodes_per_task)),
+    summary="a meta-learned initialisation adapted by policy-gradient steps (Finn et al. "
+            "2017; Meta-SGD with learn_inner_lr)"))

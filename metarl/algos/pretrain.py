@@ -8,6 +8,8 @@ it is fine-tuned with the same policy-gradient steps and step size as MAML
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -30,12 +32,13 @@ def pretrain_multitask(
     device: torch.device | str = "cpu",
     logger: MetricLogger | None = None,
     resume: Resume | None = None,
+    hook: Callable[[int, GradientAdaptedPolicy], None] | None = None,
 ) -> GradientAdaptedPolicy:
     """PPO on pooled training tasks for ``num_iterations`` rollouts of one meta-batch each.
 
     Uses MAML's network, batch sizes, clip range, outer learning rate and number of epochs, so
     with ``num_iterations = maml_iterations * (num_inner_steps + 1)`` both see the same number
-    of episodes. ``resume``: as for :func:`~metarl.algos.maml.train_maml`.
+    of episodes. ``resume`` and ``hook``: as for :func:`~metarl.algos.maml.train_maml`.
     """
     logger = logger or NullLogger()
     policy = make_policy(family, config.hidden_sizes, config.init_std).to(device)
@@ -62,6 +65,12 @@ def pretrain_multitask(
             optimizer.step()
         logger.log_metrics({"pretrain/return": float(batch.episode_returns.mean()),
                             "pretrain/loss": float(loss.detach())}, step=it)
+        if hook is not None:
+            hook(it, learner())
+
+    def learner() -> GradientAdaptedPolicy:
+        return GradientAdaptedPolicy(policy, {k: v.detach().clone() for k, v in theta.items()},
+                                     config.inner_lr, config.discount)
 
     def get_state() -> State:
         return {"theta": {k: v.detach().cpu().clone() for k, v in theta.items()},
@@ -77,5 +86,4 @@ def pretrain_multitask(
         draw.load_state(state["tasks"])
 
     run_loop(step, num_iterations, get_state, set_state, resume)
-    return GradientAdaptedPolicy(policy, {k: v.detach() for k, v in theta.items()},
-                                 config.inner_lr, config.discount)
+    return learner()

@@ -38,6 +38,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,10 +46,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metarl.algos.base import clipped_surrogate_loss, half_action_range, probe_env
+from metarl.algos.base import TensorInfo, clipped_surrogate_loss, half_action_range, probe_env
 from metarl.algos.maml import task_batches
+from metarl.algos.registry import Algorithm, TrainContext, register
 from metarl.baselines.task_conditioned import task_features
-from metarl.config import check
+from metarl.checkpoint import FORMAT_VERSION, load_params, save_params
+from metarl.config import check, to_dict
 from metarl.envs.base import BatchedEnv
 from metarl.logging import MetricLogger, NullLogger
 from metarl.policies import Params, categorical_log_prob, gaussian_log_prob, sample_actions
@@ -993,6 +996,90 @@ class RL2Learner:
             new["episode"] = ctx["episode"] + 1
         return new
 
+    def serving_spec(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        """The trial so far → the greedy action at each of its steps (see :meth:`serve`)."""
+        m = self.model
+        obs_dim = m.obs_dim - int(self.trial_length is not None)  # the clock is added here
+        prev: TensorInfo
+        out: TensorInfo
+        if m.discrete:
+            prev, out = ("prev_action", "int64", (-1, -1)), ("action", "int64", (-1, -1))
+        else:
+            prev = ("prev_action", "float32", (-1, -1, m.action_dim))
+            out = ("action", "float32", (-1, -1, m.action_dim))
+        return ([("obs", "float32", (-1, -1, obs_dim)), prev,
+                 ("prev_reward", "float32", (-1, -1)), ("prev_done", "float32", (-1, -1))],
+                [out])
+
+    def serve(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Greedy actions at every step of the trials given, the GRU run from a fresh state.
+
+        ``obs [B, T, obs_dim]``, ``prev_action [B, T]`` (int64, ``-1`` at the trial's first
+        step; continuous: ``[B, T, action_dim]``, zeros), ``prev_reward [B, T]``, ``prev_done
+        [B, T]`` (1.0 where the previous step ended an episode). A clocked model counts the
+        trial's episodes from ``prev_done``.
+        """
+        model = self.model
+        obs = torch.as_tensor(np.asarray(inputs["obs"], dtype=np.float32))
+        act_dtype = np.int64 if model.discrete else np.float32
+        prev_action = torch.as_tensor(np.asarray(inputs["prev_action"], dtype=act_dtype))
+        prev_reward = torch.as_tensor(np.asarray(inputs["prev_reward"], dtype=np.float32))
+        prev_done = torch.as_tensor(np.asarray(inputs["prev_done"], dtype=np.float32))
+        if self.trial_length is not None:  # the episodes the trial has played
+            obs = with_clock(obs, prev_done.cumsum(-1), self.trial_length)
+        # the observation each previous action was taken in: the previous step's
+        prev_obs = torch.cat([torch.zeros_like(obs[..., :1, :]), obs[..., :-1, :]], dim=-2)
+        with torch.no_grad():
+            x = model.step_input(obs, prev_action, prev_reward, prev_done, prev_obs)
+            out, _, _ = model(x, model.initial_state(x.shape[0]))
+            actions = model.sample(out, torch.Generator(), greedy=True)
+        return actions.numpy().astype(act_dtype)
+
+
+def checkpoint_config(model: RL2Policy, **extra: Any) -> dict[str, Any]:
+    """The JSON needed to rebuild an :class:`RL2Learner` (plus ``extra``)."""
+    return {"format_version": FORMAT_VERSION, "learner": "rl2",
+            "policy": "categorical" if model.discrete else "gaussian",
+            "obs_dim": model.obs_dim, "num_actions": model.num_actions,
+            "action_dim": model.action_dim, "action_low": list(model.action_low),
+            "action_high": list(model.action_high), "hidden_size": model.hidden_size,
+            "inputs": model.inputs, "head": model.head, **extra}
+
+
+def save_checkpoint(algo: RL2, weights_path: Path) -> dict[str, Any]:
+    """Write ``algo``'s weights; return their :func:`checkpoint_config`."""
+    save_params(dict(algo.model.state_dict()), weights_path)
+    return checkpoint_config(algo.model, algo_config=to_dict(algo.config),
+                             episodes_per_trial=algo.episodes_per_trial)
+
+
+def load_checkpoint(weights_path: Path, config: dict[str, Any]) -> RL2Learner:
+    """The :class:`RL2Learner` of a checkpoint (weights only)."""
+    missing = [k for k in ("obs_dim", "num_actions", "action_dim", "hidden_size")
+               if k not in config]
+    if missing:
+        raise ValueError(f"checkpoint config lacks {missing}; re-train to produce a full one")
+    model = RL2Policy(int(config["obs_dim"]), int(config["num_actions"]),
+                      int(config["hidden_size"]), torch.Generator().manual_seed(0),
+                      action_dim=int(config["action_dim"]),
+                      action_low=tuple(config.get("action_low", ())),
+                      action_high=tuple(config.get("action_high", ())),
+                      inputs=str(config.get("inputs", "paper")),
+                      head=str(config.get("head", "linear")))
+    params = load_params(weights_path)
+    expected = model.state_dict()
+    if set(params) != set(expected) or any(params[k].shape != v.shape
+                                           for k, v in expected.items()):
+        raise ValueError(f"{weights_path}: parameters do not match the RL² architecture in "
+                         "its config (obs_dim, num_actions/action_dim, hidden_size, inputs, head)")
+    model.load_state_dict(params)
+    clocked = bool(config.get("algo_config", {}).get("trial_clock", False))
+    if clocked and not isinstance(config.get("episodes_per_trial"), int):
+        raise ValueError("checkpoint config: a model trained with trial_clock needs its "
+                         "episodes_per_trial; re-train to produce a full one")
+    return RL2Learner(model.eval(),
+                      trial_length=int(config["episodes_per_trial"]) if clocked else None)
+
 
 def _at_step(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """``x [N, E, T, ...]`` at step ``step [N, E]`` of each slot: ``[N, E, ...]``."""
@@ -1033,3 +1120,22 @@ def train_rl2(family: _TaskFamily, train_set: TaskSet, config: RL2Config,
     run_loop(step, num_iterations, lambda: {"rl2": algo.training_state(),
                                             "tasks": draw.state()}, set_state, resume)
     return algo
+
+
+def _train(config: RL2Config, ctx: TrainContext) -> RL2:
+    return train_rl2(ctx.family, ctx.train_set, config, ctx.episodes_per_trial,  # type: ignore[arg-type]
+                     ctx.num_iterations, ctx.seed, ctx.device, logger=ctx.logger,
+                     hook=ctx.hook, resume=ctx.resume)
+
+
+register(Algorithm(
+    name="rl2", config_cls=RL2Config, train=_train, save=save_checkpoint,  # type: ignore[arg-type]
+    load=load_checkpoint,
+    episodes=lambda c, iters, trial: iters * c.meta_batch_size * c.trials_per_task * trial,
+    search_space={"lr": "outer_lr"},
+    batch_factors=lambda c, trial: (("algo.rl2.meta_batch_size", c.meta_batch_size),
+                                    ("algo.rl2.trials_per_task", c.trials_per_task),
+                                    ("evaluate.num_adapt_steps + 1", trial)),
+    step_note="RL²'s step k is episode k + 1 of one trial (the hidden state carried over).",
+    summary="a recurrent policy that adapts in context, across the episodes of a trial "
+            "(Duan et al. 2016)"))

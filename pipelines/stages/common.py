@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from metarl.algos.base import probe_env
+from metarl.algos.registry import Algorithm
 from metarl.checkpoint import load_learner, read_config
 from metarl.config import ConfigError
 from metarl.families import make_family
@@ -22,6 +24,14 @@ class StageError(RuntimeError):
 def family(config: PipelineConfig) -> TaskFamily:
     """The configured task family."""
     return make_family(config.task.family, config.task.family_config())
+
+
+def check_action_space(algo: Algorithm, fam: TaskFamily, config: PipelineConfig) -> None:
+    """Refuse a family whose actions the chosen algorithm does not support (before work)."""
+    try:
+        algo.check_family(probe_env(fam).discrete, config.task.family)
+    except ConfigError as err:
+        raise StageError(str(err)) from None
 
 
 def device(config: PipelineConfig) -> str:
@@ -70,8 +80,8 @@ def load_task_set(paths: Paths, split: str, config: PipelineConfig) -> TaskSet:
 def checkpoint_files(paths: Paths, name: str) -> tuple[Path, Path]:
     """``models/<name>.pt`` and its config JSON.
 
-    The config is ``models/<name>.json`` when the learner has its own (RL²), else the shared
-    ``models/config.json`` (MAML and the MLP baselines).
+    The config is ``models/<name>.json`` when the learner has its own (every algorithm and the
+    oracle), else the shared ``models/config.json`` (the MLP baselines).
     """
     own = paths.models / f"{name}.json"
     return paths.models / f"{name}.pt", own if own.exists() else paths.models / "config.json"

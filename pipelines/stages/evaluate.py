@@ -1,10 +1,10 @@
 """Stage ``evaluate``: adaptation curves on the held-out test tasks, against baselines.
 
-Learners: the meta-learner (``maml``: the meta-learned initialisation, adapted by
-policy-gradient steps; or ``rl2``: the recurrent policy, whose step ``k`` is episode ``k + 1``
-of one trial, the hidden state carried over), ``pretrained`` (multi-task PPO, then the same
-fine-tuning steps as MAML), ``scratch`` (a random initialisation, then the same steps) and
-``random`` (uniform actions). Every learner sees the same tasks, seeds and start states.
+Learners: the meta-learner (``algo.name``, loaded through the registry; what its
+adaptation step means is its ``step_note``), ``pretrained`` (multi-task PPO, then the same
+fine-tuning steps as the gradient learners), ``scratch`` (a random initialisation, then the
+same steps) and ``random`` (uniform actions). Every learner sees the same tasks, seeds and
+start states.
 Scores are also normalised: (R - R_random) / (R_oracle - R_random), R_oracle being the mean
 over the test tasks of the family's oracle return (CartPole: the horizon, the best possible).
 A family without a closed-form oracle (MuJoCo, Meta-World: ``oracle_returns`` is NaN) is
@@ -23,6 +23,7 @@ import mlflow
 import numpy as np
 import torch
 
+from metarl.algos import registry
 from metarl.algos.base import GradientAdaptedPolicy, MetaLearner, RandomLearner
 from metarl.baselines.reference import reference_returns
 from metarl.baselines.task_conditioned import TaskConditionedFamily
@@ -124,7 +125,7 @@ def reference_summary(fam: Any, test: Any, seeds: tuple[int, ...], dev: str,
 def curve_csv(results: dict[str, CurveSummary]) -> str:
     """Wide CSV, one row per adaptation step: ``<learner>`` mean return and its CI bounds.
 
-    The meta-learner (the first learner, ``maml`` or ``rl2``) is the column ``meta_learner``,
+    The meta-learner (the first learner, ``algo.name``) is the column ``meta_learner``,
     so ``dvc plots`` draws the same columns whichever algorithm ran (``learner`` in
     ``metrics/meta_test.json`` says which).
     """
@@ -151,8 +152,8 @@ def _fmt(score: float | None) -> str:
 def report(summary: dict[str, Any], k_max: int, test_hash: str, seeds: tuple[int, ...]) -> str:
     """Markdown table of the meta-test results."""
     main = summary["learner"]
-    steps = (" RL²'s step k is episode k + 1 of one trial (the hidden state carried over)."
-             if main == "rl2" else "")
+    note = registry.get(main).step_note if main in registry.algorithms() else ""
+    steps = f" {note}" if note else ""
     lines = [f"# Meta-test on held-out tasks (task set {test_hash}, seeds {list(seeds)})", "",
              "Mean episode return over test tasks (95% bootstrap CI over tasks); "
              "normalised: random 0, oracle 1." + steps, "",

@@ -327,8 +327,7 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
     promote = bool(decision["promoted"])
     try:
         if version is None:
-            ckpt = json.loads(config_path.read_text())
-            info = log_model(weights, config_path, int(ckpt["obs_dim"]))
+            info = log_model(weights, config_path)
             version = mlflow.register_model(info.model_uri, name, tags={
                 "test_task_hash": test.content_hash, "family": config.task.family,
                 "algo": config.algo.name, "registration_key": key,

@@ -1,9 +1,9 @@
 """Stage ``train``: meta-train the chosen algorithm, and the multi-task baseline alike.
 
-MAML writes ``models/maml.pt``; RL² writes ``models/rl2.pt`` with its own ``models/rl2.json``.
-Both write ``models/pretrained.pt`` and ``models/config.json`` (the MLP network that the
-pretrained and from-scratch baselines share), the pretrained policy trained on as many
-episodes as the meta-learner saw.
+The algorithm (from the registry, :mod:`metarl.algos.registry`) writes ``models/<name>.pt``
+and ``models/<name>.json``; the stage also writes ``models/pretrained.pt`` and
+``models/config.json`` (the MLP network that the pretrained and from-scratch baselines
+share), the pretrained policy trained on as many episodes as the meta-learner saw.
 
 The stage survives ``kill -9``: every ``train.checkpoint_every`` iterations each training
 (the meta-learner, the pretrained baseline, the task-conditioned oracle) writes its whole state
@@ -27,17 +27,22 @@ from typing import Any
 import mlflow
 import torch
 
-from metarl.algos.maml import train_maml
 from metarl.algos.pretrain import pretrain_multitask
-from metarl.algos.rl2 import train_rl2
+from metarl.algos.registry import TrainContext
 from metarl.baselines.task_conditioned import TaskConditionedFamily, has_closed_form_oracle
-from metarl.checkpoint import learner_weights, policy_config, rl2_config, save_params
+from metarl.checkpoint import policy_config, save_params
 from metarl.config import to_dict
 from metarl.training import Resume, StateFn
 from pipelines.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
-from pipelines.stages.common import device, family, load_task_set, relative
+from pipelines.stages.common import (
+    check_action_space,
+    device,
+    family,
+    load_task_set,
+    relative,
+)
 from pipelines.stages.tune import read_best
 from pipelines.tracking import MlflowLogger, flatten
 
@@ -117,26 +122,21 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     train = load_task_set(paths, "train", config)
     tuned = read_best(paths.best_params, config.algo.name)
     config = config.with_algo_overrides(tuned)
-    cfg, iters, algo = config.algo.maml, config.train.num_iterations, config.algo.name
-    seed = config.train.seed
-    identity = {"algo": to_dict(config.algo), "family": to_dict(config.task.family_config()),
+    algo, section = config.algo.algorithm, config.algo.chosen
+    cfg, iters, seed = config.algo.baselines, config.train.num_iterations, config.train.seed
+    trial = config.evaluate.num_adapt_steps + 1
+    check_action_space(algo, fam, config)
+    identity = {"algo": config.algo.identity(), "family": to_dict(config.task.family_config()),
                 "train_task_hash": train.content_hash, "seed": seed, "device": dev,
-                "trial": config.evaluate.num_adapt_steps + 1}
-    history = _History(iters, f"meta-train {algo}")
+                "trial": trial}
+    history = _History(iters, f"meta-train {algo.name}")
     try:
-        if algo == "rl2":
-            rl2_cfg = config.algo.rl2
-            trial = config.evaluate.num_adapt_steps + 1
-            rl2 = _phase(paths, config, algo, iters, identity, history, lambda r: train_rl2(
-                fam, train, rl2_cfg, trial, iters, seed, dev, logger=history, resume=r))
-            episodes = iters * rl2_cfg.meta_batch_size * rl2_cfg.trials_per_task * trial
-        else:
-            maml = _phase(paths, config, algo, iters, identity, history, lambda r: train_maml(
-                fam, train, cfg, iters, seed, dev, logger=history, resume=r))
-            episodes = iters * (cfg.num_inner_steps + 1) * cfg.meta_batch_size \
-                * cfg.episodes_per_task
+        trained = _phase(paths, config, algo.name, iters, identity, history,
+                         lambda r: algo.train(section, TrainContext(
+                             fam, train, iters, seed, dev, trial, logger=history, resume=r)))
     finally:
         history.close()
+    episodes = algo.episodes(section, iters, trial)
     # the same number of episodes as the meta-learner
     pre_iters = math.ceil(episodes / (cfg.meta_batch_size * cfg.episodes_per_task))
     pre_log = _History(pre_iters, "pretrain multi-task")
@@ -160,18 +160,13 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
             oracle_log.close()
 
     common = {"family": config.task.family,
-              "family_config": to_dict(config.task.family_config()), "algo": algo,
+              "family_config": to_dict(config.task.family_config()), "algo": algo.name,
               "train_task_hash": train.content_hash, "tuned": tuned, "seed": config.train.seed}
     ckpt = policy_config(pretrained.policy, cfg.hidden_sizes, cfg.inner_lr, cfg.discount,
                          algo_config=to_dict(cfg), **common)
     with atomic_directory(paths.models) as tmp:
-        if algo == "rl2":
-            save_params(dict(rl2.model.state_dict()), tmp / "rl2.pt")
-            atomic_write_json(tmp / "rl2.json", rl2_config(
-                rl2.model, algo_config=to_dict(config.algo.rl2), episodes_per_trial=trial,
-                **common))
-        else:
-            save_params(learner_weights(maml.learner()), tmp / "maml.pt")
+        saved = algo.save(trained, tmp / f"{algo.name}.pt")
+        atomic_write_json(tmp / f"{algo.name}.json", {**saved, **common})
         save_params(pretrained.params, tmp / "pretrained.pt")
         atomic_write_json(tmp / "config.json", ckpt)
         if oracle is not None:
@@ -189,9 +184,8 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     clear_train_state(paths)
     final = history.rows[-1]
     if mlflow.active_run() is not None:
-        mlflow.log_params(flatten("algo", to_dict(config.algo)))
+        mlflow.log_params(flatten("algo", config.algo.identity()))
         mlflow.log_params(flatten("train", to_dict(config.train)))
         mlflow.set_tag("task_hash.train", train.content_hash)
         mlflow.log_artifacts(str(paths.models), artifact_path="checkpoint")
-    return {"train/return_post_adapt": final["train/return_post_adapt"],
-            "train/return_pre_adapt": final["train/return_pre_adapt"], "tuned": tuned}
+    return {**{k: v for k, v in final.items() if k != "iteration"}, "tuned": tuned}

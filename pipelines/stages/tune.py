@@ -1,12 +1,12 @@
 """Stage ``tune``: Optuna search over the step sizes, scored on validation tasks only.
 
-MAML: ``inner_lr`` and ``outer_lr``; RL²: its learning rate ``lr`` (in ``tune.outer_lr``'s
-range). The objective trains with the same :func:`~metarl.algos.maml.train_maml` /
-:func:`~metarl.algos.rl2.train_rl2` as the train stage and
-scores with the same :func:`metarl.evaluation.adaptation_curve` as evaluate, on the *val*
-split. Intermediate scores go to a median pruner. The study persists (a journal file by
-default) under a name derived from everything that defines it, so a re-run resumes it and runs
-only the trials still missing.
+Each algorithm's registry entry says which of its keys are searched and in which range
+(``search_space``: a key → ``tune.inner_lr`` or ``tune.outer_lr``, log-uniform). The objective
+trains with the same ``Algorithm.train`` as the train stage and scores with the same
+:func:`metarl.evaluation.adaptation_curve` as evaluate, on the *val* split. Intermediate
+scores go to a median pruner. The study persists (a journal file by default) under a name
+derived from everything that defines it, so a re-run resumes it and runs only the trials
+still missing.
 
 Resuming is exact: the study ends with ``tune.n_trials`` finished (complete or pruned) trials,
 the same ones, with the same values, whether or not a run was killed on the way.
@@ -46,15 +46,14 @@ from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
 from metarl.algos.base import MetaLearner
-from metarl.algos.maml import train_maml
-from metarl.algos.rl2 import train_rl2
+from metarl.algos.registry import TrainContext
 from metarl.config import to_dict
 from metarl.evaluation import adaptation_curve
 from metarl.tasks import TaskFamily, TaskSet
 from pipelines.io import atomic_write_text
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
-from pipelines.stages.common import device, family, load_task_set
+from pipelines.stages.common import check_action_space, device, family, load_task_set
 from pipelines.tracking import MlflowLogger, flatten
 from pipelines.workers import Worker
 
@@ -144,8 +143,9 @@ def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage
 def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
     """Name that changes whenever the search would mean something else."""
     tune = {k: v for k, v in to_dict(config.tune).items() if k not in ("n_trials", "storage")}
-    identity = json.dumps({"tune": tune, "algo": to_dict(config.algo),
-                           "trial_episodes": config.evaluate.num_adapt_steps + 1,  # RL²'s trial
+    identity = json.dumps({"tune": tune, "algo": config.algo.identity(),
+                           # the evaluator's trial (in-context learners train on it)
+                           "trial_episodes": config.evaluate.num_adapt_steps + 1,
                            "train": config.train.seed, "tasks": [train.content_hash,
                                                                  val.content_hash]},
                           sort_keys=True)
@@ -323,15 +323,15 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=tune.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
 
+    algo = config.algo.algorithm
+    check_action_space(algo, fam, config)
+    names = tuple(algo.search_space)
+
     def objective(trial: optuna.Trial) -> float:
-        if config.algo.name == "rl2":
-            overrides = {"lr": trial.suggest_float("lr", *tune.outer_lr, log=True)}
-        else:
-            overrides = {
-                "inner_lr": trial.suggest_float("inner_lr", *tune.inner_lr, log=True),
-                "outer_lr": trial.suggest_float("outer_lr", *tune.outer_lr, log=True)}
+        overrides = {key: trial.suggest_float(key, *getattr(tune, space), log=True)
+                     for key, space in algo.search_space.items()}
         cfg = config.with_algo_overrides(overrides)
-        mlflow.log_params({f"algo.{config.algo.name}.{k}": v for k, v in overrides.items()})
+        mlflow.log_params({f"algo.{algo.name}.{k}": v for k, v in overrides.items()})
         logger = MlflowLogger(tune.num_iterations, f"trial {trial.number}")
 
         def report(it: int, learner: MetaLearner) -> None:
@@ -345,17 +345,13 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                 raise optuna.TrialPruned(f"pruned at iteration {it + 1}: {score:.1f}")
 
         try:
-            if config.algo.name == "rl2":
-                train_rl2(fam, train, cfg.algo.rl2, config.evaluate.num_adapt_steps + 1,
-                          tune.num_iterations, tune.seed, dev, logger=logger, hook=report)
-            else:
-                train_maml(fam, train, cfg.algo.maml, tune.num_iterations, tune.seed, dev,
-                           logger=logger, hook=report)
+            algo.train(cfg.algo.chosen, TrainContext(
+                fam, train, tune.num_iterations, tune.seed, dev,
+                config.evaluate.num_adapt_steps + 1, logger=logger, hook=report))
         finally:
             logger.close()
         return float(trial.user_attrs["last_score"])
 
-    names = ("lr",) if config.algo.name == "rl2" else ("inner_lr", "outer_lr")
     optimize(study, tune.n_trials, tune.seed, objective,
              {"metarl.stage": "tune-trial", "optuna.study": name}, names,
              heartbeat=is_database(storage_location(config)))
