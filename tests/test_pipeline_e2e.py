@@ -103,6 +103,12 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
 
+    # Another family's settings do not touch a cartpole pipeline (the stages depend on the
+    # chosen family's section only).
+    params["task"]["nav2d"]["max_steps"] = 50
+    write_params(root, params)
+    assert json.loads(_run(["dvc", "status", "--json"], root).stdout or "{}") == {}
+
     # A physics change: every stage after it is out of date (its code is a dependency).
     physics = root / "metarl" / "envs" / "cartpole.py"
     physics.write_text(physics.read_text() + "\n# a change to the physics file\n")
