@@ -126,6 +126,7 @@ def kill_tune_midway(root: Path, log: Path, rng: random.Random) -> int:
     return proc.pid
 
 
+@pytest.mark.slow
 def test_killed_tune_resumes_to_the_uninterrupted_study(reference: Path, tmp_path: Path) -> None:
     root = make_project(tmp_path / "project")
     pid = kill_tune_midway(root, tmp_path / "tune.log", random.Random(0))

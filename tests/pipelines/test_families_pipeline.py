@@ -102,6 +102,6 @@ def test_bad_family_params_stop_with_key_and_value(
     assert not (root / "data").exists(), "nothing written on bad input"
     # The same params file is fine once fixed.
     params["task"][family] = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "params.yaml").read_text())["task"][family]
+        (Path(__file__).resolve().parents[2] / "params.yaml").read_text())["task"][family]
     write_params(root, params)
     assert main(["stage", "tasks", "--root", str(root)]) == 0

@@ -28,6 +28,7 @@ def _by_stage(root: Path, stage: str) -> list:
                   key=lambda r: r.info.start_time)
 
 
+@pytest.mark.slow
 def test_failed_and_killed_stages_and_the_parent_run(project: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     params = tiny_params()

@@ -1,7 +1,7 @@
 """The CUDA paths: batched envs, MAML and RL² on a GPU (skipped where there is none).
 
 On the CPU machines of CI these skip; run them where a GPU is present with
-``pytest tests/test_gpu.py`` (``METARL_TEST_DEVICE`` picks another device, e.g. ``cpu`` to
+``pytest tests/unit/test_gpu.py`` (``METARL_TEST_DEVICE`` picks another device, e.g. ``cpu`` to
 check the tests themselves). Each test compares the device with the CPU or checks learning, so
 a device mix-up (a tensor or generator left on the CPU) fails here rather than in a long run.
 """
@@ -116,7 +116,7 @@ def test_rl2_own_critic_trains_on_gpu(critic: str) -> None:
 def test_rl2_learns_on_gpu() -> None:
     # The CPU test's "one arm pays 0.9, the other 0.1" bandit, trained on the GPU.
     from metarl.algos.rl2 import RL2, RL2Config
-    from tests.test_rl2 import FarApartBandits
+    from tests.unit.test_rl2 import FarApartBandits
 
     family = FarApartBandits()
     config = RL2Config(hidden_size=32, meta_batch_size=32, trials_per_task=4, lr=3e-3)

@@ -91,6 +91,7 @@ def _params() -> dict[str, Any]:
     return params
 
 
+@pytest.mark.slow
 def test_train_stage_killed_then_rerun_is_bit_identical(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -85,6 +85,7 @@ def fake_reference(root: Path, train: str = TRAIN) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_reference_is_timed_counted_and_scored_per_checkpoint(tmp_path: Path) -> None:
     ref = run_reference(fake_reference(tmp_path / "ref"), sys.executable, num_iterations=5,
                         eval_every=2, seed=3, num_goals=30)
@@ -107,6 +108,7 @@ def test_reference_is_timed_counted_and_scored_per_checkpoint(tmp_path: Path) ->
         float(normalized(-45.0, random_return, oracle)))
 
 
+@pytest.mark.slow
 def test_bench_maml_prints_ours_and_the_reference_side_by_side(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "maml", "--iterations", "2", "--eval-every", "1", "--test-tasks", "3",
@@ -147,6 +149,7 @@ def test_a_failing_reference_is_reported_with_its_status(tmp_path: Path) -> None
         run_reference(fake_reference(tmp_path / "ref", broken), sys.executable, 2, 1, 0, 20)
 
 
+@pytest.mark.slow
 def test_a_hung_reference_is_stopped_with_its_workers(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import os

@@ -25,7 +25,7 @@ import yaml
 from metarl.config import ConfigError
 from tests.conftest import assert_gate_consistent
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGE_NAMES = ["tasks", "tune", "train", "evaluate", "register"]
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -93,6 +93,7 @@ def flows(prefect_env: dict[str, str]) -> Iterator[ModuleType]:
         yield pipelines.flows
 
 
+@pytest.mark.slow
 def test_flow_runs_all_stages_under_one_parent_run(flows: ModuleType, tmp_path: Path) -> None:
     from mlflow import MlflowClient
     from prefect.client.orchestration import get_client

@@ -591,6 +591,7 @@ def test_cli_bench_rl2_reads_params_file_and_writes_json(
     assert "iteratons" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cells_run_apart_combine_into_the_table_of_one_run(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -653,7 +654,7 @@ def test_cells_run_apart_combine_into_the_table_of_one_run(
 def test_the_benchmarks_dvc_params_file_reads() -> None:
     from pipelines.bench_rl2 import mdp_training_lengths, read_params, training_pulls
 
-    params = read_params(Path(__file__).parents[1] / "benchmarks/rl2/params.yaml")
+    params = read_params(Path(__file__).parents[2] / "benchmarks/rl2/params.yaml")
     assert len([c for c in params.cells if "x" in c]) == 9
     assert params.cells[-5:] == ("10", "25", "50", "75", "100")  # all of Table 2
     # the DVC stages run every cell once, a cell that shares a model in one stage with it
@@ -728,6 +729,7 @@ def test_bench_rl2_settings_overrides_and_time_budget(
     assert "mdp.hiden_size=8: unknown key" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_commands_need_no_mlflow() -> None:
     # GPU machines and minimal installs run the benches without the MLOps stack.
     import subprocess
@@ -874,6 +876,7 @@ def test_clocked_learner_acts_in_the_evaluator_and_registry_as_in_training(
         load_learner(tmp_path / "rl2.pt", {**saved, "episodes_per_trial": None})
 
 
+@pytest.mark.slow
 def test_pair_code_and_bilinear_heads_learn_tabular_mdps_faster() -> None:
     # Random 10-state MDPs, trials of 5 episodes (random play: 50). In 40 iterations the
     # paper's encoding and heads barely move (51.3); with the reward of each (s, a) pair in its
@@ -1031,7 +1034,7 @@ def test_long_bandit_cells_are_played_by_the_shorter_cells_model(
     params.write_text(yaml.safe_dump({"cells": ["30x3"], "bandit_train_pulls": "ten"}))
     assert main(["bench", "rl2", "--params", str(params)]) == 2
     assert "bandit_train_pulls" in capsys.readouterr().err
-    assert read_params(Path(__file__).parents[1]
+    assert read_params(Path(__file__).parents[2]
                        / "benchmarks/rl2/params.yaml").bandit_train_pulls == 100
     # cells run apart with different training lengths do not combine into one table
     cells = tmp_path / "cells"
@@ -1044,6 +1047,7 @@ def test_long_bandit_cells_are_played_by_the_shorter_cells_model(
         "bandit_train_pulls=10" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_mdp_cells_played_by_one_model_write_a_file_per_cell_that_combines(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -1124,6 +1128,7 @@ def test_mdp_training_lengths_of_a_number_or_a_list() -> None:
     assert mdp_training_lengths(25, [10]) == mdp_training_lengths(25, 10) == (10,)
 
 
+@pytest.mark.slow
 def test_mdp_cells_train_on_alternating_trial_lengths_and_resume_in_step(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -1205,6 +1210,7 @@ def test_a_params_file_takes_a_list_of_mdp_training_lengths(tmp_path: Any) -> No
         read_params(path)
 
 
+@pytest.mark.slow
 def test_select_every_keeps_the_checkpoint_best_on_tuning_instances(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import json
@@ -1284,6 +1290,7 @@ def test_select_every_scores_the_papers_cells_a_model_plays() -> None:
     assert [t["probs"] for t in bandit.tasks] != [t["probs"] for t in test]
 
 
+@pytest.mark.slow
 def test_workers_train_a_cells_seeds_at_once_into_the_same_models(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import json
