@@ -11,8 +11,10 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -154,3 +156,110 @@ def to_dict(config: object) -> dict[str, Any]:
         return v
 
     return plain(config)  # type: ignore[no-any-return]
+
+
+# Field checks of task dicts (each family's ``check_task``), one line per bad field.
+
+class _Missing:
+    """The value of a task field that is absent (its ``repr`` is ``<missing>``)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+"""Stands for an absent field's value in a :class:`ConfigError`."""
+
+
+def check_fields(task: Mapping[str, object], fields: Sequence[str]) -> None:
+    """Require ``task`` to have exactly the fields ``fields``.
+
+    Raises:
+        ConfigError: keyed by the first missing field (value :data:`MISSING`) or the first
+            unknown one, listing the expected fields.
+
+    """
+    for name in fields:
+        if name not in task:
+            raise ConfigError(name, MISSING, f"field missing; a task has the fields "
+                              f"{list(fields)}")
+    for name, value in task.items():
+        if name not in fields:
+            raise ConfigError(str(name), value, f"unknown field; valid fields: {list(fields)}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_number(key: str, value: object, *, positive: bool = False, what: str = "") -> float:
+    """Require a finite number (``> 0`` when ``positive``); return it as a float.
+
+    Args:
+        key: the field's name, for the error.
+        value: the value to check.
+        positive: also require ``value > 0``.
+        what: what the quantity is, for the error, e.g. ``a mass, kg``.
+
+    Raises:
+        ConfigError: the value is not a number, not finite, or not positive.
+
+    """
+    about = f" ({what})" if what else ""
+    check(_is_number(value), key, value, f"expected a number{about}")
+    number = float(value)  # type: ignore[arg-type]
+    check(math.isfinite(number), key, value, f"must be a finite number{about}")
+    if positive:
+        check(number > 0, key, value, f"must be > 0{about}")
+    return number
+
+
+def check_int(key: str, value: object, *, low: int | None = None,
+              high: int | None = None) -> int:
+    """Require an integer in ``[low, high]`` (either bound optional); return it.
+
+    Raises:
+        ConfigError: the value is not an integer (``true`` and ``1.0`` are not) or is out of
+            bounds.
+
+    """
+    check(isinstance(value, int) and not isinstance(value, bool), key, value,
+          "expected an integer")
+    number = int(value)  # type: ignore[call-overload]
+    if low is not None:
+        check(number >= low, key, value, f"must be >= {low}")
+    if high is not None:
+        check(number <= high, key, value, f"must be <= {high}")
+    return number
+
+
+def check_array(key: str, value: object, shape: Sequence[int]) -> np.ndarray:
+    """Require a nested list of finite numbers of exactly ``shape``; return it as an array.
+
+    ``shape`` may hold ``-1`` for "any non-zero length". Errors name the offending entry,
+    e.g. ``transitions[2][1][4]``.
+
+    Raises:
+        ConfigError: a level is not a list or has the wrong length, or an entry is not a
+            finite number.
+
+    """
+    full = "×".join("N" if n < 0 else str(n) for n in shape)
+
+    def walk(k: str, v: object, depth: int) -> None:
+        if depth == len(shape):
+            check_number(k, v)
+            return
+        n = shape[depth]
+        check(isinstance(v, list), k, v, f"expected a list (the field is {full})")
+        items = cast(list[object], v)
+        if n < 0:
+            check(bool(items), k, v, f"expected a non-empty list (the field is {full})")
+        else:
+            check(len(items) == n, k, v,
+                  f"expected {n} entries, got {len(items)} (the field is {full})")
+        for i, item in enumerate(items):
+            walk(f"{k}[{i}]", item, depth + 1)
+
+    walk(key, value, 0)
+    return np.asarray(value, dtype=np.float64)

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from metarl.algos.base import RandomLearner
+from metarl.baselines.oracles import oracle_returns
 from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 from metarl.evaluation import adaptation_curve, normalized
 
@@ -134,7 +135,7 @@ def nav2d_yardsticks(goals: list[dict[str, float]], episodes: int, seed: int
     """
     family = Nav2DFamily(Nav2DFamilyConfig())
     random_return = adaptation_curve(RandomLearner(), family, goals, 0, episodes, seed)[0]
-    return float(random_return.mean()), float(family.oracle_returns(goals).mean())
+    return float(random_return.mean()), float(oracle_returns(family, goals).mean())
 
 
 def _score(directory: Path, python: str, folder: Path, iteration: int, num_goals: int,

@@ -25,8 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.config import check
-from metarl.tasks import check_array, check_fields
+from metarl.config import check, check_array, check_fields
 
 
 class BatchedBandit:

@@ -18,9 +18,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.config import check, check_range
+from metarl.config import check, check_fields, check_number, check_range
 from metarl.envs.base import StateBatch
-from metarl.tasks import check_fields, check_number
 
 TAU = 0.02
 X_THRESHOLD = 2.4

@@ -63,8 +63,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from metarl.config import ConfigError, check
-from metarl.tasks import check_array, check_fields, check_int
+from metarl.config import ConfigError, check, check_array, check_fields, check_int
 
 DEFAULT_MAX_STEPS = 150
 """Pipeline default horizon (Meta-World v1's; the benchmark's own is 500)."""

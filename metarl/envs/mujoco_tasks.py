@@ -50,8 +50,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from metarl.config import ConfigError, check, check_range
-from metarl.tasks import check_fields, check_number
+from metarl.config import ConfigError, check, check_fields, check_number, check_range
 
 DEFAULT_MAX_STEPS = 200
 """MAML's and PEARL's horizon for these tasks."""

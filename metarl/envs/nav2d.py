@@ -30,11 +30,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.config import check
+from metarl.config import check, check_fields, check_number
 from metarl.envs.base import StateBatch
-from metarl.policies import ActFn, Params
-from metarl.sampler import EpisodeBatch, rollout
-from metarl.tasks import check_fields, check_number
 
 RewardKind = Literal["distance", "squared_distance"]
 
@@ -193,39 +190,6 @@ class MetaNav2DEnv(gym.Env[np.ndarray, np.ndarray]):
         return {"goal": self._env.goals[0].numpy().copy()}
 
 
-class Nav2DOracle:
-    """The optimal policy, ``clip(goal - position)``, as a :class:`~metarl.algos.base.MetaLearner`.
-
-    It knows the goals of ``tasks`` (so it is an upper reference, not a learner): its
-    parameters are those goals, and adaptation changes nothing.
-    """
-
-    def __init__(self, tasks: Sequence[dict[str, float]], action_clip: float = 0.1) -> None:
-        self.goals = torch.tensor([[t["goal_x"], t["goal_y"]] for t in tasks])
-        self.clip = action_clip
-
-    def initial_params(self, num_tasks: int) -> Params:
-        """The goals, ``{"goal": [N, 2]}``."""
-        if num_tasks != len(self.goals):
-            raise ValueError(f"num_tasks={num_tasks}: this oracle knows {len(self.goals)} tasks")
-        return {"goal": self.goals.clone()}
-
-    def explore(self, params: Params) -> ActFn:
-        """Head straight for the goal at full speed."""
-        clip = self.clip
-
-        def act(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            return (params["goal"].to(obs).unsqueeze(1) - obs).clamp(-clip, clip)
-
-        return act
-
-    act = explore
-
-    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
-        """Nothing to adapt."""
-        return params
-
-
 class Nav2DFamily:
     """2D navigation with goals uniform in a box (task dict: ``goal_x``, ``goal_y``)."""
 
@@ -252,19 +216,3 @@ class Nav2DFamily:
         """Batched navigation to the goals of ``tasks``."""
         goals = [[t["goal_x"], t["goal_y"]] for t in tasks]
         return BatchedNav2D(goals, num_envs, self.config, device=device)
-
-    def oracle(self, tasks: Sequence[dict[str, float]]) -> Nav2DOracle:
-        """The straight-to-goal policy for ``tasks``, as a meta-learner baseline."""
-        return Nav2DOracle(tasks, self.config.action_clip)
-
-    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
-        """Return of the straight-to-goal (optimal) policy per task.
-
-        Computed by one deterministic rollout of :class:`Nav2DOracle` in the batched env (the
-        start is fixed and the policy has no noise).
-        """
-        oracle = self.oracle(tasks)
-        env = self.make_env(tasks, num_envs=1)
-        batch = rollout(oracle.act(oracle.initial_params(len(tasks))), env,
-                        torch.Generator().manual_seed(0))
-        return batch.episode_returns[:, 0].double().numpy()

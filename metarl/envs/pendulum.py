@@ -28,11 +28,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.config import check, check_range
+from metarl.config import check, check_fields, check_number, check_range
 from metarl.envs.base import StateBatch
-from metarl.policies import ActFn, Params
-from metarl.sampler import EpisodeBatch, rollout
-from metarl.tasks import check_fields, check_number
 
 DT = 0.05
 MAX_SPEED = 8.0
@@ -209,60 +206,6 @@ def lqr_gains(gravity_coef: np.ndarray, torque_coef: np.ndarray, iterations: int
     return gain[:, 0, :]  # type: ignore[no-any-return]
 
 
-class PendulumOracle:
-    """Task-conditioned swing-up + LQR controller, as a :class:`~metarl.algos.base.MetaLearner`.
-
-    Knows each task's physics (its parameters are per-task coefficients); adaptation changes
-    nothing. Energy ``E = theta_dot²/2 + a cos theta`` (``a = 3g/2l``) is pumped to the upright
-    rest value ``a`` by full torque in the direction that raises it; within about 45 degrees of
-    the top, the task's LQR gain takes over (clipped to the torque limit).
-    """
-
-    def __init__(self, tasks: Sequence[dict[str, float]]) -> None:
-        env = BatchedPendulum([PendulumTask(**t) for t in tasks], 1, dtype=torch.float64)
-        self.gravity_coef = env.gravity_coef[:, 0]
-        self.torque_coef = env.torque_coef[:, 0]
-        self.gain = torch.from_numpy(lqr_gains(self.gravity_coef.numpy(),
-                                               self.torque_coef.numpy()))
-
-    def initial_params(self, num_tasks: int) -> Params:
-        """Per-task ``gravity_coef``, ``torque_coef`` ``[N]`` and LQR ``gain`` ``[N, 2]``."""
-        if num_tasks != len(self.gain):
-            raise ValueError(f"num_tasks={num_tasks}: this oracle knows {len(self.gain)} tasks")
-        return {"gravity_coef": self.gravity_coef.clone(), "torque_coef": self.torque_coef.clone(),
-                "gain": self.gain.clone()}
-
-    def explore(self, params: Params) -> ActFn:
-        """The controller (deterministic)."""
-        def act(obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-            return pendulum_controller(params, obs.double()).to(obs.dtype)
-
-        return act
-
-    act = explore
-
-    def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
-        """Nothing to adapt."""
-        return params
-
-
-def pendulum_controller(params: Params, obs: torch.Tensor) -> torch.Tensor:
-    """Torques ``[N, E, 1]`` of the swing-up + LQR controller for observations ``[N, E, 3]``."""
-    cos, sin, speed = obs.unbind(-1)
-    theta = torch.atan2(sin, cos)
-    a = params["gravity_coef"].unsqueeze(1)
-    gain = params["gain"].unsqueeze(1)  # [N, 1, 2]
-    lqr = -(gain[..., 0] * theta + gain[..., 1] * speed)
-    energy = 0.5 * speed.square() + a * cos
-    # Full torque along the speed while below the upright energy, against it above.
-    pump = MAX_TORQUE * torch.sign(speed * (a - energy))
-    pump = torch.where(speed == 0, torch.full_like(pump, MAX_TORQUE), pump)
-    # Within about 45 degrees of the top the (saturating) LQR takes over; the threshold and
-    # the rule were chosen by comparing a few variants' returns on sampled tasks.
-    near_top = cos > 0.7
-    return torch.where(near_top, lqr, pump).clamp(-MAX_TORQUE, MAX_TORQUE).unsqueeze(-1)
-
-
 @dataclass(frozen=True)
 class PendulumFamilyConfig:
     """Ranges of the pendulum task distribution (``task.pendulum`` in params.yaml)."""
@@ -314,19 +257,3 @@ class PendulumFamily:
         """Batched pendulum over ``tasks``."""
         return BatchedPendulum([PendulumTask(**t) for t in tasks], num_envs,
                                max_steps=self.max_steps, device=device)
-
-    def oracle(self, tasks: Sequence[dict[str, float]]) -> PendulumOracle:
-        """The task-conditioned reference controller for ``tasks``, as a baseline."""
-        return PendulumOracle(tasks)
-
-    def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
-        """Mean return of :class:`PendulumOracle` per task over ``oracle_episodes`` starts.
-
-        The start states come from a fixed seed, so the same tasks always give the same numbers.
-        """
-        oracle = self.oracle(tasks)
-        env = BatchedPendulum([PendulumTask(**t) for t in tasks], self.config.oracle_episodes,
-                              max_steps=self.max_steps, dtype=torch.float64)
-        batch = rollout(oracle.act(oracle.initial_params(len(tasks))), env,
-                        torch.Generator().manual_seed(0))
-        return batch.episode_returns.mean(-1).double().numpy()

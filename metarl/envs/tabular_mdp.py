@@ -29,8 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metarl.config import check
-from metarl.tasks import check_array, check_fields
+from metarl.config import check, check_array, check_fields
 
 
 def value_iteration(

@@ -25,6 +25,7 @@ import torch
 
 from metarl.algos import registry
 from metarl.algos.base import GradientAdaptedPolicy, MetaLearner, RandomLearner
+from metarl.baselines.oracles import oracle_returns
 from metarl.baselines.reference import reference_returns
 from metarl.baselines.task_conditioned import TaskConditionedFamily
 from metarl.evaluation import CurveSummary, bootstrap_ci, meta_test, normalized_score
@@ -191,7 +192,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     ev = config.evaluate
     results = meta_test(learners(paths, config), fam, test, ev.num_adapt_steps,
                         ev.episodes_per_task, ev.seeds, dev)
-    oracle = float(fam.oracle_returns(list(test.tasks)).mean())
+    oracle = float(oracle_returns(fam, test.tasks).mean())
     oracle_kind: str | None = "closed-form" if np.isfinite(oracle) else None
     if oracle_kind is None and checkpoint_files(paths, "oracle")[0].exists():
         oracle, oracle_kind = trained_oracle_return(paths, fam, test, config, dev), \

@@ -45,6 +45,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from metarl.algos.base import MetaLearner, RandomLearner
+from metarl.baselines.oracles import oracle_returns
 from metarl.evaluation import (
     CurveSummary,
     PairedComparison,
@@ -237,7 +238,7 @@ def gate_scores(learners_: dict[str, MetaLearner], config: PipelineConfig, fam: 
     ev = config.evaluate
     res: dict[str, CurveSummary] = meta_test(learners_, fam, test, ev.num_adapt_steps,
                                              ev.episodes_per_task, ev.seeds, dev)
-    oracle = float(fam.oracle_returns(list(test.tasks)).mean())
+    oracle = float(oracle_returns(fam, test.tasks).mean())
     random_return = float(res["random"].mean[0])
     per_task = {name: post_adapt_per_task(s) for name, s in res.items()}
     per_task["random"] = res["random"].per_task[:, 0, :].mean(0)  # random does not adapt

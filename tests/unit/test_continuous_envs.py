@@ -14,6 +14,7 @@ from gymnasium.utils.env_checker import check_env
 
 import metarl  # noqa: F401  (registers metarl/Nav2D-v0 and metarl/Pendulum-v0)
 from metarl.algos.base import RandomLearner
+from metarl.baselines.oracles import oracle_policy, oracle_returns
 from metarl.config import ConfigError, from_mapping
 from metarl.envs.nav2d import BatchedNav2D, MetaNav2DEnv, Nav2DFamily, Nav2DFamilyConfig
 from metarl.envs.pendulum import (
@@ -87,22 +88,22 @@ def test_nav2d_batched_equals_each_slot_alone() -> None:
 def test_nav2d_oracle_return_hand_computed() -> None:
     family = Nav2DFamily(Nav2DFamilyConfig())
     tasks = [{"goal_x": 0.25, "goal_y": -0.1}, {"goal_x": 0.0, "goal_y": 0.0}]
-    oracle = family.oracle_returns(tasks)
+    oracle = oracle_returns(family, tasks)
     # Full speed per axis: (0.1, -0.1), (0.2, -0.1), (0.25, -0.1) = goal, then 0 (terminated).
     expected = -(math.hypot(0.15, 0.0) + math.hypot(0.05, 0.0) + 0.0)
     assert oracle[0] == pytest.approx(expected, abs=1e-6)
     assert oracle[1] == pytest.approx(0.0, abs=1e-7)
     # The same without early termination: the oracle stays on the goal, reward 0.
-    no_stop = Nav2DFamily(Nav2DFamilyConfig(goal_tolerance=0.0)).oracle_returns(tasks)
+    no_stop = oracle_returns(Nav2DFamily(Nav2DFamilyConfig(goal_tolerance=0.0)), tasks)
     np.testing.assert_allclose(no_stop, oracle, atol=1e-6)
 
 
 def test_nav2d_oracle_beats_random_and_perturbations() -> None:
     family = Nav2DFamily(Nav2DFamilyConfig())
     tasks = family.sample(8, np.random.default_rng(0))
-    oracle = family.oracle_returns(tasks)
+    oracle = oracle_returns(family, tasks)
     assert (oracle <= 0).all() and (oracle > -1.5).all()
-    learner = family.oracle(tasks)
+    learner = oracle_policy(family, tasks)
     curve = adaptation_curve(learner, family, tasks, 1, 4, seed=0)
     np.testing.assert_allclose(curve[0], oracle, atol=1e-5)  # deterministic: every episode
     np.testing.assert_allclose(curve[1], oracle, atol=1e-5)  # adapting changes nothing
@@ -130,8 +131,8 @@ def test_nav2d_gymnasium_view_runs_the_shared_dynamics() -> None:
         total += reward
         steps += 1
     assert terminated and steps == 3
-    assert total == pytest.approx(Nav2DFamily(Nav2DFamilyConfig()).oracle_returns(
-        [{"goal_x": 0.25, "goal_y": -0.1}])[0], abs=1e-6)
+    assert total == pytest.approx(oracle_returns(Nav2DFamily(Nav2DFamilyConfig()),
+                                         [{"goal_x": 0.25, "goal_y": -0.1}])[0], abs=1e-6)
     # Random actions: the 100-step TimeLimit truncates.
     env.reset(seed=1)
     env.action_space.seed(1)
@@ -275,16 +276,16 @@ def test_pendulum_lqr_stabilises_the_linearised_system() -> None:
 def test_pendulum_oracle_swings_up_and_beats_random() -> None:
     family = PendulumFamily(PendulumFamilyConfig(oracle_episodes=16))
     tasks = [PendulumTask().to_dict(), *family.sample(4, np.random.default_rng(0))]
-    oracle = family.oracle_returns(tasks)
+    oracle = oracle_returns(family, tasks)
     assert oracle[0] == pytest.approx(-125, abs=15), "gymnasium defaults: about -125"
     assert (oracle > -300).all()
-    np.testing.assert_array_equal(oracle, family.oracle_returns(tasks))  # fixed seed
+    np.testing.assert_array_equal(oracle, oracle_returns(family, tasks))  # fixed seed
     rand = adaptation_curve(RandomLearner(), family, tasks, 0, 16, seed=0)[0]
     assert (rand < oracle - 500).all()
     # The controller ends upright: the last 50 steps of every episode cost almost nothing.
     from metarl.sampler import rollout
 
-    learner = family.oracle(tasks)
+    learner = oracle_policy(family, tasks)
     env = family.make_env(tasks, 16)
     batch = rollout(learner.act(learner.initial_params(len(tasks))), env,
                     torch.Generator().manual_seed(5))
@@ -357,7 +358,7 @@ def test_families_sample_within_ranges_and_build_envs(name: str) -> None:
     env = family.make_env(tasks[:3], num_envs=2)
     assert (env.num_tasks, env.num_envs, env.discrete) == (3, 2, False)
     assert len(env.action_low) == len(env.action_high) == env.action_dim
-    assert family.oracle_returns(tasks[:3]).shape == (3,)
+    assert oracle_returns(family, tasks[:3]).shape == (3,)
 
 
 def test_rollout_steps_auto_resets_continuous_envs() -> None:

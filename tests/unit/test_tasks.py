@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from metarl.config import ConfigError, from_mapping
+from metarl.config import MISSING, ConfigError, from_mapping
 from metarl.envs.bandit import BanditFamilyConfig
 from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
 from metarl.envs.tabular_mdp import TabularMDPFamilyConfig
 from metarl.families import make_family
-from metarl.tasks import MISSING, SCHEMA_VERSION, TaskSet, TaskSetError, sample_task_sets
+from metarl.tasks import SCHEMA_VERSION, TaskSet, TaskSetError, sample_task_sets
 from pipelines.cli import main
 
 RANGED = ("pole_length", "pole_mass", "cart_mass", "gravity", "force_mag")
