@@ -148,6 +148,12 @@ def normalized_score(value: float, random_value: float, oracle: float) -> float 
     return float(normalized(value, random_value, oracle))
 
 
+def comparable_score(value: float, random_value: float, oracle: float) -> float:
+    """What two learners are compared by: the normalised score, else the raw return."""
+    normed = normalized_score(value, random_value, oracle)
+    return float(value) if normed is None else normed
+
+
 @dataclass(frozen=True)
 class PairedComparison:
     """A candidate against a reference on the same tasks and seeds.

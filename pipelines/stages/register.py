@@ -49,8 +49,8 @@ from metarl.baselines.oracles import oracle_returns
 from metarl.evaluation import (
     CurveSummary,
     PairedComparison,
+    comparable_score,
     meta_test,
-    normalized_score,
     paired_comparison,
     post_adapt_per_task,
     score_scale,
@@ -220,9 +220,8 @@ class GateScores:
 
     def score(self, name: str) -> float:
         """The mean score of ``name``: normalised where there is a scale, else the raw return."""
-        value = float(self.per_task[name].mean())
-        normed = normalized_score(value, self.random_return, self.oracle)
-        return value if normed is None else normed
+        return comparable_score(float(self.per_task[name].mean()), self.random_return,
+                                self.oracle)
 
     def compare(self, candidate: str, reference: str, level: float) -> PairedComparison:
         """Paired bootstrap of ``candidate - reference`` in the gate's units."""
