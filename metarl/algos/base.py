@@ -7,6 +7,7 @@ returns adapted per-task parameters, ``act(params)`` acts after adaptation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -114,27 +115,28 @@ def log_probs(policy: MLPPolicy, params: Params, batch: EpisodeBatch) -> torch.T
     return policy.task_log_prob(params, batch.obs, batch.actions)
 
 
-def inner_step(
-    policy: MLPPolicy,
-    params: Params,
-    batch: EpisodeBatch,
-    adv: torch.Tensor,
-    lr: StepSize,
-    first_order: bool = True,
-) -> Params:
-    """One policy-gradient step per task: ``theta_i' = theta_i - lr * grad L_i(theta_i)``.
+PerTaskLoss = Callable[[Params], torch.Tensor]
+"""Maps per-task parameters (leading dim ``N``) to the per-task losses ``[N]``; task ``i``'s
+loss may depend on its own slice ``theta_i`` only."""
 
-    ``lr`` is a float, or a dict of per-parameter step-size tensors (Meta-SGD: elementwise
-    ``lr[k] * grad``, shared by the tasks); tensors that require grad get the meta-gradient
-    through the step, first or second order.
+
+def inner_step(loss_fn: PerTaskLoss, params: Params, lr: StepSize,
+               first_order: bool = True) -> Params:
+    """One gradient step per task on any differentiable objective: ``theta_i - lr * grad L_i``.
+
+    The loss-agnostic core of MAML-style adaptation: a policy-gradient surrogate
+    (:func:`pg_inner_step`), a Q-learning or a regression loss alike. ``lr`` is a float, or a
+    dict of per-parameter step-size tensors (Meta-SGD: elementwise ``lr[k] * grad``, shared by
+    the tasks); tensors that require grad get the meta-gradient through the step, first or
+    second order.
 
     ``params`` carry a leading task dim. Task ``i``'s loss depends on its slice ``theta_i``
     only, so the gradient of the SUM of the per-task losses with respect to the per-task
-    parameters is exactly the stack of per-task gradients: one batched (``baddbmm``) backward
-    pass gives all of them, the same numbers as :func:`inner_step_vmap`
-    (``vmap(grad(loss))``, the reference a test compares against) at about half the cost of
-    second-order MAML's double backward. With ``first_order=False`` the gradients stay
-    differentiable, so a loss on the result back-propagates through the step (second-order MAML).
+    parameters is exactly the stack of per-task gradients: one batched backward pass gives all
+    of them, the same numbers as ``vmap(grad(loss))`` (:func:`inner_step_vmap`, the reference a
+    test compares against) at about half the cost of second-order MAML's double backward.
+    With ``first_order=False`` the gradients stay differentiable, so a loss on the result
+    back-propagates through the step (second-order MAML).
     """
     with torch.enable_grad():
         # Differentiate w.r.t. fresh leaves unless the step itself must stay differentiable
@@ -142,11 +144,26 @@ def inner_step(
         keep_graph = not first_order and all(v.requires_grad for v in params.values())
         wrt = params if keep_graph else {k: v.detach().requires_grad_()
                                          for k, v in params.items()}
-        logp = policy.task_log_prob(wrt, batch.obs, batch.actions)
-        dims = tuple(range(1, logp.dim()))
-        per_task = -(logp * adv * batch.mask).sum(dims) / batch.mask.sum(dims).clamp(min=1)
+        per_task = loss_fn(wrt)
         grads = torch.autograd.grad(per_task.sum(), list(wrt.values()), create_graph=keep_graph)
     return {k: params[k] - _scaled(lr, k, g) for k, g in zip(params, grads, strict=True)}
+
+
+def pg_inner_step(
+    policy: MLPPolicy,
+    params: Params,
+    batch: EpisodeBatch,
+    adv: torch.Tensor,
+    lr: StepSize,
+    first_order: bool = True,
+) -> Params:
+    """One policy-gradient step per task: :func:`inner_step` on the REINFORCE surrogate."""
+    def per_task_loss(p: Params) -> torch.Tensor:
+        logp = policy.task_log_prob(p, batch.obs, batch.actions)
+        dims = tuple(range(1, logp.dim()))
+        return -(logp * adv * batch.mask).sum(dims) / batch.mask.sum(dims).clamp(min=1)
+
+    return inner_step(per_task_loss, params, lr, first_order)
 
 
 def inner_step_vmap(
@@ -157,7 +174,7 @@ def inner_step_vmap(
     lr: StepSize,
     first_order: bool = True,
 ) -> Params:
-    """Reference :func:`inner_step`: per-task ``vmap(grad(loss))`` of ``policy.log_prob``."""
+    """Reference :func:`pg_inner_step`: per-task ``vmap(grad(loss))`` of ``policy.log_prob``."""
     def task_loss(p: Params, obs: torch.Tensor, act: torch.Tensor, a: torch.Tensor,
                   m: torch.Tensor) -> torch.Tensor:
         return policy_gradient_loss(policy.log_prob(p, obs, act), a, m)
@@ -208,7 +225,7 @@ class GradientAdaptedPolicy:
     def adapt(self, params: Params, episodes: EpisodeBatch) -> Params:
         """One vanilla policy-gradient step per task."""
         adv = advantages(episodes, self.discount)
-        new = inner_step(self.policy, params, episodes, adv, self.inner_lr, first_order=True)
+        new = pg_inner_step(self.policy, params, episodes, adv, self.inner_lr, first_order=True)
         return {k: v.detach() for k, v in new.items()}
 
     def serving_spec(self) -> tuple[list[TensorInfo], list[TensorInfo]]:

@@ -39,8 +39,8 @@ from metarl.algos.base import (
     StepSize,
     clipped_surrogate_loss,
     half_action_range,
-    inner_step,
     log_probs,
+    pg_inner_step,
     probe_env,
 )
 from metarl.algos.registry import Algorithm, TrainContext, register
@@ -129,7 +129,7 @@ def adapted_params(
     """
     params = expand_params(theta, inner_batches[0][0].obs.shape[0])
     for batch, adv in inner_batches:
-        params = inner_step(policy, params, batch, adv, lr, first_order=first_order)
+        params = pg_inner_step(policy, params, batch, adv, lr, first_order=first_order)
     return params
 
 
@@ -232,7 +232,7 @@ class MAML:
             adv = advantages(batch, cfg.discount)
             inner_batches.append((batch, adv))
             params = {k: v.detach() for k, v in
-                      inner_step(self.policy, params, batch, adv, lr).items()}
+                      pg_inner_step(self.policy, params, batch, adv, lr).items()}
         post = rollout(act_fn(self.policy, params), env, self.generator)
         post_adv = advantages(post, cfg.discount)
         with torch.no_grad():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from metarl.algos.base import inner_step, inner_step_vmap, log_probs
+from metarl.algos.base import inner_step_vmap, log_probs, pg_inner_step
 from metarl.algos.maml import MAMLConfig, adapted_params, maml_objective, train_maml
 from metarl.envs.nav2d import BatchedNav2D, Nav2DFamily, Nav2DFamilyConfig
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params, act_fn, expand_params
@@ -126,7 +126,7 @@ def test_batched_inner_step_matches_vmap_grad(kind: str, first_order: bool) -> N
     per_task = {k: v.expand(2, *v.shape) + 0.05 * torch.randn(2, *v.shape, generator=gen,
                                                                dtype=torch.float64)
                 for k, v in theta.items()}
-    fast = inner_step(policy, per_task, batch, adv, 0.3, first_order=first_order)
+    fast = pg_inner_step(policy, per_task, batch, adv, 0.3, first_order=first_order)
     ref = inner_step_vmap(policy, per_task, batch, adv, 0.3, first_order=first_order)
     for k in theta:
         torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-14)
@@ -144,7 +144,7 @@ def test_inner_step_lowers_each_gaussian_task_loss_and_works_under_no_grad() -> 
     batch, adv = _batch(0)
     params = expand_params(_theta(), 2)
     with torch.no_grad():
-        new = inner_step(policy, params, batch, adv, lr=0.01)
+        new = pg_inner_step(policy, params, batch, adv, lr=0.01)
     assert not any(v.requires_grad for v in new.values())
 
     def loss(p: Params, i: int) -> float:

@@ -11,9 +11,9 @@ from torch.func import functional_call
 
 from metarl.algos.base import (
     clipped_surrogate_loss,
-    inner_step,
     inner_step_vmap,
     log_probs,
+    pg_inner_step,
     policy_gradient_loss,
 )
 from metarl.algos.maml import (
@@ -167,7 +167,7 @@ def test_one_inner_step_lowers_each_task_loss() -> None:
     policy = _policy()
     batch, adv = _batch(0)
     params = _per_task_params(2)
-    new = inner_step(policy, params, batch, adv, lr=0.01)
+    new = pg_inner_step(policy, params, batch, adv, lr=0.01)
     for i in range(2):
         before = _task_inner_loss(policy, params, batch, adv, i).item()
         after = _task_inner_loss(policy, new, batch, adv, i).item()
@@ -180,7 +180,7 @@ def test_vmapped_inner_step_matches_a_per_task_loop(first_order: bool) -> None:
     batch, adv = _batch(0)
     params = _per_task_params(2)
     lr = 0.3
-    new = inner_step(policy, params, batch, adv, lr, first_order=first_order)
+    new = pg_inner_step(policy, params, batch, adv, lr, first_order=first_order)
     for i in range(2):
         p = {k: v[i].clone().requires_grad_() for k, v in params.items()}
         loss = _task_inner_loss(policy, {k: v.unsqueeze(0) for k, v in p.items()},
@@ -202,7 +202,7 @@ def test_second_order_inner_step_matches_per_task_double_backward() -> None:
     theta = {k: v.requires_grad_() for k, v in _theta().items()}
     probe = {k: torch.randn(2, *v.shape, generator=torch.Generator().manual_seed(1),
                             dtype=torch.float64) for k, v in theta.items()}
-    new = inner_step(policy, {k: v.expand(2, *v.shape) for k, v in theta.items()}, batch, adv,
+    new = pg_inner_step(policy, {k: v.expand(2, *v.shape) for k, v in theta.items()}, batch, adv,
                      0.5, first_order=False)
     out = sum((new[k] * probe[k]).sum() for k in theta)
     g_vmap = torch.autograd.grad(out, list(theta.values()))
@@ -388,7 +388,7 @@ def test_meta_sgd_first_order_step_size_gradient_is_minus_inner_grad_times_outer
     _, g_lr = _sgd_meta_grad(problem)
     batch, adv = inner[0]
     params = expand_params(theta, 2)
-    unit = inner_step(policy, params, batch, adv, 1.0)  # theta - grad_inner
+    unit = pg_inner_step(policy, params, batch, adv, 1.0)  # theta - grad_inner
     inner_grad = {k: params[k] - unit[k] for k in params}
     with torch.no_grad():
         adapted = adapted_params(policy, theta, inner, lr, first_order=True)
@@ -408,7 +408,7 @@ def test_inner_step_with_per_parameter_step_sizes_is_theta_minus_lr_times_grad(
     batch, adv = _batch(0)
     params = _per_task_params(2)
     lr = _step_sizes(_theta(), 0.3)
-    new = inner_step(policy, params, batch, adv, lr, first_order=first_order)
+    new = pg_inner_step(policy, params, batch, adv, lr, first_order=first_order)
     ref = inner_step_vmap(policy, params, batch, adv, lr, first_order=first_order)
     for i in range(2):
         p = {k: v[i].clone().requires_grad_() for k, v in params.items()}
@@ -454,9 +454,9 @@ def test_meta_sgd_step_sizes_get_gradients_change_and_reach_the_learner() -> Non
     params = learner.initial_params(2)
     episodes = rollout(learner.explore(params), env, torch.Generator().manual_seed(1))
     adapted = learner.adapt(params, episodes)
-    expected = inner_step(learner.policy, params, episodes, advantages(episodes, 0.99),
+    expected = pg_inner_step(learner.policy, params, episodes, advantages(episodes, 0.99),
                           learner.inner_lr)
-    fixed = inner_step(learner.policy, params, episodes, advantages(episodes, 0.99), 0.1)
+    fixed = pg_inner_step(learner.policy, params, episodes, advantages(episodes, 0.99), 0.1)
     for k in adapted:
         torch.testing.assert_close(adapted[k], expected[k], rtol=0, atol=0)
     assert any(not torch.allclose(adapted[k], fixed[k]) for k in adapted)
