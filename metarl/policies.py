@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,22 @@ Params = dict[str, torch.Tensor]
 ActFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """Maps observations ``[N, E, obs_dim]`` and a generator to actions: ``[N, E]`` long for a
 discrete env, ``[N, E, action_dim]`` float for a continuous one."""
+
+
+@runtime_checkable
+class RecurrentActor(Protocol):
+    """An acting function with memory: the sampler tells it what each step gave.
+
+    RL²'s acting function is one; the sampler calls :meth:`observe` after every step.
+    """
+
+    def __call__(self, obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Actions for ``obs``, as an :data:`ActFn`."""
+        ...
+
+    def observe(self, reward: torch.Tensor, done: torch.Tensor) -> None:
+        """The step's rewards ``[N, E]`` and episode ends (termination or the horizon)."""
+        ...
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

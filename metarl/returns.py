@@ -84,3 +84,42 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, discount: float, lam: float
         running = deltas[..., t] + discount * lam * running * mask[..., t]
         adv[..., t] = running
     return adv, (adv + values) * mask
+
+
+def gae_transitions(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                    terminated: torch.Tensor, truncated: torch.Tensor, discount: float,
+                    lam: float, mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE on the transitions contract (:mod:`metarl.sampler`), along the last dim.
+
+    ``delta_t = r_t + discount * (1 - terminated_t) * V(next_obs_t) - V(obs_t)`` and
+    ``A_t = delta_t + discount * lam * (1 - ended_t) * A_{t+1}``, ``ended = terminated or
+    truncated``: a terminated step is worth nothing after it, a truncated one (a time limit)
+    bootstraps with the value of the observation it led to, and neither carries advantages
+    across an episode boundary. ``lam = 1`` gives the bootstrapped discounted returns.
+
+    Args:
+        rewards: ``[..., T]``.
+        values: ``[..., T]``, the value of ``obs``.
+        next_values: ``[..., T]``, the value of ``next_obs`` (the same network).
+        terminated: ``[..., T]`` bool.
+        truncated: ``[..., T]`` bool.
+        discount: the discount.
+        lam: GAE's lambda.
+        mask: ``[..., T]`` 1.0 on valid steps (padding gets zero advantage).
+
+    Returns:
+        ``(advantages, returns)`` with ``returns = advantages + values`` (the value targets).
+
+    """
+    if mask is None:
+        mask = torch.ones_like(rewards)
+    alive_next = 1.0 - terminated.to(rewards.dtype)
+    carry = 1.0 - (terminated | truncated).to(rewards.dtype)
+    deltas = (rewards + discount * alive_next * next_values - values) * mask
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = deltas[..., t] + discount * lam * carry[..., t] * running
+        adv[..., t] = running * mask[..., t]
+    return adv, (adv + values) * mask

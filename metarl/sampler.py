@@ -1,4 +1,13 @@
-"""Batched rollouts: every task and episode of a batched env in one loop over time."""
+"""Batched rollouts: every task and episode of a batched env in one loop over time.
+
+The transitions contract, for every learner: ``obs``, ``actions``, ``rewards``, ``next_obs``,
+``terminated``, ``truncated`` and ``mask``, each ``[N tasks, E slots, T steps, ...]``. A step is
+*terminated* when the episode really ended (a value of 0 follows) and *truncated* when only
+the horizon stopped it (the value of ``next_obs`` still counts: returns bootstrap there,
+:func:`metarl.returns.gae_transitions`). ``next_obs`` is the observation the step led to,
+before any auto-reset. The env alone writes its state: the sampler tells it which slots to
+restart (``reset_done(generator, ended)``).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from metarl.envs.base import BatchedEnv
-from metarl.policies import ActFn, sample_actions
+from metarl.policies import ActFn, RecurrentActor, sample_actions
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,9 @@ class EpisodeBatch:
             the policy's unclipped samples; the env clipped them when stepping).
         rewards: ``[N, E, T]``; zero on padding.
         mask: ``[N, E, T]`` 1.0 where a step was taken, 0.0 on padding after the episode ended.
+        next_obs: ``[N, E, T, obs_dim]`` observation each step led to.
+        terminated: ``[N, E, T]`` bool, the step ended the episode (no value after it).
+        truncated: ``[N, E, T]`` bool, the horizon stopped the episode at this step.
 
     """
 
@@ -27,6 +39,9 @@ class EpisodeBatch:
     actions: torch.Tensor
     rewards: torch.Tensor
     mask: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
 
     @property
     def episode_returns(self) -> torch.Tensor:
@@ -69,18 +84,17 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
 
     Args:
         act: maps observations ``[N, E, obs_dim]`` and ``generator`` to actions (see
-            :data:`~metarl.policies.ActFn`); ``None`` acts uniformly at random. A recurrent
-            acting function that needs rewards (RL²) has an ``observe(reward, done)`` method:
-            it is called after every step with the rewards and the episode-end flags
-            (termination, or the horizon's last step).
+            :data:`~metarl.policies.ActFn`); ``None`` acts uniformly at random. A
+            :class:`~metarl.policies.RecurrentActor` (RL²) is told after every step the
+            rewards and the episode-end flags (termination, or the horizon's last step).
         env: the batched environment (it is reset here).
         generator: source of start states and action noise.
 
     """
     obs = env.reset(generator)
     n, e = env.num_tasks, env.num_envs
-    observe = getattr(act, "observe", None)
-    obs_buf, act_buf, rew_buf, mask_buf = [], [], [], []
+    observer = act if isinstance(act, RecurrentActor) else None
+    obs_buf, act_buf, rew_buf, mask_buf, next_buf, term_buf, trunc_buf = ([] for _ in range(7))
     alive = torch.ones(n, e, dtype=torch.bool, device=obs.device)
     for t in range(env.max_steps):
         actions = choose_actions(act, env, obs, generator)
@@ -88,9 +102,13 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
         act_buf.append(actions)
         mask_buf.append(alive)
         obs, reward, terminated = env.step(actions)
+        last = t == env.max_steps - 1
         rew_buf.append(reward.float() * alive)
-        if observe is not None:
-            observe(reward, terminated | (t == env.max_steps - 1))
+        next_buf.append(obs.float())
+        term_buf.append(terminated & alive)
+        trunc_buf.append(alive & ~terminated & last)
+        if observer is not None:
+            observer.observe(reward, terminated | last)
         alive = alive & ~terminated
         if not alive.any():
             break
@@ -99,6 +117,9 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
         actions=torch.stack(act_buf, dim=2),
         rewards=torch.stack(rew_buf, dim=2),
         mask=torch.stack(mask_buf, dim=2).float(),
+        next_obs=torch.stack(next_buf, dim=2),
+        terminated=torch.stack(term_buf, dim=2),
+        truncated=torch.stack(trunc_buf, dim=2),
     )
 
 
@@ -106,20 +127,33 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
 class TransitionBatch:
     """A fixed number of steps per slot with auto-reset, ``[N, E, T]``. Immutable.
 
-    Used where episodes follow each other within a trial (and by the sampler benchmark).
+    The transitions contract of the module docstring, for learners that read steps rather
+    than whole episodes (off-policy replay, trials of several episodes).
 
     Attributes:
-        obs: ``[N, E, T, obs_dim]``.
+        obs: ``[N, E, T, obs_dim]`` observation before each step.
         actions: ``[N, E, T]`` long or ``[N, E, T, action_dim]`` float.
         rewards: ``[N, E, T]``.
-        dones: ``[N, E, T]`` 1.0 where the step ended an episode (the next step starts anew).
+        next_obs: ``[N, E, T, obs_dim]`` the observation the step led to (before a reset).
+        terminated: ``[N, E, T]`` bool, the step ended its episode.
+        truncated: ``[N, E, T]`` bool, the step hit the horizon (``env.max_steps``) without
+            ending it; the next step starts a new episode either way.
+        mask: ``[N, E, T]`` 1.0 on every step (all are real here).
 
     """
 
     obs: torch.Tensor
     actions: torch.Tensor
     rewards: torch.Tensor
-    dones: torch.Tensor
+    next_obs: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def dones(self) -> torch.Tensor:
+        """``[N, E, T]`` 1.0 where a step ended an episode (terminated or truncated)."""
+        return (self.terminated | self.truncated).float()
 
 
 @torch.no_grad()
@@ -133,22 +167,20 @@ def rollout_steps(
     obs = env.reset(generator)
     n, e = env.num_tasks, env.num_envs
     age = torch.zeros(n, e, dtype=torch.long, device=obs.device)
-    obs_buf, act_buf, rew_buf, done_buf = [], [], [], []
+    bufs: dict[str, list[torch.Tensor]] = {k: [] for k in (
+        "obs", "actions", "rewards", "next_obs", "terminated", "truncated")}
     for _ in range(num_steps):
         actions = choose_actions(act, env, obs, generator)
-        obs_buf.append(obs.float())
-        act_buf.append(actions)
+        bufs["obs"].append(obs.float())
+        bufs["actions"].append(actions)
         obs, reward, terminated = env.step(actions)
         age += 1
-        done = terminated | (age >= env.max_steps)
-        rew_buf.append(reward.float())
-        done_buf.append(done)
-        env.done |= done
-        age.masked_fill_(done, 0)
-        obs = env.reset_done(generator)
-    return TransitionBatch(
-        obs=torch.stack(obs_buf, dim=2),
-        actions=torch.stack(act_buf, dim=2),
-        rewards=torch.stack(rew_buf, dim=2),
-        dones=torch.stack(done_buf, dim=2).float(),
-    )
+        truncated = ~terminated & (age >= env.max_steps)
+        for key, value in (("rewards", reward.float()), ("next_obs", obs.float()),
+                           ("terminated", terminated), ("truncated", truncated)):
+            bufs[key].append(value)
+        ended = terminated | truncated
+        age.masked_fill_(ended, 0)
+        obs = env.reset_done(generator, ended=ended)
+    out = {k: torch.stack(v, dim=2) for k, v in bufs.items()}
+    return TransitionBatch(**out, mask=torch.ones_like(out["rewards"]))

@@ -583,10 +583,9 @@ def collect_trials(model: RL2Policy, env: BatchedEnv, episodes_per_trial: int,
             buf[key].append(val)
         episode = episode + (done & alive).long()
         alive = alive & (episode < episodes_per_trial)
-        env.done |= done
         age.masked_fill_(done, 0)
         prev_obs = obs
-        obs = env.reset_done(generator).float()
+        obs = env.reset_done(generator, ended=done).float()
         if clock:
             obs = with_clock(obs, episode, episodes_per_trial)
         prev_action, prev_reward, prev_done = actions, reward.float(), done.float()

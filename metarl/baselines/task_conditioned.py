@@ -76,12 +76,8 @@ class TaskObsEnv:
 
     @property
     def done(self) -> torch.Tensor:
-        """The wrapped env's ``done`` flags (settable: the sampler's auto-reset writes them)."""
+        """The wrapped env's ``done`` flags."""
         return self.env.done
-
-    @done.setter
-    def done(self, value: torch.Tensor) -> None:
-        self.env.done = value
 
     def _with_task(self, obs: torch.Tensor) -> torch.Tensor:
         feats = self.features.to(device=obs.device, dtype=obs.dtype)
@@ -91,9 +87,10 @@ class TaskObsEnv:
         """The wrapped env's start observations, with the task's features."""
         return self._with_task(self.env.reset(generator))
 
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
         """The wrapped env's auto-reset, with the task's features."""
-        return self._with_task(self.env.reset_done(generator))
+        return self._with_task(self.env.reset_done(generator, ended))
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The wrapped env's step, with the task's features on the observations."""

@@ -104,8 +104,11 @@ class BatchedBandit:
         self._generator = generator
         return self.restart()
 
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
         """Start a new trial in the slots that ended (auto-reset); return obs."""
+        if ended is not None:  # slots the caller ends too (a time limit)
+            self.done = self.done | ended
         self._generator = generator
         self.t = torch.where(self.done, 0, self.t)
         self.done = torch.zeros_like(self.done)

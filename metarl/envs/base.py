@@ -38,8 +38,13 @@ class BatchedEnv(Protocol):
         """Draw start states for all ``N × E`` slots; return the observations."""
         ...
 
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
-        """Redraw start states of the terminated slots only (auto-reset); return obs."""
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
+        """Redraw start states of the ended slots only (auto-reset); return obs.
+
+        ``ended`` (``[N, E]`` bool) ends more slots first, e.g. those at a time limit: the
+        env alone writes its state, callers say which slots to restart.
+        """
         ...
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,8 +94,11 @@ class StateBatch:
         """Draw start states for all ``N × E`` slots; return the observations."""
         return self.set_state(self.start_states(generator))
 
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
         """Redraw the start states of the ended slots only (auto-reset); return obs."""
+        if ended is not None:  # slots the caller ends too (a time limit)
+            self.done = self.done | ended
         self.state = torch.where(self.done.unsqueeze(-1), self.start_states(generator),
                                  self.state)
         self.done = torch.zeros_like(self.done)

@@ -200,8 +200,11 @@ class BatchedMetaWorld:
         self.success = torch.zeros_like(self.success)
         return self.obs
 
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
         """Reset the ended slots only; return the observations."""
+        if ended is not None:  # slots the caller ends too (a time limit)
+            self.done = self.done | ended
         mask = self.done.reshape(-1).cpu().tolist()
         if any(mask):
             flat = self.obs.reshape(-1, self.obs_dim).clone()

@@ -165,11 +165,14 @@ class BatchedGymMuJoCo:
         self.done = torch.zeros_like(self.done)
         return self.obs
 
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
         """Reset the ended slots only; return the observations.
 
         Seeds are drawn for every slot, so the generator's use does not depend on which ended.
         """
+        if ended is not None:  # slots the caller ends too (a time limit)
+            self.done = self.done | ended
         seeds = self._seeds(generator)
         mask = self.done.reshape(-1).cpu().numpy().astype(np.bool_)
         if mask.any():

@@ -156,8 +156,11 @@ class BatchedTabularMDP:
         self._generator = generator
         return self.restart()
 
-    def reset_done(self, generator: torch.Generator) -> torch.Tensor:
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
         """Start a new episode in the slots that ended (auto-reset); return obs."""
+        if ended is not None:  # slots the caller ends too (a time limit)
+            self.done = self.done | ended
         self._generator = generator
         self.state = torch.where(self.done, self.initial_state, self.state)
         self.t = torch.where(self.done, 0, self.t)

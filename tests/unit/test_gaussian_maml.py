@@ -40,8 +40,8 @@ def _batch(seed: int) -> tuple[EpisodeBatch, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     params = expand_params({k: v.float() for k, v in _theta().items()}, 2)
     b = rollout(act_fn(_policy(), params), env, gen)
-    batch = EpisodeBatch(obs=b.obs.double(), actions=b.actions.double(),
-                         rewards=b.rewards.double(), mask=b.mask.double())
+    batch = dataclasses.replace(b, obs=b.obs.double(), actions=b.actions.double(),
+                                rewards=b.rewards.double(), mask=b.mask.double())
     return batch, advantages(batch, 0.99)
 
 
@@ -117,7 +117,8 @@ def test_batched_inner_step_matches_vmap_grad(kind: str, first_order: bool) -> N
         policy = CategoricalMLPPolicy(4, 2, (8,))
         env = BatchedCartPole([CartPoleTask(), CartPoleTask(force_mag=-7.0)], 3, max_steps=15)
         b = rollout(None, env, torch.Generator().manual_seed(0))
-        batch = EpisodeBatch(b.obs.double(), b.actions, b.rewards.double(), b.mask.double())
+        batch = dataclasses.replace(b, obs=b.obs.double(), rewards=b.rewards.double(),
+                                    mask=b.mask.double())
         batch_adv = (batch, advantages(batch, 0.99))
         theta = {k: v.double().requires_grad_()
                  for k, v in policy.init_params(torch.Generator().manual_seed(0)).items()}

@@ -13,7 +13,7 @@ LAYERS = [
     ("config", "logging"),
     ("envs",),
     ("tasks", "families"),
-    ("policies", "sampler", "returns", "training"),
+    ("policies", "sampler", "returns", "training", "buffers"),
     ("algos.base", "baselines", "evaluation"),
     ("algos", "checkpoint"),
 ]

@@ -52,8 +52,8 @@ def _batch(seed: int) -> tuple[EpisodeBatch, torch.Tensor]:
     env = BatchedCartPole(TASKS, num_envs=3, max_steps=10)
     gen = torch.Generator().manual_seed(seed)
     b = rollout(None, env, gen)
-    batch = EpisodeBatch(obs=b.obs.double(), actions=b.actions, rewards=b.rewards.double(),
-                         mask=b.mask.double())
+    batch = dataclasses.replace(b, obs=b.obs.double(), rewards=b.rewards.double(),
+                                mask=b.mask.double())
     adv = torch.randn(b.mask.shape, generator=gen, dtype=torch.float64) * batch.mask
     return batch, adv
 
@@ -192,8 +192,8 @@ def test_vmapped_inner_step_matches_a_per_task_loop(first_order: bool) -> None:
 
 
 def _slice(batch: EpisodeBatch, i: int) -> EpisodeBatch:
-    return EpisodeBatch(obs=batch.obs[i : i + 1], actions=batch.actions[i : i + 1],
-                        rewards=batch.rewards[i : i + 1], mask=batch.mask[i : i + 1])
+    return EpisodeBatch(**{f.name: getattr(batch, f.name)[i : i + 1]
+                           for f in dataclasses.fields(batch)})
 
 
 def test_second_order_inner_step_matches_per_task_double_backward() -> None:
@@ -287,8 +287,8 @@ def _gaussian_batch(seed: int) -> tuple[EpisodeBatch, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     init = _gaussian_policy().init_params(torch.Generator().manual_seed(0))
     b = rollout(act_fn(_gaussian_policy(), expand_params(init, 2)), env, gen)
-    batch = EpisodeBatch(obs=b.obs.double(), actions=b.actions.double(),
-                         rewards=b.rewards.double(), mask=b.mask.double())
+    batch = dataclasses.replace(b, obs=b.obs.double(), actions=b.actions.double(),
+                                rewards=b.rewards.double(), mask=b.mask.double())
     return batch, advantages(batch, 0.99)
 
 
