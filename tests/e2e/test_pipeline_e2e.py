@@ -107,10 +107,10 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     # chosen family's section only).
     params["task"]["nav2d"]["max_steps"] = 50
     write_params(root, params)
-    assert json.loads(_run(["dvc", "status", "--json"], root).stdout or "{}") == {}
+    assert json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], root).stdout or "{}") == {}
 
     # A physics change: every stage after it is out of date (its code is a dependency).
     physics = root / "metarl" / "envs" / "cartpole.py"
     physics.write_text(physics.read_text() + "\n# a change to the physics file\n")
-    status = json.loads(_run(["dvc", "status", "--json"], root).stdout or "{}")
+    status = json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], root).stdout or "{}")
     assert {"tasks", "tune", "train", "evaluate", "register"} <= set(status), status
