@@ -79,6 +79,22 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
+def imported_modules(path: Path, module_level_only: bool) -> set[str]:
+    """Absolute module names a Python file imports (``from a import b`` gives ``a`` and
+    ``a.b``); with ``module_level_only``, not the imports inside functions."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return names
+
+
 def copy_repo(dest: Path) -> Path:
     """The tracked files of this repo (as a fresh clone would have them) copied to ``dest``."""
     import subprocess

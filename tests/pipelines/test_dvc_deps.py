@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, imported_modules
 
 
 def _module_file(module: str) -> Path | None:
@@ -32,14 +31,8 @@ def reachable(start: str, packages: tuple[str, ...] = ("pipelines", "metarl")) -
         if path is None:
             continue
         files.add(path.relative_to(REPO))
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            todo += [n for n in names if n.split(".")[0] in packages]
+        todo += [n for n in imported_modules(path, module_level_only=False)
+                 if n.split(".")[0] in packages]
     return files
 
 

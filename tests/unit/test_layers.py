@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, imported_modules
 
 PACKAGE = REPO / "metarl"
 
@@ -32,16 +31,8 @@ def module_imports() -> dict[str, set[str]]:
     modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        deps: set[str] = set()
-        for node in ast.parse(path.read_text()).body:  # module level only
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                candidates = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                candidates = [a.name for a in node.names]
-            else:
-                continue
-            deps |= {c for c in candidates if c in modules and c != name}
-        graph[name] = deps
+        graph[name] = {m for m in imported_modules(path, module_level_only=True)
+                       if m in modules and m != name}
     return graph
 
 
