@@ -31,8 +31,11 @@ class BatchedEnv(Protocol):
     action_high: tuple[float, ...]
     """Continuous envs: per-dimension upper bound of the actions (``()`` for discrete)."""
     max_steps: int
-    done: torch.Tensor
-    """``[N, E]`` bool: which slots have ended since the last reset."""
+
+    @property
+    def done(self) -> torch.Tensor:
+        """``[N, E]`` bool: which slots have ended since the last reset (the env's own)."""
+        ...
 
     def reset(self, generator: torch.Generator) -> torch.Tensor:
         """Draw start states for all ``N × E`` slots; return the observations."""
