@@ -271,6 +271,14 @@ class EvaluateSection:
     episodes_per_task: int = 20
     """Episodes per task per rollout."""
 
+    @property
+    def episodes_per_trial(self) -> int:
+        """The episodes the evaluator plays on a task: before adaptation and after each step.
+
+        The one rule for an in-context learner's trial length (it trains on such trials).
+        """
+        return self.num_adapt_steps + 1
+
     def __post_init__(self) -> None:
         check(len(self.seeds) >= 1, "seeds", self.seeds, "give at least one seed")
         check(self.num_adapt_steps >= 1, "num_adapt_steps", self.num_adapt_steps, "must be >= 1")
@@ -455,7 +463,7 @@ def check_sizes(config: PipelineConfig) -> None:
         if isinstance(getattr(section, "hidden_size", None), int):
             _at_most(f"algo.{name}.hidden_size", section.hidden_size, MAX_WIDTH, "units")
     horizon_key, horizon = _horizon(config)
-    trial = config.evaluate.num_adapt_steps + 1
+    trial = config.evaluate.episodes_per_trial
     baselines = config.algo.baselines
     batches: list[tuple[tuple[str, int], ...]] = [
         (("algo.maml.meta_batch_size", baselines.meta_batch_size),

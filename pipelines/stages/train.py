@@ -124,7 +124,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     config = config.with_algo_overrides(tuned)
     algo, section = config.algo.algorithm, config.algo.chosen
     cfg, iters, seed = config.algo.baselines, config.train.num_iterations, config.train.seed
-    trial = config.evaluate.num_adapt_steps + 1
+    trial = config.evaluate.episodes_per_trial
     check_action_space(algo, fam, config)
     identity = {"algo": config.algo.identity(), "family": to_dict(config.task.family_config()),
                 "train_task_hash": train.content_hash, "seed": seed, "device": dev,

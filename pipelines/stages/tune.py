@@ -145,7 +145,7 @@ def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
     tune = {k: v for k, v in to_dict(config.tune).items() if k not in ("n_trials", "storage")}
     identity = json.dumps({"tune": tune, "algo": config.algo.identity(),
                            # the evaluator's trial (in-context learners train on it)
-                           "trial_episodes": config.evaluate.num_adapt_steps + 1,
+                           "trial_episodes": config.evaluate.episodes_per_trial,
                            "train": config.train.seed, "tasks": [train.content_hash,
                                                                  val.content_hash]},
                           sort_keys=True)
@@ -347,7 +347,7 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
         try:
             algo.train(cfg.algo.chosen, TrainContext(
                 fam, train, tune.num_iterations, tune.seed, dev,
-                config.evaluate.num_adapt_steps + 1, logger=logger, hook=report))
+                config.evaluate.episodes_per_trial, logger=logger, hook=report))
         finally:
             logger.close()
         return float(trial.user_attrs["last_score"])
