@@ -265,7 +265,7 @@ def _train_lengths(args: argparse.Namespace) -> tuple[int | None, int | tuple[in
 
     0 gives ``None``: every cell trains on its own trial length.
     """
-    from pipelines.bench_rl2 import BANDIT_TRAIN_PULLS, MDP_TRAIN_EPISODES
+    from pipelines.bench.rl2 import BANDIT_TRAIN_PULLS, MDP_TRAIN_EPISODES
 
     pulls, episodes = args.bandit_train_pulls, args.mdp_train_episodes
     return (BANDIT_TRAIN_PULLS if pulls is None else (pulls or None),
@@ -274,7 +274,7 @@ def _train_lengths(args: argparse.Namespace) -> tuple[int | None, int | tuple[in
 
 def _bench_rl2(args: argparse.Namespace) -> None:
     """``metarl bench rl2``."""
-    from pipelines.bench_rl2 import bench_rl2, combine, parse_overrides, read_params
+    from pipelines.bench.rl2 import bench_rl2, combine, parse_overrides, read_params
 
     if args.replot is not None:
         _replot_rl2(args.replot, args.plot)
@@ -323,13 +323,13 @@ def _bench_rl2(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     """``metarl bench <name>``."""
     if args.bench == "baselines":
-        from pipelines.bench_baselines import bench_baselines
+        from pipelines.bench.baselines import bench_baselines
 
         bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
     elif args.bench == "rl2":
         _bench_rl2(args)
     elif args.bench == "maml":
-        from pipelines.bench_maml import bench_maml
+        from pipelines.bench.maml import bench_maml
 
         for name in ("iterations", "eval_every", "test_tasks", "reference_workers"):
             if getattr(args, name) < 1:
@@ -340,7 +340,7 @@ def _bench(args: argparse.Namespace) -> None:
                    reference_python=args.reference_python,
                    reference_workers=args.reference_workers)
     else:
-        from pipelines.bench import bench_sampler
+        from pipelines.bench.sampler import bench_sampler
 
         bench_sampler(args.sizes, args.steps, args.repeats)
 

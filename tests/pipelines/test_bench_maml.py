@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipelines.bench_maml import BENCH_CONFIG, bench_maml
+from pipelines.bench.maml import BENCH_CONFIG, bench_maml
 from pipelines.cli import main
 
 

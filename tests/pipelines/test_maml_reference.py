@@ -5,7 +5,7 @@ with its layout and command lines: a ``train.py`` that loops with ``tqdm.trange`
 ``policy.th`` every iteration and calls ``get_returns`` on episodes of known lengths, and a
 ``test.py`` that writes the reference's ``results.npz`` (tasks, train/valid returns), its
 returns derived from the iteration stored in the checkpoint it was given. The run against
-the real reference is recorded in ``pipelines/bench_maml.py``'s docstring.
+the real reference is recorded in ``pipelines/bench/maml.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from metarl.algos.base import RandomLearner
 from metarl.baselines.oracles import oracle_returns
 from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 from metarl.evaluation import adaptation_curve, normalized
+from pipelines.bench.maml_reference import run_reference
 from pipelines.cli import main
-from pipelines.maml_reference import run_reference
 
 TRAIN = '''
 import argparse, json, os, time, yaml, torch
@@ -156,7 +156,7 @@ def test_a_hung_reference_is_stopped_with_its_workers(tmp_path: Path,
     import os
     import time
 
-    import pipelines.maml_reference as reference
+    import pipelines.bench.maml_reference as reference
 
     pid_file = tmp_path / "worker.pid"
     # a sampler worker that never returns, and a main process that waits for it

@@ -36,7 +36,7 @@ from metarl.envs.tabular_mdp import (
     TabularMDPFamilyConfig,
     value_iteration,
 )
-from pipelines.bench_baselines import (
+from pipelines.bench.baselines import (
     BANDIT_CELLS,
     MDP_CELLS,
     bandit_cell,

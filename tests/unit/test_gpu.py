@@ -135,7 +135,7 @@ def test_maml_learns_nav2d_on_gpu() -> None:
 
     from metarl.algos.maml import MAML, make_policy
     from metarl.evaluation import adaptation_curve
-    from pipelines.bench_maml import BENCH_CONFIG
+    from pipelines.bench.maml import BENCH_CONFIG
 
     family = _family("nav2d")
     config = dataclasses.replace(BENCH_CONFIG, meta_batch_size=10, episodes_per_task=10)

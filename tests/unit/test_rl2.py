@@ -598,7 +598,7 @@ def test_cells_run_apart_combine_into_the_table_of_one_run(
 
     import yaml
 
-    from pipelines.bench_rl2 import _print_header, read_params
+    from pipelines.bench.rl2 import _print_header, read_params
     from pipelines.cli import main
 
     # the DVC layout: cells as a mapping per family, --cells picks one, --combine prints all
@@ -652,7 +652,7 @@ def test_cells_run_apart_combine_into_the_table_of_one_run(
 
 
 def test_the_benchmarks_dvc_params_file_reads() -> None:
-    from pipelines.bench_rl2 import mdp_training_lengths, read_params, training_pulls
+    from pipelines.bench.rl2 import mdp_training_lengths, read_params, training_pulls
 
     params = read_params(Path(__file__).parents[2] / "benchmarks/rl2/params.yaml")
     assert len([c for c in params.cells if "x" in c]) == 9
@@ -670,7 +670,7 @@ def test_the_benchmarks_dvc_params_file_reads() -> None:
 
 
 def test_bandit_config_scales_rewards_and_trials_with_the_trial_length() -> None:
-    from pipelines.bench_rl2 import BANDIT_CONFIG, bandit_config, default_iterations
+    from pipelines.bench.rl2 import BANDIT_CONFIG, bandit_config, default_iterations
 
     assert bandit_config(10) == BANDIT_CONFIG
     assert [default_iterations("bandit", n) for n in (10, 100, 500)] == [400, 600, 150]
@@ -691,7 +691,7 @@ def test_bench_rl2_settings_overrides_and_time_budget(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 
-    from pipelines.bench_rl2 import bandit_config, parse_overrides, with_overrides
+    from pipelines.bench.rl2 import bandit_config, parse_overrides, with_overrides
     from pipelines.cli import main
 
     wide = with_overrides(bandit_config(500), {"hidden_size": 256, "num_minibatches": 8},
@@ -982,8 +982,8 @@ def test_long_bandit_cells_are_played_by_the_shorter_cells_model(
 
     import yaml
 
-    from pipelines.bench_baselines import _seed
-    from pipelines.bench_rl2 import bandit_config, read_params, training_pulls, with_overrides
+    from pipelines.bench.baselines import _seed
+    from pipelines.bench.rl2 import bandit_config, read_params, training_pulls, with_overrides
     from pipelines.cli import main
 
     assert [training_pulls(n) for n in (10, 100, 500)] == [10, 100, 100]
@@ -1117,7 +1117,7 @@ def test_mdp_cells_played_by_one_model_write_a_file_per_cell_that_combines(
 
 
 def test_mdp_training_lengths_of_a_number_or_a_list() -> None:
-    from pipelines.bench_rl2 import mdp_training_lengths
+    from pipelines.bench.rl2 import mdp_training_lengths
 
     assert mdp_training_lengths(25, None) == (25,)
     assert mdp_training_lengths(25, 10) == (10,)
@@ -1194,7 +1194,7 @@ def test_bad_mdp_training_lengths_are_refused_by_name(
 
 def test_a_params_file_takes_a_list_of_mdp_training_lengths(tmp_path: Any) -> None:
     from metarl.config import ConfigError
-    from pipelines.bench_rl2 import mdp_training_lengths, read_params
+    from pipelines.bench.rl2 import mdp_training_lengths, read_params
 
     path = tmp_path / "params.yaml"
     path.write_text("mdp_train_episodes: [10, 25]\n")
@@ -1258,7 +1258,7 @@ def test_select_every_keeps_the_checkpoint_best_on_tuning_instances(
 
 
 def test_select_every_scores_the_papers_cells_a_model_plays() -> None:
-    from pipelines.bench_rl2 import (
+    from pipelines.bench.rl2 import (
         VALIDATION_INSTANCES,
         _validation,
         load_reference,
@@ -1284,7 +1284,7 @@ def test_select_every_scores_the_papers_cells_a_model_plays() -> None:
     assert [n for n, _ in cells("mdp", (25, 0), lambda c: (c[0],))] == [25]
     # tuning instances, not the test ones: the split `bench baselines` tunes on
     bandit = _validation("bandit", (10, 5), pulls, 0, reference)[0]
-    from pipelines.bench_baselines import _seed
+    from pipelines.bench.baselines import _seed
 
     test = bandit.family.sample(VALIDATION_INSTANCES, np.random.default_rng(_seed(0, 1, 10, 5, 0)))
     assert [t["probs"] for t in bandit.tasks] != [t["probs"] for t in test]

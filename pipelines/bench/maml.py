@@ -113,7 +113,7 @@ from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 from metarl.evaluation import adaptation_curve, normalized
 from metarl.policies import ActFn, Params, act_fn
 from metarl.sampler import EpisodeBatch
-from pipelines.maml_reference import (
+from pipelines.bench.maml_reference import (
     ReferenceEval,
     ReferenceResult,
     check_reference,
@@ -136,7 +136,7 @@ BENCH_CONFIG = MAMLConfig(
     max_grad_norm=1.0,
 )
 """The paper's sizes and inner step; network, initial std and outer optimiser chosen for speed
-and final score on this setting (see the module docstring of :mod:`pipelines.bench_maml`)."""
+and final score on this setting (see the module docstring of :mod:`pipelines.bench.maml`)."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def bench_maml(num_iterations: int = 100, eval_every: int = 10, seed: int = 0,
     ``meta_sgd``: learn per-parameter inner step sizes (``learn_inner_lr``), starting at the
     config's ``inner_lr``; a separate configuration, not the paper's fixed ``alpha``.
     ``reference``: a pytorch-maml-rl checkout, trained and scored after ours for the same
-    iterations (:mod:`pipelines.maml_reference`) and printed beside ours.
+    iterations (:mod:`pipelines.bench.maml_reference`) and printed beside ours.
     """
     python = reference_python or sys.executable  # the reference may share our environment
     if reference is not None:  # refuse a bad checkout before the training, not after it

@@ -5,7 +5,7 @@ https://github.com/tristandeleu/pytorch-maml-rl, its own ``configs/maml/2d-navig
 only ``num-batches`` set to our iteration count) with its own ``train.py`` and interpreter, then
 scores its checkpoints with its own ``test.py``: the return before and after one adaptation
 step on goals its sampler draws. Nothing of the reference is copied into metarl; its scripts
-run unchanged through :mod:`pipelines.maml_reference_launcher`, which times every iteration,
+run unchanged through :mod:`pipelines.bench.maml_reference_launcher`, which times every iteration,
 counts env steps and keeps a checkpoint every ``eval_every`` iterations.
 
 Its post-adaptation returns are normalised like ours (random 0, straight-to-goal oracle 1),

@@ -3,7 +3,7 @@
 Duan et al. 2016, https://arxiv.org/abs/1611.02779. Table 1: Bernoulli bandits, total reward of
 a trial of ``n`` pulls with ``k`` arms (``p_i ~ U[0, 1]``), averaged over 1000 instances per
 cell. Table 2: random tabular MDPs (10 states, 5 actions, horizon 10), total reward of a trial of
-``n`` episodes. The paper's figures ship in ``pipelines/reference/rl2_paper_tables.csv``.
+``n`` episodes. The paper's figures ship in ``pipelines/bench/reference/rl2_paper_tables.csv``.
 
 Protocol, per cell: ``--instances`` tasks drawn from a seed of their own (every method plays the
 same ones); hyperparameters the paper tuned (Gittins' discount, UCB1's ``c``, ε) are chosen by

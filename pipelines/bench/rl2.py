@@ -6,7 +6,7 @@ freshly sampled tasks (a stream seeded apart from the test instances), then play
 each of ``--instances`` test instances with a fresh hidden state. The test instances are exactly
 the evaluation instances of ``metarl bench baselines`` (same seed derivation), and the baseline
 rows (Gittins / UCB1 / TS for bandits, PSRL for MDPs, with Random and the Oracle for scale) come
-from :mod:`pipelines.bench_baselines` on those same instances; their tuned hyperparameters are
+from :mod:`pipelines.bench.baselines` on those same instances; their tuned hyperparameters are
 chosen on separate tuning instances, and nothing here is tuned on the test instances.
 
 Intervals are mean ± 1.96 standard errors over instances. With several seeds a ``RL2 mean`` row
@@ -43,7 +43,7 @@ from metarl.algos.rl2 import RL2, RL2Config
 from metarl.config import from_mapping, to_dict
 from metarl.envs.bandit import BanditFamily, BanditFamilyConfig
 from metarl.envs.tabular_mdp import TabularMDPFamily, TabularMDPFamilyConfig
-from pipelines.bench_baselines import (
+from pipelines.bench.baselines import (
     HEADER,
     Row,
     _seed,
