@@ -43,12 +43,15 @@ def device(config: PipelineConfig) -> str:
     return config.train.device
 
 
-def load_task_set(paths: Paths, split: str, config: PipelineConfig) -> TaskSet:
+def load_task_set(paths: Paths, split: str, config: PipelineConfig,
+                  fam: TaskFamily | None = None) -> TaskSet:
     """Read and verify ``data/tasks/<split>.json`` for the configured family.
 
     Beyond the file's own checks (schema, hash, finite values) its ``family`` and ``split``
     must be the ones it is read for, and every task must be valid for the family
     (:meth:`TaskSet.check`), so a rehashed file with a negative mass fails here, on one line.
+
+    ``fam``: the configured family when the caller has built it already.
 
     Raises:
         StageError: naming the file, the field and the value.
@@ -71,7 +74,7 @@ def load_task_set(paths: Paths, split: str, config: PipelineConfig) -> TaskSet:
         raise StageError(f"{path}: split={task_set.split!r} but it is read as the {split} "
                          "split; regenerate with `metarl stage tasks`")
     try:
-        task_set.check(family(config), source=str(path))
+        task_set.check(fam or family(config), source=str(path))
     except ConfigError as err:
         raise StageError(str(err)) from None
     return task_set

@@ -188,7 +188,7 @@ def report(summary: dict[str, Any], k_max: int, test_hash: str, seeds: tuple[int
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Write metrics/meta_test.json, plots/adaptation_curve.{csv,png}, reports/meta_test.md."""
     fam, dev = family(config), device(config)
-    test = load_task_set(paths, "test", config)
+    test = load_task_set(paths, "test", config, fam)
     ev = config.evaluate
     results = meta_test(learners(paths, config), fam, test, ev.num_adapt_steps,
                         ev.episodes_per_task, ev.seeds, dev)

@@ -214,9 +214,13 @@ class GateScores:
     """Learner name → ``[N]`` return after the last adaptation step (seed-averaged)."""
     random_return: float
     """Random's mean return on the same tasks and seeds (the 0 of normalised scores)."""
-    scale: float | None
-    """``R_oracle - R_random``, the unit of the gate's comparison; None: raw returns."""
     oracle: float
+    """The oracle's mean return on those tasks (NaN where there is none)."""
+
+    @property
+    def scale(self) -> float | None:
+        """``R_oracle - R_random``, the unit of the gate's comparison; None: raw returns."""
+        return score_scale(self.random_return, self.oracle)
 
     def score(self, name: str) -> float:
         """The mean score of ``name``: normalised where there is a scale, else the raw return."""
@@ -241,7 +245,7 @@ def gate_scores(learners_: dict[str, MetaLearner], config: PipelineConfig, fam: 
     random_return = float(res["random"].mean[0])
     per_task = {name: post_adapt_per_task(s) for name, s in res.items()}
     per_task["random"] = res["random"].per_task[:, 0, :].mean(0)  # random does not adapt
-    return GateScores(per_task, random_return, score_scale(random_return, oracle), oracle)
+    return GateScores(per_task, random_return, oracle)
 
 
 def _check_reported(paths: Paths, algo: str, measured: float, k: int) -> None:
@@ -261,7 +265,7 @@ def _check_reported(paths: Paths, algo: str, measured: float, k: int) -> None:
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Register the trained meta-learner; write metrics/register.json."""
     fam, dev = family(config), device(config)
-    test = load_task_set(paths, "test", config)
+    test = load_task_set(paths, "test", config, fam)
     weights, config_path = checkpoint_files(paths, config.algo.name)
     candidates = learners(paths, config)  # fails now, before the registry, if a file is bad
     with registry_lock(mlflow.get_tracking_uri()):

@@ -119,7 +119,7 @@ def clear_train_state(paths: Paths) -> None:
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Write ``models/`` (weights + config JSON) and ``plots/train_curve.csv``."""
     fam, dev = family(config), device(config)
-    train = load_task_set(paths, "train", config)
+    train = load_task_set(paths, "train", config, fam)
     tuned = read_best(paths.best_params, config.algo.name)
     config = config.with_algo_overrides(tuned)
     algo, section = config.algo.algorithm, config.algo.chosen

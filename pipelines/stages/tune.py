@@ -309,7 +309,8 @@ def optimize(study: optuna.Study, n_trials: int, seed: int,
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Run the missing trials and write ``tuning/best_params.yaml``; return the summary."""
     fam, dev = family(config), device(config)
-    train, val = load_task_set(paths, "train", config), load_task_set(paths, "val", config)
+    train = load_task_set(paths, "train", config, fam)
+    val = load_task_set(paths, "val", config, fam)
     tune = config.tune
     if tune.n_trials == 0:
         if not is_database(storage_location(config)):
