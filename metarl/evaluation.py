@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metarl.algos.base import MetaLearner
+from metarl.algos.base import MetaLearner, WrapsEnv
 from metarl.sampler import rollout
 from metarl.tasks import TaskFamily, TaskSet
 
@@ -54,6 +54,8 @@ def adaptation_curves(
 
     """
     env = family.make_env(list(tasks), episodes_per_task, device=device)
+    if isinstance(learner, WrapsEnv):
+        env = learner.wrap_env(env)
     success_rate = getattr(env, "success_rate", None)
     params = {k: v.to(device) for k, v in learner.initial_params(len(tasks)).items()}
     curve, success = [], []

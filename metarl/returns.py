@@ -55,7 +55,13 @@ def normalize_per_task(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e
 
 
 def advantages(batch: EpisodeBatch, discount: float) -> torch.Tensor:
-    """Normalised advantages ``G_t - b(s_t)`` with the linear baseline, ``[N, E, T]``."""
+    """Normalised advantages ``G_t - b(s_t)`` with the linear baseline, ``[N, E, T]``.
+
+    The return of an episode stops at its horizon, truncated or not: the evaluator scores the
+    return of fixed-horizon episodes, so that is the objective (time is among the baseline's
+    features), as in MAML and pytorch-maml-rl. Learners with a learned value of an unbounded
+    discounted future bootstrap on truncation instead (:func:`gae_transitions`).
+    """
     returns = discounted_returns(batch.rewards, discount)
     values = linear_baseline(batch.obs, returns, batch.mask)
     return normalize_per_task((returns - values) * batch.mask, batch.mask)

@@ -156,6 +156,27 @@ class TransitionBatch:
         return (self.terminated | self.truncated).float()
 
 
+class TimeLimit:
+    """Counts each slot's steps since its episode began; the ``max_steps``-th truncates it.
+
+    The one auto-reset rule of every step loop that restarts episodes (:func:`rollout_steps`,
+    RL²'s trials): call :meth:`step` after each env step, then restart the ``ended`` slots
+    with ``env.reset_done(generator, ended=ended)``.
+    """
+
+    def __init__(self, env: BatchedEnv, device: torch.device | str = "cpu") -> None:
+        self.max_steps = env.max_steps
+        self.age = torch.zeros(env.num_tasks, env.num_envs, dtype=torch.long, device=device)
+
+    def step(self, terminated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(truncated, ended)`` of the step just taken, ``[N, E]`` bool each."""
+        self.age += 1
+        truncated = ~terminated & (self.age >= self.max_steps)
+        ended = terminated | truncated
+        self.age.masked_fill_(ended, 0)
+        return truncated, ended
+
+
 @torch.no_grad()
 def rollout_steps(
     act: ActFn | None, env: BatchedEnv, num_steps: int, generator: torch.Generator
@@ -165,8 +186,7 @@ def rollout_steps(
     An episode also ends (truncation) after ``env.max_steps`` steps.
     """
     obs = env.reset(generator)
-    n, e = env.num_tasks, env.num_envs
-    age = torch.zeros(n, e, dtype=torch.long, device=obs.device)
+    limit = TimeLimit(env, obs.device)
     bufs: dict[str, list[torch.Tensor]] = {k: [] for k in (
         "obs", "actions", "rewards", "next_obs", "terminated", "truncated")}
     for _ in range(num_steps):
@@ -174,13 +194,10 @@ def rollout_steps(
         bufs["obs"].append(obs.float())
         bufs["actions"].append(actions)
         obs, reward, terminated = env.step(actions)
-        age += 1
-        truncated = ~terminated & (age >= env.max_steps)
+        truncated, ended = limit.step(terminated)
         for key, value in (("rewards", reward.float()), ("next_obs", obs.float()),
                            ("terminated", terminated), ("truncated", truncated)):
             bufs[key].append(value)
-        ended = terminated | truncated
-        age.masked_fill_(ended, 0)
         obs = env.reset_done(generator, ended=ended)
     out = {k: torch.stack(v, dim=2) for k, v in bufs.items()}
     return TransitionBatch(**out, mask=torch.ones_like(out["rewards"]))

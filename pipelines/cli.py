@@ -13,6 +13,7 @@ from metarl.config import ConfigError
 EPILOG = """examples:
   dvc repro                           run the whole pipeline (only what changed)
   dvc exp run -S algo.name=rl2        the same pipeline with RL² instead of MAML
+  metarl defaults task.nav2d algo.rl2 the defaults of sections params.yaml leaves out
   metarl stage train                  run one stage in this project
   metarl flow                         run all stages as a Prefect flow (no server needed)
   metarl serve --cron "0 3 * * *"     schedule the flow nightly (needs a Prefect server)
@@ -67,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
                          "metarl-cartpole-maml")
     promote.add_argument("version", metavar="VERSION", type=int, help="version number")
     project_args(promote)
+
+    defaults = sub.add_parser(
+        "defaults", help="print the embedded defaults of params.yaml sections as YAML",
+        description="Print the defaults a section of params.yaml takes when it is left out "
+        "(params.yaml holds the default run's sections only: the chosen family's, MAML's), as "
+        "YAML to paste into params.yaml and edit, e.g. `metarl defaults task.nav2d algo.rl2`.")
+    defaults.add_argument("sections", nargs="+", metavar="SECTION",
+                          help="dotted section or key: task.nav2d, algo.rl2, tune, ...")
 
     bench = sub.add_parser("bench", help="benchmarks that print tables")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -136,10 +145,10 @@ def _parser() -> argparse.ArgumentParser:
                      "(an MDP seed costs about 35 minutes on one CPU thread, one model playing "
                      "every MDP cell; a bandit seed 1 to 14; default: --seeds)")
     rl2.add_argument("--iterations", type=int, default=None,
-                     help="PPO iterations per seed (default: bandit 400 / 600 for n = 10 / 100, "
-                     "the 500-pull cells being played by the 100-pull model (150 on their own "
-                     "trials); MDP 2000 for the 10-episode model that plays every MDP cell (200 "
-                     "for a model trained on longer trials))")
+                     help="PPO iterations per seed (default: the presets', bandit 400 / 600 "
+                     "for n = 10 / 100, the 500-pull cells being played by the 100-pull model "
+                     "(150 on their own trials); MDP 2000 for the 10-episode model that plays "
+                     "every MDP cell (200 for a model trained on longer trials))")
     rl2.add_argument("--instances", type=int, default=1000,
                      help="test instances per cell (default 1000, as the paper)")
     rl2.add_argument("--instance-seed", type=int, default=0,
@@ -149,17 +158,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop training a seed early once this many seconds are spent (the "
                      "table notes the iterations run; default: no limit)")
     rl2.add_argument("--bandit", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
-                     help="RL² settings for the bandit cells in place of the defaults' (keys of "
-                     "RL2Config; repeatable), e.g. on a GPU --bandit meta_batch_size=1024 "
+                     help="RL² settings for the bandit cells in place of the presets' (keys of "
+                     "RL2Config; repeatable; the presets: pipelines/bench/presets/"
+                     "rl2_bandit.yaml), e.g. on a GPU --bandit meta_batch_size=1024 "
                      "hidden_size=256 num_minibatches=8 (the bench README's best GPU run); "
-                     "critic=task trains a value function that also sees the task's "
-                     "parameters (critic=separate: its own GRU; default shared); "
-                     "inputs=paper head=linear: the paper's network on every cell (by default "
+                     "inputs=paper head=linear: the paper's network on every cell (the presets' "
                      "trials over 10 pulls read reward-coded inputs with bilinear heads)")
     rl2.add_argument("--mdp", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
-                     help="likewise for the MDP cells (e.g. --mdp hidden_size=256; "
-                     "inputs=paper head=linear: the paper's network, in place of the "
-                     "defaults' pair-coded inputs and bilinear heads)")
+                     help="likewise for the MDP cells (presets: pipelines/bench/presets/"
+                     "rl2_mdp.yaml), e.g. --mdp hidden_size=256; inputs=paper head=linear: the "
+                     "paper's network, in place of the presets' pair-coded inputs and bilinear "
+                     "heads")
     rl2.add_argument("--bandit-train-pulls", type=int, default=None, metavar="N",
                      help="bandit cells with more pulls per trial than N train RL² on N-pull "
                      "trials (the N-pull cell's seeds, settings, iterations and --checkpoints "
@@ -197,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="read all the options above from a YAML file instead (keys: table, "
                      "cells, seeds, mdp_seeds, iterations, instances, instance_seed, device, "
                      "time_budget, bandit, mdp; cells a list or {bandit: [...], mdp: [...]}), as "
-                     "benchmarks/rl2/params.yaml does for `dvc repro benchmarks/rl2/dvc.yaml`; "
+                     "benchmarks/rl2/params.yaml does for `cd benchmarks/rl2 && dvc repro`; "
                      "--cells given too runs those cells with the file's other options")
     rl2.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
                      help="keep each cell's and seed's training state in DIR (e.g. "
@@ -349,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     errors: tuple[type[Exception], ...] = (ConfigError, ValueError, RuntimeError, OSError)
-    if args.command != "bench":  # the benches run without MLflow installed
+    if args.command not in ("bench", "defaults"):  # these run without MLflow installed
         from mlflow.exceptions import MlflowException
 
         errors += (MlflowException,)
@@ -379,6 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.flows import serve
 
             serve(args.root, args.params, cron=args.cron, name=args.name)
+        elif args.command == "defaults":
+            import yaml
+
+            from pipelines.settings import section_defaults
+
+            print(yaml.safe_dump(section_defaults(*args.sections), sort_keys=False), end="")
         elif args.command == "bench":
             _bench(args)
     except errors as err:

@@ -357,6 +357,46 @@ class PipelineConfig:
                                                                  f"algo.{name}"))
 
 
+def default_params() -> dict[str, Any]:
+    """Every key of params.yaml with its embedded default: what a key left out takes.
+
+    params.yaml holds the default run's sections only (the chosen family's, MAML's); the other
+    families' and algorithms' defaults live in their config dataclasses, and this is them.
+    """
+    return to_dict(PipelineConfig())
+
+
+def section_defaults(*sections: str) -> dict[str, Any]:
+    """The embedded defaults of dotted ``sections``, nested under their paths as in params.yaml.
+
+    ``section_defaults("task.nav2d")`` is ``{"task": {"nav2d": {...}}}``; ``algo.rl2``,
+    ``tune`` or a single key (``tune.storage``) work the same way.
+
+    Raises:
+        ConfigError: a section that params.yaml cannot have, naming the valid ones there.
+
+    """
+    defaults = default_params()
+    out: dict[str, Any] = {}
+    for section in sections:
+        value: Any = defaults
+        parts = section.split(".")
+        for i, part in enumerate(parts):
+            where = ".".join(parts[:i])
+            if not isinstance(value, dict):
+                raise ConfigError("section", section, f"{where} is a value ({value!r}), not a "
+                                  "section")
+            if part not in value:
+                raise ConfigError("section", section, "params.yaml has no such section; valid "
+                                  f"{f'under {where}: ' if where else 'ones: '}{sorted(value)}")
+            value = value[part]
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return out
+
+
 def load_config(path: Path | str) -> PipelineConfig:
     """Read and validate ``params.yaml``.
 

@@ -27,8 +27,17 @@ torch.set_num_threads(1)
 
 
 def tiny_params() -> dict[str, Any]:
-    """The repo's params.yaml shrunk to a seconds-long run (same keys)."""
+    """The repo's params.yaml shrunk to a seconds-long run (same keys), with an empty section
+    (its embedded defaults) for each family and algorithm the file leaves out, for tests to
+    edit."""
+    from metarl.algos import registry
+    from metarl.families import FAMILIES
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name in FAMILIES:
+        params["task"].setdefault(name, {})
+    for name in registry.algorithms():
+        params["algo"].setdefault(name, {})
     params["task"].update(num_train=6, num_val=3, num_test=3)
     params["task"]["cartpole"]["max_steps"] = 30
     params["algo"]["maml"].update(meta_batch_size=3, episodes_per_task=4, hidden_sizes=[8])

@@ -8,7 +8,7 @@ returns adapted per-task parameters, ``act(params)`` acts after adaptation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -77,6 +77,18 @@ class MetaLearner(Protocol):
 
     def act(self, params: Params) -> ActFn | None:
         """The policy evaluated after adaptation."""
+        ...
+
+
+@runtime_checkable
+class WrapsEnv(Protocol):
+    """A learner that reads its env through a wrapper (RL²'s trial clock).
+
+    The evaluator builds the env of the tasks and plays the learner on ``wrap_env(env)``.
+    """
+
+    def wrap_env(self, env: BatchedEnv) -> BatchedEnv:
+        """The env as the learner reads it."""
         ...
 
 

@@ -112,6 +112,35 @@ def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate's part of ``metrics/summary.json`` (the DVC metrics; register writes the file).
+
+    Per learner the score before (``pre``) and after (``post``) the last adaptation step,
+    normalised where ``metrics/meta_test.json`` has normalised scores, else the raw return;
+    ``random`` does not adapt, so ``pre`` only (0 when normalised). The meta-learner is
+    ``meta_learner`` whichever algorithm it is (``algo.name``; so experiments of different
+    algorithms share columns) and also gets its raw returns, ``return_pre`` / ``return_post``.
+    """
+    main = summary["learner"]
+    normalized = summary[main]["normalized_post_adapt"] is not None
+    k_max = sum(1 for key in summary[main] if key.startswith("return_post_adapt_k"))
+
+    def score(name: str, when: str) -> float | None:
+        key = (f"normalized_{when}_adapt" if normalized else
+               "return_pre_adapt" if when == "pre" else f"return_post_adapt_k{k_max}")
+        return summary[name][key]
+
+    out: dict[str, Any] = {"meta_learner": {
+        "pre": score(main, "pre"), "post": score(main, "post"),
+        "return_pre": summary[main]["return_pre_adapt"],
+        "return_post": summary[main][f"return_post_adapt_k{k_max}"]}}
+    for name in BASELINES:
+        out[name] = {"pre": score(name, "pre")}
+        if name != "random":
+            out[name]["post"] = score(name, "post")
+    return out
+
+
 def reference_summary(fam: Any, test: Any, seeds: tuple[int, ...], dev: str,
                       random_return: float, oracle: float) -> dict[str, Any]:
     """The family's classic baselines (bandit: UCB1, Gittins, ...; MDP: PSRL, ...), if any."""

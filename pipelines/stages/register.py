@@ -9,11 +9,13 @@ per-task differences (candidate minus reference, in normalised units where the f
 closed-form oracle, else in return units), a bootstrap interval of their mean, and
 ``@champion`` moves only when the interval's lower end is above ``register.margin``. Both
 scores, the interval and the decision go on the version (tags and description) and in
-``metrics/register.json``. Every new version gets ``@challenger``.
+``metrics/register.json``. Every new version gets ``@challenger``. ``metrics/summary.json``, the
+pipeline's DVC metrics, puts the decision beside evaluate's headline scores (read from
+``metrics/meta_test.json`` for that file only; see :func:`write_summary`).
 
 A failure leaves the registry as it was: everything that can fail without touching it runs
-first, and a failure after the version is created (setting an alias, writing
-``register.json``) deletes that version and puts the aliases back. The registration is also
+first, and a failure after the version is created (setting an alias, writing ``summary.json``
+or ``register.json``) deletes that version and puts the aliases back. The registration is also
 idempotent: a version carries a ``registration_key`` tag (a hash of the checkpoint, the test set
 and the protocol), and registering the same key again — a Prefect retry after a crash, a forced
 ``dvc repro`` — reuses that version instead of adding one.
@@ -68,6 +70,7 @@ from pipelines.stages.common import (
     load_task_set,
 )
 from pipelines.stages.evaluate import BASELINES, learners
+from pipelines.stages.evaluate import headline as evaluate_headline
 
 LOCK_TIMEOUT = 900.0
 """Seconds a registration waits for another one on the same registry before giving up."""
@@ -263,7 +266,7 @@ def _check_reported(paths: Paths, algo: str, measured: float, k: int) -> None:
 
 
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
-    """Register the trained meta-learner; write metrics/register.json."""
+    """Register the trained meta-learner; write metrics/register.json and summary.json."""
     fam, dev = family(config), device(config)
     test = load_task_set(paths, "test", config, fam)
     weights, config_path = checkpoint_files(paths, config.algo.name)
@@ -356,7 +359,12 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
                   "champion_version_before": int(champion.version) if champion else None,
                   "test_task_hash": test.content_hash, "seeds": list(ev.seeds),
                   "reused_version": reused}
-        atomic_write_json(paths.metrics / "register.json", result)  # last: only on success
+        summary = write_summary(paths, result, config.algo.name)
+        try:
+            atomic_write_json(paths.metrics / "register.json", result)  # last: only on success
+        except BaseException:
+            summary.unlink(missing_ok=True)
+            raise
     except BaseException:
         if created is None and not reused:  # register_model failed part-way
             leftover = _existing_version(client, name, key)
@@ -365,6 +373,38 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
         raise
     print(f"register: {name} version {version.version}: {decision['reason']}", file=sys.stderr)
     return result
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The gate's decision for ``metrics/summary.json`` (the whole record: register.json)."""
+    return {**{key: result[key] for key in ("version", "promoted", "score", "reference",
+                                           "reference_score", "difference")},
+            "ci_low": result["ci"][0], "ci_high": result["ci"][1]}
+
+
+def write_summary(paths: Paths, result: dict[str, Any], algo: str) -> Path:
+    """Write ``metrics/summary.json``, the pipeline's DVC metrics: the headline scores.
+
+    Evaluate's part comes from ``metrics/meta_test.json`` (see
+    :func:`pipelines.stages.evaluate.headline`), the gate's from ``result`` (:func:`headline`).
+    Evaluate's part is left out, with a warning, when ``meta_test.json`` is missing or is not
+    this model's on these test tasks (re-run ``metarl stage evaluate``).
+    """
+    path = paths.metrics / "meta_test.json"
+    try:
+        meta_test_ = json.loads(path.read_text())
+        fresh = (meta_test_["learner"] == algo
+                 and meta_test_["test_task_hash"] == result["test_task_hash"])
+        part = evaluate_headline(meta_test_) if fresh else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        fresh, part = False, {}
+    if not fresh:
+        print(f"register: {path} is missing or not {algo}'s on test tasks "
+              f"{result['test_task_hash']}; metrics/summary.json gets the gate's numbers only "
+              "(re-run `metarl stage evaluate`)", file=sys.stderr)
+    summary = paths.metrics / "summary.json"
+    atomic_write_json(summary, {**part, "gate": headline(result)})
+    return summary
 
 
 def gate_tags(decision: dict[str, Any]) -> dict[str, str]:

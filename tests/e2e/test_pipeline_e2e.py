@@ -51,7 +51,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
                 "tuning/best_params.yaml", "tuning/study.journal", "models/maml.pt",
                 "models/pretrained.pt", "models/config.json", "metrics/meta_test.json",
                 "plots/adaptation_curve.csv", "plots/adaptation_curve.png",
-                "reports/meta_test.md", "metrics/register.json"):
+                "reports/meta_test.md", "metrics/register.json", "metrics/summary.json"):
         assert (root / rel).is_file(), rel
     summary = json.loads((root / "metrics" / "meta_test.json").read_text())
     assert set(summary) >= {"maml", "pretrained", "scratch", "random"}
@@ -80,7 +80,12 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     name = "metarl-cartpole-maml"  # register.model_name is empty: metarl-<family>-<algo>
     challenger = client.get_model_version_by_alias(name, "challenger")
     assert int(challenger.version) == 1
-    assert_gate_consistent(json.loads((root / "metrics" / "register.json").read_text()))
+    register = json.loads((root / "metrics" / "register.json").read_text())
+    assert_gate_consistent(register)
+    headline = json.loads((root / "metrics" / "summary.json").read_text())
+    assert headline["gate"]["version"] == register["version"] == 1
+    assert headline["meta_learner"]["post"] == pytest.approx(
+        summary["maml"]["normalized_post_adapt"])
 
     # The registered model loads in a fresh process and acts.
     code = ("import mlflow, numpy as np; "
@@ -103,11 +108,18 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
 
-    # Another family's settings do not touch a cartpole pipeline (the stages depend on the
-    # chosen family's section only).
-    params["task"]["nav2d"]["max_steps"] = 50
+    # An evaluation setting: evaluate and register are out of date, nothing before them.
+    params["evaluate"]["episodes_per_task"] = 4
+    write_params(root, params)
+    status = json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], root).stdout or "{}")
+    assert set(status) == {"evaluate", "register"}, status
+    params["evaluate"]["episodes_per_task"] = 3
     write_params(root, params)
     assert json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], root).stdout or "{}") == {}
+    # The headline metrics: `dvc metrics show` lists metrics/summary.json only.
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], root).stdout)
+    assert {f for rev in shown.values() for f in rev.get("data", {})} == {
+        "metrics/summary.json"}
 
     # A physics change: every stage after it is out of date (its code is a dependency).
     physics = root / "metarl" / "envs" / "cartpole.py"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -40,10 +41,14 @@ def _covered(path: Path, deps: list[str]) -> bool:
     return any(path == Path(d) or Path(d) in path.parents for d in deps)
 
 
+def _stage_code() -> set[Path]:
+    """What `metarl stage NAME` runs: the CLI's stage path (runner → stages → the rest)."""
+    return reachable("pipelines.runner") | {Path("pipelines/cli.py")}
+
+
 def test_every_stage_depends_on_all_the_code_it_can_reach() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    # what `metarl stage NAME` runs: the CLI's stage path (runner → stages → the rest)
-    code = reachable("pipelines.runner") | {Path("pipelines/cli.py")}
+    code = _stage_code()
     assert Path("pipelines/stages/register.py") in code and Path("metarl/envs/cartpole.py") \
         in code, "the import walk found the stages and the physics"
     for name, stage in stages.items():
@@ -52,3 +57,18 @@ def test_every_stage_depends_on_all_the_code_it_can_reach() -> None:
         missing = sorted(str(p) for p in code if not _covered(p, deps))
         assert not missing, f"stage {name} does not depend on {missing}"
         assert "metarl" in deps, f"stage {name}: the whole metarl package"
+
+
+def test_the_code_dvc_ignores_is_code_no_stage_runs() -> None:
+    """.dvcignore drops pipelines/bench/ and flows.py from the `pipelines` dependency (a bench
+    edit reruns nothing); it must never drop a file a stage imports."""
+    code = sorted(str(p) for p in _stage_code())
+    ignored = subprocess.run(["dvc", "check-ignore", *code], cwd=REPO, capture_output=True,
+                             text=True)
+    assert ignored.returncode == 1, f"dvc ignores code the stages run: {ignored.stdout}"
+    outside = ["pipelines/bench/baselines.py", "pipelines/bench/__init__.py",
+               "pipelines/flows.py"]
+    assert not {Path(p) for p in outside} & set(_stage_code())
+    ignored = subprocess.run(["dvc", "check-ignore", *outside], cwd=REPO, capture_output=True,
+                             text=True)
+    assert ignored.stdout.split() == outside, ignored.stdout + ignored.stderr

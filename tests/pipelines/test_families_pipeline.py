@@ -9,7 +9,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import yaml
 
 from pipelines.cli import main
 from pipelines.runner import run_stage
@@ -100,8 +99,7 @@ def test_bad_family_params_stop_with_key_and_value(
     assert err.count("\n") == 0, "one line"
     assert f"{key}={value}: " in err
     assert not (root / "data").exists(), "nothing written on bad input"
-    # The same params file is fine once fixed.
-    params["task"][family] = yaml.safe_load(
-        (Path(__file__).resolve().parents[2] / "params.yaml").read_text())["task"][family]
+    # The same params file is fine once fixed (the section emptied: its embedded defaults).
+    params["task"][family] = {}
     write_params(root, params)
     assert main(["stage", "tasks", "--root", str(root)]) == 0

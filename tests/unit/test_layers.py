@@ -12,8 +12,8 @@ LAYERS = [
     ("config", "logging"),
     ("envs",),
     ("tasks", "families"),
-    ("policies", "sampler", "returns", "training", "buffers"),
-    ("algos.base", "baselines", "evaluation"),
+    ("policies", "history", "sampler", "returns", "training", "buffers"),
+    ("algos.base", "recurrent", "baselines", "evaluation"),
     ("algos", "checkpoint"),
 ]
 """Bottom to top: a module may import its own layer and those below (``envs`` names the
