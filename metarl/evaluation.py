@@ -7,7 +7,7 @@ steps (the adaptation curve). Every learner sees the same tasks, start states an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +53,43 @@ def adaptation_curves(
         ``success_rate()`` method, else None.
 
     """
+    run = adapt_to_tasks(learner, family, tasks, num_adapt_steps, episodes_per_task, seed,
+                         device)
+    return run.returns, run.success
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What :func:`adapt_to_tasks` did: the curve and the adapted per-task parameters.
+
+    Attributes:
+        returns: ``[K+1, N]`` mean episode return per task before and after each step.
+        success: ``[K+1, N]`` success rate (envs that report it), else None.
+        params: the learner's per-task parameters after the ``K`` steps (leading dim ``N``).
+
+    """
+
+    returns: np.ndarray
+    success: np.ndarray | None
+    params: dict[str, torch.Tensor]
+
+
+def adapt_to_tasks(
+    learner: MetaLearner,
+    family: TaskFamily,
+    tasks: Sequence[dict[str, float]],
+    num_adapt_steps: int,
+    episodes_per_task: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, np.ndarray], None] | None = None,
+) -> Adaptation:
+    """Adapt ``learner`` to ``tasks`` as the evaluator does, keeping the adapted parameters.
+
+    Rollout ``k`` (``episodes_per_task`` episodes per task) draws from its own generator
+    seeded by ``(seed, k)``; after it, ``learner.adapt`` takes one step on those episodes.
+    ``on_step(k, returns [N])`` is called after each rollout (a progress report).
+    """
     env = family.make_env(list(tasks), episodes_per_task, device=device)
     if isinstance(learner, WrapsEnv):
         env = learner.wrap_env(env)
@@ -66,9 +103,11 @@ def adaptation_curves(
         curve.append(batch.episode_returns.mean(-1).cpu().numpy())
         if success_rate is not None:
             success.append(success_rate().double().cpu().numpy())
+        if on_step is not None:
+            on_step(k, curve[-1])
         if k < num_adapt_steps:
             params = learner.adapt(params, batch)
-    return np.stack(curve), (np.stack(success) if success else None)
+    return Adaptation(np.stack(curve), np.stack(success) if success else None, params)
 
 
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, num_resamples: int = 2000,

@@ -18,6 +18,8 @@ EPILOG = """examples:
   metarl flow                         run all stages as a Prefect flow (no server needed)
   metarl serve --cron "0 3 * * *"     schedule the flow nightly (needs a Prefect server)
   metarl promote metarl-cartpole-maml 3   roll @champion back to version 3
+  metarl adapt models:/metarl-cartpole-maml@champion --task-file tasks.json --out adapted
+                                      adapt the champion to a task of yours
   metarl bench sampler                batched sampler vs gymnasium's SyncVectorEnv
   metarl bench maml                   MAML on 2D navigation: s/iteration, returns, score
   metarl bench baselines --cells 10x5 RL²'s bandit/MDP baselines beside the paper's tables
@@ -68,6 +70,31 @@ def _parser() -> argparse.ArgumentParser:
                          "metarl-cartpole-maml")
     promote.add_argument("version", metavar="VERSION", type=int, help="version number")
     project_args(promote)
+
+    adapt = sub.add_parser(
+        "adapt", help="adapt a trained or registered model to tasks of yours",
+        description="Adapt MODEL_URI to the tasks given exactly as the meta-test evaluator "
+        "does (gradient steps for MAML-like learners, the trial's context for RL²), print the "
+        "return before and after each step, and with --out write the adapted policy "
+        "(weights.pt, config.json, adapted.pt: weights_only tensors) and curve.json. A task is "
+        "a JSON object with the family's fields (see data/tasks/test.json for examples).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  metarl adapt models:/metarl-cartpole-maml@champion --steps 3 \\\n"
+        "    --task '{\"pole_length\": 0.9, \"pole_mass\": 0.3, \"cart_mass\": 1.0, "
+        "\"gravity\": 9.8, \"force_mag\": -10.0}' --out adapted   # reversed controls")
+    adapt.add_argument("model_uri", metavar="MODEL_URI", help="models:/NAME@ALIAS, "
+                       "models:/NAME/VERSION, runs:/..., a project's models/ folder, or a "
+                       "folder this command wrote")
+    adapt.add_argument("--task", default=None, help="one task (a JSON object) or a JSON list")
+    adapt.add_argument("--task-file", type=Path, default=None,
+                       help="a JSON file: a task, a list of tasks, or a task-set file")
+    adapt.add_argument("--steps", type=int, default=3, help="adaptation steps (default 3)")
+    adapt.add_argument("--episodes", type=int, default=20,
+                       help="episodes per task per step (default 20)")
+    adapt.add_argument("--seed", type=int, default=0, help="rollout seed (default 0)")
+    adapt.add_argument("--out", type=Path, default=None, help="folder to write (replaced)")
+    adapt.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    project_args(adapt)
 
     defaults = sub.add_parser(
         "defaults", help="print the embedded defaults of params.yaml sections as YAML",
@@ -388,6 +415,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.flows import serve
 
             serve(args.root, args.params, cron=args.cron, name=args.name)
+        elif args.command == "adapt":
+            from pipelines.adapt import adapt_model, is_registry_uri
+            from pipelines.runner import use_project_tracking
+
+            if is_registry_uri(args.model_uri):
+                use_project_tracking(args.root, args.params)
+            adapt_model(args.model_uri, args.task, args.task_file, args.steps, args.episodes,
+                        args.seed, args.out, args.device)
         elif args.command == "defaults":
             import yaml
 

@@ -47,6 +47,13 @@ def promote_version(name: str, version: int, root: Path | str = ".",
     return register.promote(name, version)
 
 
+def use_project_tracking(root: Path | str = ".", params: Path | str | None = None) -> str:
+    """Point MLflow at the project's tracking store (params.yaml or MLFLOW_TRACKING_URI)."""
+    paths = Paths(Path(root).resolve())
+    config = load_project_config(Path(params) if params else paths.params, paths.root)
+    return tracking.setup(config.tracking, paths.root)
+
+
 def run_stage(name: str, root: Path | str = ".", params: Path | str | None = None) -> Any:
     """Run stage ``name`` of the project at ``root`` inside its nested MLflow run."""
     if name not in STAGES:

@@ -1,0 +1,95 @@
+"""``metarl adapt``: a model adapted to a task of the user's, as the evaluator adapts it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metarl.algos.maml import MAMLConfig, save_checkpoint, train_maml
+from metarl.checkpoint import load_params
+from metarl.config import to_dict
+from metarl.envs.cartpole import CartPoleFamily, CartPoleFamilyConfig
+from metarl.evaluation import adaptation_curve
+from pipelines.adapt import load_adapted, open_model
+from pipelines.cli import main
+
+REVERSED = {"pole_length": 0.6, "pole_mass": 0.2, "cart_mass": 1.0, "gravity": 9.8,
+            "force_mag": -10.0}
+"""A held-out task with reversed controls (force_mag < 0)."""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project's ``models/`` as the train stage writes it: MAML meta-trained on cartpole."""
+    from metarl.tasks import TaskSet
+
+    torch.set_num_threads(1)
+    config = CartPoleFamilyConfig(max_steps=100)
+    family = CartPoleFamily(config)
+    train = TaskSet("cartpole", "train", 0, tuple(family.sample(40, np.random.default_rng(0))))
+    cfg = MAMLConfig(hidden_sizes=(32, 32), meta_batch_size=10, episodes_per_task=10,
+                     inner_lr=0.35, outer_lr=0.005)
+    maml = train_maml(family, train, cfg, 40, seed=0)  # about 4 s
+    folder = tmp_path_factory.mktemp("project") / "models"
+    folder.mkdir()
+    saved = save_checkpoint(maml, folder / "maml.pt")
+    common = {"family": "cartpole", "family_config": to_dict(config), "algo": "maml"}
+    (folder / "maml.json").write_text(json.dumps({**saved, **common}))
+    (folder / "config.json").write_text(json.dumps({**saved, **common}))
+    return folder
+
+
+def test_adapt_prints_and_writes_the_curve_the_evaluator_measures(
+        models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "adapted"
+    assert main(["adapt", str(models), "--task", json.dumps(REVERSED), "--steps", "2",
+                 "--episodes", "8", "--seed", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    curve = json.loads((out / "curve.json").read_text())
+    model = open_model(str(models), tmp_path)
+    family = CartPoleFamily(CartPoleFamilyConfig(max_steps=100))
+    want = adaptation_curve(model.learner, family, [REVERSED], 2, 8, seed=3)[:, 0]
+    np.testing.assert_allclose(curve["returns"][0], want)  # the evaluator's numbers, exactly
+    assert want[1] > want[0] + 20, want  # one step: the reversed controls found (36 → 85)
+    assert f"{want[2]:.1f}" in printed.splitlines()[-1]
+    # the adapted policy: weights-only tensors, one row per task, and it loads again
+    learner, params, again = load_adapted(out)
+    assert again == curve
+    assert all(v.shape[0] == 1 for v in params.values())
+    assert load_params(out / "adapted.pt").keys() == params.keys()
+    rollout_after = adaptation_curve(learner, family, [REVERSED], 0, 8, seed=3)
+    assert rollout_after.shape == (1, 1)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task", json.dumps({"goal": [0.1, 0.2]})], "tasks[0].pole_length=<missing>"),
+    (["--task", json.dumps({**REVERSED, "pole_mass": -1.0})], "tasks[0].pole_mass=-1.0"),
+    (["--task", "{not json"], "--task: not JSON"),
+    ([], "give exactly one of --task JSON and --task-file FILE"),
+    (["--task", json.dumps(REVERSED), "--steps", "0"], "--steps=0: must be >= 1"),
+])
+def test_bad_tasks_and_options_exit_2_naming_the_value(
+        models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        message: str) -> None:
+    out = tmp_path / "adapted"
+    assert main(["adapt", str(models), *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing half-written
+
+
+def test_a_model_that_does_not_resolve_or_load_exits_2(
+        models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    task = ["--task", json.dumps(REVERSED)]
+    assert main(["adapt", str(tmp_path / "nowhere"), *task]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    config = json.loads((models / "maml.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "format_version": 99}))
+    (broken / "maml.pt").write_bytes((models / "maml.pt").read_bytes())
+    assert main(["adapt", str(broken), *task]) == 2
+    assert "cannot load its model (format_version=99" in capsys.readouterr().err
