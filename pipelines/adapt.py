@@ -24,14 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from metarl.api import ADAPTED_FILE, checkpoint_family, model_files
 from metarl.checkpoint import load_learner, read_config, save_params
-from metarl.config import from_mapping
 from metarl.evaluation import adapt_to_tasks
-from metarl.families import FAMILIES, make_family
 from metarl.tasks import TaskFamily, TaskSet
 from pipelines.io import atomic_write_json
 
-ADAPTED_FILE = "adapted.pt"
 CURVE_FILE = "curve.json"
 
 
@@ -45,30 +43,37 @@ class OpenedModel:
     source: str
 
 
-def _local_files(folder: Path) -> tuple[Path, Path]:
-    """The weights and config of a model folder.
-
-    A registered model's data, this command's output (``weights.pt`` + ``config.json``), or a
-    project's ``models/`` (``<algo>.pt``).
-    """
-    for base in (folder / "data" / "policy", folder):
-        if (base / "weights.pt").is_file() and (base / "config.json").is_file():
-            return base / "weights.pt", base / "config.json"
-    shared = folder / "config.json"
-    if not shared.is_file():
-        raise ValueError(f"{folder}: not a model folder (no config.json; expected a project's "
-                         "models/ after `metarl stage train`, or a folder `metarl adapt` wrote)")
-    algo = str(read_config(shared).get("algo", ""))
-    own = folder / f"{algo}.json"
-    weights = folder / f"{algo}.pt"
-    if not weights.is_file():
-        raise ValueError(f"{folder}: {weights.name} is missing (config.json names algo={algo!r})")
-    return weights, own if own.is_file() else shared
-
-
 def is_registry_uri(uri: str) -> bool:
     """A URI MLflow resolves (``models:/…``, ``runs:/…``), not a local folder."""
     return "://" in uri or uri.startswith(("models:", "runs:"))
+
+
+def resolve(uri: str, workdir: Path) -> Path:
+    """Download the registered model of ``uri`` into ``workdir``; the folder of its files.
+
+    The artifact is checked to load data only (:func:`pipelines.model.check_mlmodel`). Also
+    ``metarl.load``'s resolver of ``models:/`` and ``runs:/`` URIs (entry-point group
+    ``metarl.model_uris``), from ``MLFLOW_TRACKING_URI``, else (in a project folder) the
+    store of its ``params.yaml``.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.model import check_mlmodel
+
+    if "MLFLOW_TRACKING_URI" not in os.environ and Path("params.yaml").is_file():
+        from pipelines.runner import use_project_tracking
+
+        use_project_tracking(".")  # inside a project: its tracking store
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
+                                                         dst_path=str(workdir)))
+    except (MlflowException, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"MODEL_URI={uri!r} does not resolve ({first}); list versions with "
+                         "the MLflow UI (`mlflow ui`), or pass a models/ folder") from None
+    check_mlmodel(local)
+    return local
 
 
 def open_model(uri: str, workdir: Path) -> OpenedModel:
@@ -82,27 +87,13 @@ def open_model(uri: str, workdir: Path) -> OpenedModel:
 
     """
     if is_registry_uri(uri):
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        from pipelines.model import check_mlmodel
-
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri,
-                                                             dst_path=str(workdir)))
-        except (MlflowException, OSError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"MODEL_URI={uri!r} does not resolve ({first}); list versions "
-                             "with `mlflow models` / the MLflow UI, or pass a models/ folder") \
-                from None
-        check_mlmodel(local)
-        folder = local
+        folder = resolve(uri, workdir)
     else:
         folder = Path(uri)
         if not folder.is_dir():
             raise ValueError(f"MODEL_URI={uri!r}: no such folder, and not a models:/ or runs:/ "
                              "URI")
-    weights, config_path = _local_files(folder)
+    weights, config_path = model_files(folder)
     config = read_config(config_path)
     try:
         learner = load_learner(weights, config)
@@ -110,17 +101,6 @@ def open_model(uri: str, workdir: Path) -> OpenedModel:
         raise ValueError(f"MODEL_URI={uri!r}: this version of metarl cannot load its model "
                          f"({err})") from None
     return OpenedModel(learner, config, weights, uri)
-
-
-def model_family(config: dict[str, Any]) -> TaskFamily:
-    """The task family a checkpoint was trained on, with its configuration."""
-    name = config.get("family")
-    if name not in FAMILIES:
-        raise ValueError(f"the model's config names family={name!r}, which this version of "
-                         f"metarl does not have ({sorted(FAMILIES)})")
-    config_cls, _ = FAMILIES[str(name)]
-    return make_family(str(name), from_mapping(config_cls, config.get("family_config") or {},
-                                               "family_config"))
 
 
 def read_tasks(family: TaskFamily, task: str | None, task_file: Path | None
@@ -162,7 +142,7 @@ def adapt_model(uri: str, task: str | None = None, task_file: Path | None = None
             raise ValueError(f"{name}={value}: must be >= 1")
     with tempfile.TemporaryDirectory(prefix="metarl-adapt-") as tmp:
         model = open_model(uri, Path(tmp))
-        family = model_family(model.config)
+        family = checkpoint_family(model.config)
         tasks = read_tasks(family, task, task_file)
         bar = _progress(steps + 1)
         run = adapt_to_tasks(model.learner, family, tasks, steps, episodes, seed, device,
@@ -232,5 +212,5 @@ def load_adapted(folder: Path) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     return learner, load_params(folder / ADAPTED_FILE), curve
 
 
-__all__ = ["adapt_model", "is_registry_uri", "load_adapted", "model_family", "open_model",
-           "read_tasks"]
+__all__ = ["ADAPTED_FILE", "adapt_model", "is_registry_uri", "load_adapted", "open_model",
+           "read_tasks", "resolve"]

@@ -95,6 +95,14 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     actions = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert len(actions) == 5 and set(actions) <= {0, 1}
 
+    # The README's Python example, as written (the tiny model's alias is @challenger).
+    readme = (root / "README.md").read_text().split("<!-- api-example")[1]
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    (root / "example.py").write_text(example.replace("@champion", "@challenger"))
+    printed = _run([sys.executable, "example.py"], root).stdout.strip().splitlines()[-1]
+    before, after = (float(x) for x in printed.split(" -> "))
+    assert 0 < before <= 200 and 0 < after <= 200, printed
+
     # Nothing changed: nothing reruns.
     again = _run(["dvc", "repro"], root)
     assert _stages_run(again.stdout) == set()

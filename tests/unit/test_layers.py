@@ -14,7 +14,7 @@ LAYERS = [
     ("tasks", "families"),
     ("policies", "history", "sampler", "returns", "training", "buffers"),
     ("algos.base", "recurrent", "baselines", "evaluation"),
-    ("algos", "checkpoint"),
+    ("algos", "checkpoint", "api"),
 ]
 """Bottom to top: a module may import its own layer and those below (``envs`` names the
 package ``metarl.envs``, and so on)."""
