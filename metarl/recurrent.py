@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from metarl.algos.base import TensorInfo, half_action_range, probe_env
+from metarl.algos.base import Context, TensorInfo, half_action_range, probe_env, read_context
 from metarl.config import check
 from metarl.envs.base import BatchedEnv
 from metarl.envs.wrappers import TrialClock, clock_observation
-from metarl.history import StepEncoder, StepHistory, replay_history, shifted
+from metarl.history import StepEncoder, StepHistory, replay_history
 from metarl.policies import Params, categorical_log_prob, gaussian_log_prob, sample_actions
 from metarl.sampler import EpisodeBatch
 from metarl.tasks import TaskFamily
@@ -278,42 +279,44 @@ class RL2Learner:
                 "prev_done": torch.ones(n, e, device=device)}
 
     def serving_spec(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
-        """The trial so far → the greedy action at each of its steps (see :meth:`serve`)."""
+        """``obs [-1, obs_dim]`` (the current observations) → the greedy action of each."""
         m = self.model
         obs_dim = m.obs_dim - int(self.trial_length is not None)  # the clock is added here
-        prev: TensorInfo
-        out: TensorInfo
-        if m.discrete:
-            prev, out = ("prev_action", "int64", (-1, -1)), ("action", "int64", (-1, -1))
-        else:
-            prev = ("prev_action", "float32", (-1, -1, m.action_dim))
-            out = ("action", "float32", (-1, -1, m.action_dim))
-        return ([("obs", "float32", (-1, -1, obs_dim)), prev,
-                 ("prev_reward", "float32", (-1, -1)), ("prev_done", "float32", (-1, -1))],
-                [out])
+        out: TensorInfo = (("action", "int64", (-1,)) if m.discrete else
+                           ("action", "float32", (-1, m.action_dim)))
+        return [("obs", "float32", (-1, obs_dim))], [out]
 
-    def serve(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """Greedy actions at every step of the trials given, the GRU run from a fresh state.
+    def serve(self, inputs: dict[str, Any]) -> np.ndarray:
+        """Greedy actions for ``obs [B, obs_dim]``, each the next step of the trial so far.
 
-        ``obs [B, T, obs_dim]``, ``prev_action [B, T]`` (int64, ``-1`` at the trial's first
-        step; continuous: ``[B, T, action_dim]``, zeros), ``prev_reward [B, T]``, ``prev_done
-        [B, T]`` (1.0 where the previous step ended an episode). A clocked model counts the
-        trial's episodes from ``prev_done``.
+        The trial so far is the :data:`~metarl.algos.base.CONTEXT` (none: a fresh trial): the
+        GRU reads it from a zero state, then each observation row as the step after it. A
+        clocked model counts the trial's episodes from ``context_done``.
         """
-        model = self.model
-        obs = torch.as_tensor(np.asarray(inputs["obs"], dtype=np.float32))
-        act_dtype = np.int64 if model.discrete else np.float32
-        prev_action = torch.as_tensor(np.asarray(inputs["prev_action"], dtype=act_dtype))
-        prev_reward = torch.as_tensor(np.asarray(inputs["prev_reward"], dtype=np.float32))
-        prev_done = torch.as_tensor(np.asarray(inputs["prev_done"], dtype=np.float32))
-        if self.trial_length is not None:  # the episodes the trial has played
-            obs = clock_observation(obs, prev_done.cumsum(-1), self.trial_length)
-        prev_obs = shifted(torch.zeros_like(obs[..., 0, :]), obs, obs.dim() - 2)
+        m = self.model
+        obs_dim = m.obs_dim - int(self.trial_length is not None)
+        obs = torch.as_tensor(np.asarray(inputs["obs"], dtype=np.float32)).reshape(-1, obs_dim)
+        ctx = read_context(inputs, obs_dim, m.action_dim)
+        if self.trial_length is not None:  # the episode of each step, and of the query
+            played = torch.cat([torch.zeros(1), ctx.dones.float().cumsum(0)])
+            ctx = Context(clock_observation(ctx.obs, played[:-1], self.trial_length),
+                          ctx.actions, ctx.rewards, ctx.dones)
+            obs = clock_observation(obs, played[-1].expand(obs.shape[0]), self.trial_length)
         with torch.no_grad():
-            x = model.encoder(obs, prev_action, prev_reward, prev_done, prev_obs)
-            out, _, _ = model(x, model.initial_state(x.shape[0]))
-            actions = model.sample(out, torch.Generator(), greedy=True)
-        return actions.numpy().astype(act_dtype)
+            h = m.initial_state(1)
+            history = StepHistory.start(m.encoder, (1,))
+            if ctx.steps:
+                x = replay_history(history, ctx.obs[None], ctx.actions[None], ctx.rewards[None],
+                                   ctx.dones[None].float())
+                _, h = m.encode(x, h)
+                history = StepHistory(m.encoder, ctx.obs[-1:], ctx.actions[-1:],
+                                      ctx.rewards[-1:], ctx.dones[-1:].float())
+            b = obs.shape[0]
+            query = StepHistory(m.encoder, *(v.expand(b, *v.shape[1:]) for v in (
+                history.prev_obs, history.prev_action, history.prev_reward, history.prev_done)))
+            out, _, _ = m(query.input(obs)[:, None], h.expand(b, -1))
+            actions = m.sample(out[:, 0], torch.Generator(), greedy=True)
+        return actions.numpy().astype(np.int64 if m.discrete else np.float32)
 
 
 def _at_step(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:

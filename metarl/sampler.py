@@ -11,6 +11,7 @@ restart (``reset_done(generator, ended)``).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -201,3 +202,37 @@ def rollout_steps(
         obs = env.reset_done(generator, ended=ended)
     out = {k: torch.stack(v, dim=2) for k, v in bufs.items()}
     return TransitionBatch(**out, mask=torch.ones_like(out["rewards"]))
+
+
+def episodes_from_steps(obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                        terminated: torch.Tensor, truncated: torch.Tensor | None = None,
+                        next_obs: torch.Tensor | None = None) -> EpisodeBatch:
+    """The episodes of one task's consecutive steps ``[T, ...]``, as a batch ``[1, E, T']``.
+
+    A step that is terminated or truncated ends its episode; steps after the last end form one
+    more (unfinished) episode. ``next_obs`` defaults to the next step's observation (the last
+    step's own at the very end). Padding is as :func:`rollout`'s: zeros, mask 0.
+    """
+    steps = obs.shape[0]
+    if not (actions.shape[0] == rewards.shape[0] == terminated.shape[0] == steps):
+        raise ValueError(f"episodes_from_steps: {steps} observations but {actions.shape[0]} "
+                         f"actions, {rewards.shape[0]} rewards, {terminated.shape[0]} flags")
+    truncated = torch.zeros_like(terminated) if truncated is None else truncated
+    if next_obs is None:
+        next_obs = torch.cat([obs[1:], obs[-1:]]) if steps else obs
+    ends = (terminated | truncated).nonzero().flatten().tolist()
+    bounds = [0, *[e + 1 for e in ends]]
+    if bounds[-1] < steps:
+        bounds.append(steps)
+    spans = list(itertools.pairwise(bounds))
+    length = max(b - a for a, b in spans)
+
+    def pad(x: torch.Tensor, fill: float | bool = 0) -> torch.Tensor:
+        rows = [torch.cat([x[a:b], torch.full((length - (b - a), *x.shape[1:]), fill,
+                                              dtype=x.dtype)]) for a, b in spans]
+        return torch.stack(rows).unsqueeze(0)
+
+    mask = pad(torch.ones(steps))
+    return EpisodeBatch(obs=pad(obs.float()), actions=pad(actions), rewards=pad(rewards.float()),
+                        mask=mask, next_obs=pad(next_obs.float()),
+                        terminated=pad(terminated, False), truncated=pad(truncated, False))

@@ -9,15 +9,14 @@ artifact store is not code execution for whoever loads the champion.
 CLI): it checks that the ``MLmodel`` still names this loader and stores no code, and reads the
 data files itself.
 
-What ``predict`` takes and returns is the learner's own (``serving_spec`` / ``serve``, see
-:class:`metarl.algos.base.Served`), logged as the model's tensor signature. A gradient-adapted
-policy maps observations ``obs [batch, obs_dim]`` (float32) to the greedy actions of the
-meta-learned initialisation: for a discrete family the most likely action, ``[batch]`` int64;
-for a continuous family the mean of the Gaussian policy, ``[batch, action_dim]`` float32
-(unclipped: the env clips it). A recurrent in-context learner takes the trial so far as named
-tensors (``obs``, ``prev_action``, ``prev_reward``, ``prev_done``, each ``[B, T, ...]``) and
-returns the greedy action at every step. To adapt to a new task first, load the learner with
-:func:`load_registered`.
+``predict`` takes observations ``obs [batch, obs_dim]`` (float32) and, as optional params,
+the context of the task at hand (:data:`metarl.algos.base.CONTEXT`: its recent steps' obs,
+actions, rewards and done flags as flat lists, the same for every algorithm); it returns the
+greedy actions of the policy adapted on that context (a gradient step for MAML-like learners;
+the trial so far for RL²) — with no context, of the meta-learned initialisation. For a discrete
+family the most likely action, ``[batch]`` int64; for a continuous family the Gaussian's mean,
+``[batch, action_dim]`` float32 (unclipped: the env clips it). Both are logged: the tensor
+signature with the context as its params schema, and an input example.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,9 @@ import mlflow
 import numpy as np
 import yaml
 from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+from metarl.algos.base import CONTEXT
 
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
@@ -52,16 +52,18 @@ class MetaPolicyModel:
         self.learner = learner
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Greedy actions for the learner's named input tensors.
+        """Greedy actions for the observations ``obs``, adapted on the context in ``params``.
 
-        The input is a dict of arrays (the names of the signature), or — for a learner whose
-        only input is ``obs`` — an array or a DataFrame of observations.
+        The input is ``{"obs": array}`` or an array / DataFrame of observations; ``params``
+        may hold the :data:`~metarl.algos.base.CONTEXT` (flat lists), the recent steps of the
+        task at hand, which the learner adapts on before acting.
         """
-        if not isinstance(model_input, dict):
-            if hasattr(model_input, "to_numpy"):
-                model_input = model_input.to_numpy()
-            model_input = {"obs": np.asarray(model_input)}
-        return np.asarray(self.learner.serve(model_input))
+        if isinstance(model_input, dict):
+            model_input = model_input["obs"]
+        if hasattr(model_input, "to_numpy"):
+            model_input = model_input.to_numpy()
+        context = {k: v for k, v in (params or {}).items() if k in CONTEXT}
+        return np.asarray(self.learner.serve({"obs": np.asarray(model_input), **context}))
 
 
 def load_data(data_path: Path) -> tuple[Any, dict[str, Any]]:
@@ -141,14 +143,25 @@ def load_registered(model_uri: str) -> tuple[Any, dict[str, Any]]:
 
 
 def signature(learner: Any) -> ModelSignature:
-    """The tensor signature of ``learner``'s ``serving_spec``."""
+    """The tensor signature of ``learner``'s ``serving_spec``, and the context as params.
+
+    The context (:data:`~metarl.algos.base.CONTEXT`) is four optional flat float lists,
+    default empty (no adaptation): the same for every algorithm.
+    """
     inputs, outputs = learner.serving_spec()
 
     def schema(specs: list[tuple[str, str, tuple[int, ...]]]) -> Schema:
         return Schema([TensorSpec(np.dtype(dtype), shape, name=name)
                        for name, dtype, shape in specs])
 
-    return ModelSignature(inputs=schema(inputs), outputs=schema(outputs))
+    context = ParamSchema([ParamSpec(name, "double", [], (-1,)) for name in CONTEXT])
+    return ModelSignature(inputs=schema(inputs), outputs=schema(outputs), params=context)
+
+
+def input_example(learner: Any) -> np.ndarray:
+    """Two zero observations, the ``obs`` of a request."""
+    (_, _, shape), *_ = learner.serving_spec()[0]
+    return np.zeros((2, *shape[1:]), dtype=np.float32)
 
 
 def requirements() -> list[str]:
@@ -164,15 +177,13 @@ def log_model(weights: Path, config: Path) -> Any:
     """
     from metarl.checkpoint import load_learner, read_config
 
-    sig = signature(load_learner(weights, read_config(config)))
+    learner = load_learner(weights, read_config(config))
+    sig = signature(learner)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / Path(DATA_DIR).name
         data.mkdir()
         shutil.copyfile(weights, data / WEIGHTS_FILE)
         shutil.copyfile(config, data / CONFIG_FILE)
-        with warnings.catch_warnings():
-            # The explicit tensor signature validates input; no example needed.
-            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-            return mlflow.pyfunc.log_model(
-                name="model", loader_module=__name__, data_path=str(data),
-                signature=sig, pip_requirements=requirements())
+        return mlflow.pyfunc.log_model(
+            name="model", loader_module=__name__, data_path=str(data), signature=sig,
+            input_example=input_example(learner), pip_requirements=requirements())

@@ -8,7 +8,8 @@ returns adapted per-task parameters, ``act(params)`` acts after adaptation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from torch.func import grad, vmap
 from metarl.envs.base import BatchedEnv
 from metarl.policies import ActFn, MLPPolicy, Params, act_fn, expand_params
 from metarl.returns import advantages
-from metarl.sampler import EpisodeBatch
+from metarl.sampler import EpisodeBatch, episodes_from_steps
 from metarl.tasks import TaskFamily
 
 StepSize = float | Params
@@ -26,8 +27,69 @@ TensorInfo = tuple[str, str, tuple[int, ...]]
 """A named tensor of a served model: ``(name, numpy dtype, shape)``, ``-1`` for any size."""
 
 
+CONTEXT = ("context_obs", "context_action", "context_reward", "context_done")
+"""The served model's optional context: recent consecutive steps of the task at hand, each a
+flat float list (``context_obs`` ``T × obs_dim`` values row-major, ``context_action`` ``T``
+actions or ``T × action_dim`` values, ``context_reward`` and ``context_done`` ``T`` values, done
+1.0 on a step that ended its episode). A served learner adapts on it, as on episodes, before
+acting; without it the model acts as the meta-learned initialisation."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """:data:`CONTEXT` read into tensors.
+
+    ``obs [T, D]``, ``actions [T]`` (long) or ``[T, A]``, ``rewards [T]``, ``dones [T]`` (bool).
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    dones: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        """``T``, the steps of context (0: none)."""
+        return int(self.rewards.shape[0])
+
+    def episodes(self) -> EpisodeBatch:
+        """The context as episodes of one task (:func:`~metarl.sampler.episodes_from_steps`)."""
+        return episodes_from_steps(self.obs, self.actions, self.rewards, self.dones)
+
+
+def read_context(inputs: dict[str, Any], obs_dim: int, action_dim: int) -> Context:
+    """The :data:`CONTEXT` of a served request (missing keys: no context).
+
+    ``action_dim`` 0: discrete actions (integers). Raises ``ValueError`` naming the key whose
+    length does not fit the others.
+    """
+    def flat(key: str) -> np.ndarray:
+        value = inputs.get(key)
+        return np.zeros(0) if value is None else np.asarray(value, dtype=np.float64).ravel()
+
+    rewards = flat("context_reward")
+    steps = len(rewards)
+    sizes = {"context_obs": steps * obs_dim, "context_action": steps * max(action_dim, 1),
+             "context_done": steps}
+    values = {k: flat(k) for k in sizes}
+    for key, size in sizes.items():
+        if len(values[key]) != size:
+            raise ValueError(f"{key}: {len(values[key])} values, but context_reward has {steps} "
+                             f"steps, so {key} needs {size}")
+    actions = torch.as_tensor(values["context_action"])
+    return Context(torch.as_tensor(values["context_obs"], dtype=torch.float32).reshape(steps,
+                                                                                       obs_dim),
+                   actions.long() if action_dim == 0 else actions.float().reshape(steps,
+                                                                                  action_dim),
+                   torch.as_tensor(rewards, dtype=torch.float32),
+                   torch.as_tensor(values["context_done"]) > 0.5)
+
+
 class Served(Protocol):
-    """A learner that a model server can run: named numpy tensors in, greedy actions out."""
+    """A learner that a model server can run: named numpy tensors in, greedy actions out.
+
+    ``serve`` also reads the optional :data:`CONTEXT` and acts as adapted on it.
+    """
 
     def serving_spec(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
         """The input tensors :meth:`serve` reads and the output it returns."""
@@ -251,12 +313,22 @@ class GradientAdaptedPolicy:
                            ("action", "float32", (-1, p.action_dim)))
         return [("obs", "float32", (-1, p.obs_dim))], [out]
 
-    def serve(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The most likely action, or the Gaussian's mean, per observation row."""
+    def serve(self, inputs: dict[str, Any]) -> np.ndarray:
+        """The most likely action (or the Gaussian's mean) per observation row.
+
+        With a :data:`CONTEXT`, of the policy one adaptation step on it further (the
+        evaluator's step: its episodes, one policy-gradient step).
+        """
+        p = self.policy
         obs = torch.as_tensor(np.asarray(inputs["obs"], dtype=np.float32))
+        context = read_context(inputs, p.obs_dim, 0 if p.discrete else p.action_dim)
+        params = self.params
+        if context.steps:
+            adapted = self.adapt(self.initial_params(1), context.episodes())
+            params = {k: v[0] for k, v in adapted.items()}
         with torch.no_grad():
-            out = self.policy.mlp(self.params, obs)  # logits, or the Gaussian's mean
-        if self.policy.discrete:
+            out = p.mlp(params, obs)  # logits, or the Gaussian's mean
+        if p.discrete:
             return out.argmax(-1).numpy().astype(np.int64)
         return out.numpy().astype(np.float32)
 

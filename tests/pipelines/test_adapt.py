@@ -134,3 +134,101 @@ def test_the_python_api_loads_collects_adapts_and_acts(models: Path, tmp_path: P
         metarl.load(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no resolver for nope:/ URIs"):
         metarl.load("nope:/x")
+
+
+def _logged_model(models: Path, tmp_path: Path) -> str:
+    """The models/ folder's MAML logged as the pipeline logs it, in a temp tracking store."""
+    import mlflow
+
+    from pipelines.model import log_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("serve")
+    with mlflow.start_run():
+        info = log_model(models / "maml.pt", models / "maml.json")
+    return str(info.model_uri)
+
+
+def test_the_served_model_adapts_on_the_context_it_is_given(models: Path, tmp_path: Path
+                                                             ) -> None:
+    import mlflow
+
+    import metarl
+    from metarl.envs.cartpole import CartPoleTask, MetaCartPoleEnv
+
+    uri = _logged_model(models, tmp_path)
+    served = mlflow.pyfunc.load_model(uri)
+    assert served.metadata.get_params_schema() is not None
+    model = metarl.load(models)
+    env = MetaCartPoleEnv(CartPoleTask(**REVERSED))
+    from gymnasium.wrappers import TimeLimit
+
+    episodes = metarl.collect(TimeLimit(env, 100), model, num_episodes=10)
+    valid = episodes.mask[0].bool()
+    context = {"context_obs": episodes.obs[0][valid].flatten().tolist(),
+               "context_action": episodes.actions[0][valid].tolist(),
+               "context_reward": episodes.rewards[0][valid].tolist(),
+               "context_done": (episodes.terminated | episodes.truncated)[0][valid].float()
+               .tolist()}
+    obs = np.random.default_rng(0).normal(scale=0.1, size=(64, 4)).astype(np.float32)
+    adapted = model.adapt(episodes)
+    policy = adapted.learner
+    with torch.no_grad():  # the adapted policy's most likely actions
+        logits = policy.policy.mlp({k: v[0] for k, v in adapted.params.items()},  # type: ignore[attr-defined]
+                                   torch.as_tensor(obs))
+    np.testing.assert_array_equal(served.predict(obs, params=context), logits.argmax(-1).numpy())
+    before = served.predict(obs)  # no context: the meta-learned initialisation
+    assert (before != served.predict(obs, params=context)).any()
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_rest_request_with_context(models: Path,
+                                                                   tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import mlflow
+
+    uri = _logged_model(models, tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
+         "local", "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    obs = [[0.0, 0.0, 0.05, 0.0], [0.0, 0.0, -0.05, 0.0]]
+    context = {"context_obs": [0.0, 0.0, 0.01, 0.0] * 3, "context_action": [1, 1, 0],
+               "context_reward": [1.0, 1.0, 1.0], "context_done": [0.0, 0.0, 1.0]}
+
+    def request(body: dict[str, object]) -> list[int]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return json.loads(response.read())["predictions"]  # type: ignore[no-any-return]
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read() if server.stderr else ""
+                assert time.monotonic() < deadline, "the model server did not start"
+                time.sleep(0.5)
+        served = mlflow.pyfunc.load_model(uri)
+        np_obs = np.asarray(obs, dtype=np.float32)
+        assert request({"inputs": {"obs": obs}}) == served.predict(np_obs).tolist()
+        answer = request({"inputs": {"obs": obs}, "params": context})
+        assert answer == served.predict(np_obs, params=context).tolist()
+        assert set(answer) <= {0, 1} and len(answer) == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipelines.model import load_registered
 from pipelines.runner import promote_version, run_stage
 from tests.conftest import assert_gate_consistent, tiny_params, write_params
 
@@ -65,22 +66,18 @@ def test_rl2_runs_every_stage_and_registers_a_recurrent_model(
     model = mlflow.pyfunc.load_model(f"models:/metarl-{family}-rl2@challenger")
     rng = np.random.default_rng(0)
     b, t = 3, 5
-    if action_dim:
-        prev = rng.uniform(-0.1, 0.1, size=(b, t, action_dim)).astype(np.float32)
-        prev[:, 0] = 0.0
-    else:
-        prev = rng.integers(0, 2, size=(b, t)).astype(np.int64)
-        prev[:, 0] = -1
-    trial = {"obs": rng.normal(size=(b, t, obs_dim)).astype(np.float32), "prev_action": prev,
-             "prev_reward": rng.normal(size=(b, t)).astype(np.float32),
-             "prev_done": np.zeros((b, t), dtype=np.float32)}
-    actions = model.predict(trial)
-    assert actions.shape == ((b, t, action_dim) if action_dim else (b, t))
-    assert actions.dtype == (np.float32 if action_dim else np.int64)
-    # causal: the action at step 2 does not depend on what comes after it
-    later = {k: v.copy() for k, v in trial.items()}
-    later["obs"][:, 3:] += 5.0
-    np.testing.assert_array_equal(model.predict(later)[:, :3], actions[:, :3])
+    obs = rng.normal(size=(b, obs_dim)).astype(np.float32)
+    fresh = model.predict(obs)  # no context: the first step of a fresh trial
+    assert fresh.shape == ((b, action_dim) if action_dim else (b,))
+    assert fresh.dtype == (np.float32 if action_dim else np.int64)
+    # the context of the task at hand: its last t steps, as flat lists in params
+    context = {"context_obs": rng.normal(size=t * obs_dim).tolist(),
+               "context_action": (rng.uniform(-0.1, 0.1, size=t * action_dim) if action_dim
+                                  else rng.integers(0, 2, size=t)).tolist(),
+               "context_reward": rng.normal(size=t).tolist(), "context_done": [0.0] * t}
+    learner, _ = load_registered(f"models:/metarl-{family}-rl2@challenger")
+    expected = learner.serve({"obs": obs, **context})
+    np.testing.assert_array_equal(model.predict(obs, params=context), expected)
 
     # registering again re-evaluates the champion as an RL² model; the same checkpoint and
     # protocol is the same registration, so no version is added

@@ -453,9 +453,24 @@ def test_rl2_checkpoint_round_trip(tmp_path: Any, continuous: bool, inputs: str,
         load_learner(tmp_path / "rl2.pt", wrong)
 
 
-def test_served_rl2_model_derives_the_previous_observation_from_the_trial() -> None:
-    # The registry's model takes the trial so far (obs, prev_action, prev_reward, prev_done);
-    # with pair_code it must rebuild the previous observation itself and act as in training.
+def _served_actions(learner: Any, batch: Any, obs_dim: int, trial: int) -> list[int]:
+    """Serve each step of one recorded trial with the steps before it as the context."""
+    obs = batch.inputs[trial, :, :obs_dim]
+    steps = int(batch.mask[trial].sum())
+    actions = []
+    for t in range(steps):
+        context = {"context_obs": obs[:t].flatten().numpy(),
+                   "context_action": batch.actions[trial, :t].numpy(),
+                   "context_reward": batch.rewards[trial, :t].numpy(),
+                   "context_done": batch.dones[trial, :t].numpy()}
+        actions.append(int(learner.serve({"obs": obs[t:t + 1].numpy(), **context})[0]))
+    return actions
+
+
+def test_served_rl2_model_acts_on_the_trial_so_far_as_in_training() -> None:
+    # The registry's model takes the current observation and the trial so far as its context
+    # (obs, action, reward, done per step); with pair_code it must rebuild the previous
+    # observation itself and act as in training.
     from metarl.algos.rl2 import RL2Learner
 
     family = TabularMDPFamily(TabularMDPFamilyConfig(num_episodes=2))
@@ -463,13 +478,14 @@ def test_served_rl2_model_derives_the_previous_observation_from_the_trial() -> N
     model = RL2Policy(10, 5, 16, torch.Generator().manual_seed(3), inputs="pair_code",
                       head="bilinear")
     batch = collect_trials(model, env, 2, torch.Generator().manual_seed(0), greedy=True)
-    start = torch.full((6, 1), -1)
-    trial = {"obs": batch.inputs[..., :10].numpy(),
-             "prev_action": torch.cat([start, batch.actions[:, :-1]], 1).numpy(),
-             "prev_reward": torch.cat([torch.zeros(6, 1), batch.rewards[:, :-1]], 1).numpy(),
-             "prev_done": torch.cat([torch.zeros(6, 1), batch.dones[:, :-1]], 1).numpy()}
-    np.testing.assert_array_equal(RL2Learner(model).serve(trial), batch.actions.numpy())
+    for trial in (0, 4):  # each step served with the trial before it as the context
+        assert _served_actions(RL2Learner(model), batch, 10, trial) == batch.actions[
+            trial].tolist()
     assert len(set(batch.actions.flatten().tolist())) > 1  # not one constant action
+    with pytest.raises(ValueError, match="context_obs: 3 values, but context_reward has 1"):
+        RL2Learner(model).serve({"obs": np.zeros((1, 10)), "context_obs": np.zeros(3),
+                                 "context_action": [1], "context_reward": [0.5],
+                                 "context_done": [0.0]})
 
 
 def test_trial_clock_counts_the_episodes_a_trial_has_played() -> None:
@@ -531,12 +547,9 @@ def test_clocked_learner_acts_in_the_evaluator_and_registry_as_in_training(
             assert isinstance(env, TrialClock) and env.episode is not None
             assert torch.equal(env.episode, torch.full((5, 1), episode))
         assert torch.equal(torch.cat(actions, dim=1), batch.actions)
-    start = torch.full((5, 1), -1)
-    trial = {"obs": batch.inputs[..., :10].numpy(),
-             "prev_action": torch.cat([start, batch.actions[:, :-1]], 1).numpy(),
-             "prev_reward": torch.cat([torch.zeros(5, 1), batch.rewards[:, :-1]], 1).numpy(),
-             "prev_done": torch.cat([torch.zeros(5, 1), batch.dones[:, :-1]], 1).numpy()}
-    np.testing.assert_array_equal(algo.learner().serve(trial), batch.actions.numpy())
+    for trial in (0, 3):  # the served model counts the episodes from context_done
+        assert _served_actions(algo.learner(), batch, 10, trial) == batch.actions[
+            trial].tolist()
     with pytest.raises(ValueError, match="episodes_per_trial"):
         load_learner(tmp_path / "rl2.pt", {**saved, "episodes_per_trial": None})
 
