@@ -12,8 +12,9 @@ data files itself.
 ``predict`` takes observations ``obs [batch, obs_dim]`` (float32) and, as optional params,
 the context of the task at hand (:data:`metarl.algos.base.CONTEXT`: its recent steps' obs,
 actions, rewards and done flags as flat lists, the same for every algorithm); it returns the
-greedy actions of the policy adapted on that context (a gradient step for MAML-like learners;
-the trial so far for RL²) — with no context, of the meta-learned initialisation. For a discrete
+greedy actions of the policy adapted on that context (each learner adapts as the evaluator
+adapts it: a gradient step, or its recurrent state over the steps) — with no context, of the
+meta-learned initialisation. For a discrete
 family the most likely action, ``[batch]`` int64; for a continuous family the Gaussian's mean,
 ``[batch, action_dim]`` float32 (unclipped: the env clips it). Both are logged: the tensor
 signature with the context as its params schema, and an input example.

@@ -136,27 +136,33 @@ def test_the_python_api_loads_collects_adapts_and_acts(models: Path, tmp_path: P
         metarl.load("nope:/x")
 
 
-def _logged_model(models: Path, tmp_path: Path) -> str:
-    """The models/ folder's MAML logged as the pipeline logs it, in a temp tracking store."""
+def _logged_model(models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The models/ folder's MAML logged as the pipeline logs it, in a temp tracking store.
+
+    MLflow exports the URI it is given as MLFLOW_TRACKING_URI: set through monkeypatch, so
+    the variable is gone again after the test (later tests' stages would obey it).
+    """
     import mlflow
 
     from pipelines.model import log_model
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("serve")
     with mlflow.start_run():
         info = log_model(models / "maml.pt", models / "maml.json")
     return str(info.model_uri)
 
 
-def test_the_served_model_adapts_on_the_context_it_is_given(models: Path, tmp_path: Path
-                                                             ) -> None:
+def test_the_served_model_adapts_on_the_context_it_is_given(
+        models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
     import metarl
     from metarl.envs.cartpole import CartPoleTask, MetaCartPoleEnv
 
-    uri = _logged_model(models, tmp_path)
+    uri = _logged_model(models, tmp_path, monkeypatch)
     served = mlflow.pyfunc.load_model(uri)
     assert served.metadata.get_params_schema() is not None
     model = metarl.load(models)
@@ -182,8 +188,8 @@ def test_the_served_model_adapts_on_the_context_it_is_given(models: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_a_rest_request_with_context(models: Path,
-                                                                   tmp_path: Path) -> None:
+def test_mlflow_models_serve_answers_a_rest_request_with_context(
+        models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import socket
     import subprocess
@@ -193,7 +199,7 @@ def test_mlflow_models_serve_answers_a_rest_request_with_context(models: Path,
 
     import mlflow
 
-    uri = _logged_model(models, tmp_path)
+    uri = _logged_model(models, tmp_path, monkeypatch)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
