@@ -13,12 +13,21 @@ scores, the interval and the decision go on the version (tags and description) a
 pipeline's DVC metrics, puts the decision beside evaluate's headline scores (read from
 ``metrics/meta_test.json`` for that file only; see :func:`write_summary`).
 
+Every version gets a model card (:mod:`pipelines.model_card`): family, algorithm, tuned
+values, training budget, task-set hashes, evaluate's meta-test table, the gate's numbers, the
+git commit, package versions and how to use it. It is the version's description (its first
+paragraph the gate's one-sentence summary), the artifact ``model_card.md`` of the registering
+run, and ``reports/model_card.md``. A reused version (below) gets the card of the gate that
+re-ran, description and ``gate.*`` tags alike, so the registry, the artifact and the project's
+files always tell the same story.
+
 A failure leaves the registry as it was: everything that can fail without touching it runs
-first, and a failure after the version is created (setting an alias, writing ``summary.json``
-or ``register.json``) deletes that version and puts the aliases back. The registration is also
-idempotent: a version carries a ``registration_key`` tag (a hash of the checkpoint, the test set
-and the protocol), and registering the same key again — a Prefect retry after a crash, a forced
-``dvc repro`` — reuses that version instead of adding one.
+first, and a failure after the version is created (setting an alias, writing ``summary.json``,
+``reports/model_card.md`` or ``register.json``) deletes that version (or, reused, puts its
+description and tags back) and puts the aliases back; the files it wrote are removed. The
+registration is also idempotent: a version carries a ``registration_key`` tag (a hash of the
+checkpoint, the test set and the protocol), and registering the same key again — a Prefect
+retry after a crash, a forced ``dvc repro`` — reuses that version instead of adding one.
 
 Two registrations into one local (SQLite) registry at once — queued ``dvc exp run`` jobs,
 parallel Prefect runs — take turns: the gate, from reading ``@champion`` to moving it, runs
@@ -39,14 +48,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from metarl.algos.base import MetaLearner, RandomLearner
+from metarl.algos import registry
+from metarl.algos.base import MetaLearner, RandomLearner, Served
 from metarl.baselines.oracles import oracle_returns
 from metarl.evaluation import (
     CurveSummary,
@@ -58,7 +68,8 @@ from metarl.evaluation import (
     score_scale,
 )
 from metarl.tasks import TaskFamily, TaskSet
-from pipelines.io import atomic_write_json
+from pipelines import model_card
+from pipelines.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pipelines.model import ArtifactError, load_registered, log_model
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
@@ -71,6 +82,8 @@ from pipelines.stages.common import (
 )
 from pipelines.stages.evaluate import BASELINES, learners
 from pipelines.stages.evaluate import headline as evaluate_headline
+from pipelines.stages.evaluate import report as meta_test_report
+from pipelines.tracking import git_commit, package_versions
 
 LOCK_TIMEOUT = 900.0
 """Seconds a registration waits for another one on the same registry before giving up."""
@@ -331,6 +344,7 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
     except MlflowException:
         model_existed = False
     created: str | None = None
+    before: tuple[str | None, dict[str, str]] | None = None  # a reused version's, to restore
     promote = bool(decision["promoted"])
     try:
         if version is None:
@@ -340,18 +354,12 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
                 "algo": config.algo.name, "registration_key": key,
                 **gate_tags(decision)})
             created = str(version.version)
-            client.update_model_version(name, version.version,
-                                        description=f"Registry gate: {decision['reason']}.")
         if str(version.version) == aliases["champion"]:
             promote = False  # the same registration is already the champion
             decision["reason"] = f"not promoted: version {version.version} is the champion"
         client.set_registered_model_alias(name, "challenger", version.version)
         if promote:
             client.set_registered_model_alias(name, "champion", version.version)
-        mlflow.log_metrics({"register/score": decision["score"],
-                            "register/reference_score": decision["reference_score"],
-                            "register/difference_ci_low": decision["ci"][0],
-                            "register/promoted": float(promote)})
         result = {"model_name": name, "version": int(version.version), **decision,
                   "promoted": promote,
                   "champion_score_before": (decision["reference_score"]
@@ -359,20 +367,110 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
                   "champion_version_before": int(champion.version) if champion else None,
                   "test_task_hash": test.content_hash, "seeds": list(ev.seeds),
                   "reused_version": reused}
-        summary = write_summary(paths, result, config.algo.name)
-        try:
-            atomic_write_json(paths.metrics / "register.json", result)  # last: only on success
-        except BaseException:
-            summary.unlink(missing_ok=True)
-            raise
+        after = {"champion": str(version.version) if promote else aliases["champion"],
+                 "challenger": str(version.version)}
+        card = model_card.render(card_facts(config, paths, test, result, version, after, key,
+                                            candidates[config.algo.name], config_path))
+        if reused:  # the gate re-ran: its card and tags replace the earlier ones
+            before = (version.description, dict(version.tags))
+            for tag, value in gate_tags(result).items():
+                client.set_model_version_tag(name, version.version, tag, value)
+        client.update_model_version(name, version.version,
+                                    description=model_card.description(card))
+        mlflow.log_metrics({"register/score": decision["score"],
+                            "register/reference_score": decision["reference_score"],
+                            "register/difference_ci_low": decision["ci"][0],
+                            "register/promoted": float(promote)})
+        mlflow.log_text(card, CARD_ARTIFACT)
+        write_outputs(paths, result, config.algo.name, card)
     except BaseException:
         if created is None and not reused:  # register_model failed part-way
             leftover = _existing_version(client, name, key)
             created = str(leftover.version) if leftover is not None else None
+        if before is not None and version is not None:
+            _restore_version(client, name, str(version.version), *before, set(gate_tags(result)))
         _roll_back(client, name, aliases, created, model_existed)
         raise
     print(f"register: {name} version {version.version}: {decision['reason']}", file=sys.stderr)
     return result
+
+
+CARD_ARTIFACT = "model_card.md"
+"""The card's artifact path on the registering run (``reports/model_card.md`` in the project)."""
+
+
+def card_path(paths: Paths) -> Path:
+    """``reports/model_card.md``: the card of the version registered last."""
+    return paths.reports / CARD_ARTIFACT
+
+
+def _restore_version(client: MlflowClient, name: str, version: str, description: str | None,
+                     tags: dict[str, str], changed: set[str]) -> None:
+    """Put a reused version's description and ``changed`` tags back, each step on its own."""
+    _quietly(client.update_model_version, name, version, description or "")
+    for tag in sorted(changed):
+        if tag in tags:
+            _quietly(client.set_model_version_tag, name, version, tag, tags[tag])
+        else:
+            _quietly(client.delete_model_version_tag, name, version, tag)
+
+
+def write_outputs(paths: Paths, result: dict[str, Any], algo: str, card: str) -> None:
+    """``summary.json``, ``reports/model_card.md``, then ``register.json``: all or none.
+
+    Each file is written atomically; when one fails, the files are put back as they were
+    (removed where there was none), so a failed registration leaves the previous outputs,
+    matching the registry it rolls back to, never a mix of old and new.
+    """
+    targets = (paths.metrics / "summary.json", card_path(paths), paths.metrics / "register.json")
+    previous = {path: path.read_bytes() if path.is_file() else None for path in targets}
+    try:
+        write_summary(paths, result, algo)
+        atomic_write_text(card_path(paths), card)
+        atomic_write_json(paths.metrics / "register.json", result)  # last: only on success
+    except BaseException:
+        for path, data in previous.items():
+            try:
+                if data is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    atomic_write_bytes(path, data)
+            except OSError:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _task_file(paths: Paths, split: str) -> tuple[str, int | None]:
+    """The content hash and size of ``data/tasks/<split>.json`` (``unknown`` if unreadable)."""
+    try:
+        data = json.loads(paths.task_set(split).read_text())
+        return str(data["content_hash"]), len(data["tasks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown", None
+
+
+def card_facts(config: PipelineConfig, paths: Paths, test: TaskSet, result: dict[str, Any],
+               version: Any, aliases: dict[str, str | None], key: str, learner: MetaLearner,
+               config_path: Path) -> model_card.CardFacts:
+    """What the card of ``version`` says (see :mod:`pipelines.model_card`)."""
+    algo = config.algo.name
+    meta_test_ = read_meta_test(paths, algo, test.content_hash)
+    table = (meta_test_report(meta_test_, config.evaluate.num_adapt_steps, test.content_hash,
+                              config.evaluate.seeds) if meta_test_ is not None else None)
+    summary = registry.get(algo).summary if algo in registry.algorithms() else ""
+    run = mlflow.active_run()
+    return model_card.CardFacts(
+        record=result, gate_sentence=f"Registry gate: {result['reason']}.",
+        checkpoint=json.loads(config_path.read_text()), algo_summary=summary,
+        task_sets={"train": _task_file(paths, "train"), "val": _task_file(paths, "val"),
+                   "test": (test.content_hash, len(test))},
+        meta_test=table, aliases=aliases, registration_key=key,
+        registered_by=getattr(version, "run_id", None),
+        card_run=run.info.run_id if run is not None else None,
+        written_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        git_commit=git_commit(paths.root), packages=package_versions(),
+        serving=cast(Served, learner).serving_spec(), example_task=dict(test.tasks[0]),
+        num_adapt_steps=config.evaluate.num_adapt_steps)
 
 
 def headline(result: dict[str, Any]) -> dict[str, Any]:
@@ -391,20 +489,28 @@ def write_summary(paths: Paths, result: dict[str, Any], algo: str) -> Path:
     this model's on these test tasks (re-run ``metarl stage evaluate``).
     """
     path = paths.metrics / "meta_test.json"
+    meta_test_ = read_meta_test(paths, algo, result["test_task_hash"])
     try:
-        meta_test_ = json.loads(path.read_text())
-        fresh = (meta_test_["learner"] == algo
-                 and meta_test_["test_task_hash"] == result["test_task_hash"])
-        part = evaluate_headline(meta_test_) if fresh else {}
-    except (OSError, ValueError, KeyError, TypeError):
-        fresh, part = False, {}
-    if not fresh:
+        part = evaluate_headline(meta_test_) if meta_test_ is not None else {}
+    except (KeyError, TypeError):
+        meta_test_, part = None, {}
+    if meta_test_ is None:
         print(f"register: {path} is missing or not {algo}'s on test tasks "
               f"{result['test_task_hash']}; metrics/summary.json gets the gate's numbers only "
               "(re-run `metarl stage evaluate`)", file=sys.stderr)
     summary = paths.metrics / "summary.json"
     atomic_write_json(summary, {**part, "gate": headline(result)})
     return summary
+
+
+def read_meta_test(paths: Paths, algo: str, test_hash: str) -> dict[str, Any] | None:
+    """``metrics/meta_test.json`` when it is ``algo``'s on test tasks ``test_hash``, else None."""
+    try:
+        meta_test_ = json.loads((paths.metrics / "meta_test.json").read_text())
+        fresh = meta_test_["learner"] == algo and meta_test_["test_task_hash"] == test_hash
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta_test_ if fresh else None
 
 
 def gate_tags(decision: dict[str, Any]) -> dict[str, str]:

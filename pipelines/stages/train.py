@@ -4,6 +4,8 @@ The algorithm (from the registry, :mod:`metarl.algos.registry`) writes ``models/
 and ``models/<name>.json``; the stage also writes ``models/pretrained.pt`` and
 ``models/config.json`` (the MLP network that the pretrained and from-scratch baselines
 share), the pretrained policy trained on as many episodes as the meta-learner saw.
+``models/<name>.json`` also records what meta-training used (``train_budget``: iterations,
+episodes, env steps; see :func:`budget`), which the model card reports.
 
 The stage survives ``kill -9``: every ``train.checkpoint_every`` iterations each training
 (the meta-learner, the pretrained baseline, the task-conditioned oracle) writes its whole state
@@ -103,6 +105,19 @@ def _phase(paths: Paths, config: PipelineConfig, phase: str, iterations: int,
     return train(Resume(state=state, save=save))
 
 
+def budget(rows: list[dict[str, float]], num_iterations: int, num_episodes: int,
+           max_steps: int) -> dict[str, int | None]:
+    """What meta-training used, for the checkpoint (and the model card).
+
+    ``num_env_steps`` sums the ``train/env_steps`` the algorithm logs each iteration; None
+    when it logs none (then at most ``num_episodes * max_steps``).
+    """
+    counted = [row["train/env_steps"] for row in rows if "train/env_steps" in row]
+    steps = int(sum(counted)) if counted and len(counted) == len(rows) else None
+    return {"num_iterations": num_iterations, "num_episodes": num_episodes,
+            "num_env_steps": steps, "max_steps": max_steps}
+
+
 STATE_README = """Training state of an interrupted `metarl stage train` (one file per phase).
 A rerun resumes from it; the stage deletes the files once models/ is written.
 """
@@ -166,7 +181,9 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                          algo_config=to_dict(cfg), **common)
     with atomic_directory(paths.models) as tmp:
         saved = algo.save(trained, tmp / f"{algo.name}.pt")
-        atomic_write_json(tmp / f"{algo.name}.json", {**saved, **common})
+        atomic_write_json(tmp / f"{algo.name}.json",
+                          {**saved, **common, "train_budget": budget(history.rows, iters,
+                                                                     episodes, fam.max_steps)})
         save_params(pretrained.params, tmp / "pretrained.pt")
         atomic_write_json(tmp / "config.json", ckpt)
         if oracle is not None:

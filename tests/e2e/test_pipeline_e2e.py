@@ -51,7 +51,8 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
                 "tuning/best_params.yaml", "tuning/study.journal", "models/maml.pt",
                 "models/pretrained.pt", "models/config.json", "metrics/meta_test.json",
                 "plots/adaptation_curve.csv", "plots/adaptation_curve.png",
-                "reports/meta_test.md", "metrics/register.json", "metrics/summary.json"):
+                "reports/meta_test.md", "metrics/register.json", "metrics/summary.json",
+                "reports/model_card.md"):
         assert (root / rel).is_file(), rel
     summary = json.loads((root / "metrics" / "meta_test.json").read_text())
     assert set(summary) >= {"maml", "pretrained", "scratch", "random"}
@@ -82,6 +83,12 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert int(challenger.version) == 1
     register = json.loads((root / "metrics" / "register.json").read_text())
     assert_gate_consistent(register)
+    # The version's description is its model card, the project's reports/model_card.md, which
+    # names the commit the pipeline ran at and the test tasks the gate used.
+    card = (root / "reports" / "model_card.md").read_text()
+    assert challenger.description == card
+    head = _run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    assert f"Git commit `{head}`" in card and f"| test | `{test_hash}` |" in card
     headline = json.loads((root / "metrics" / "summary.json").read_text())
     assert headline["gate"]["version"] == register["version"] == 1
     assert headline["meta_learner"]["post"] == pytest.approx(

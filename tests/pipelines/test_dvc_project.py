@@ -76,7 +76,7 @@ def _write_outputs(root: Path) -> None:
     for rel in ("data/tasks/train.json", "data/tasks/val.json", "data/tasks/test.json",
                 "tuning/best_params.yaml", "tuning/study.journal", "models/maml.pt",
                 "train_state/state.pt", "plots/train_curve.csv", "plots/adaptation_curve.csv",
-                "plots/adaptation_curve.png", "reports/meta_test.md"):
+                "plots/adaptation_curve.png", "reports/meta_test.md", "reports/model_card.md"):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("stand-in\n")
     metrics = root / "metrics"
