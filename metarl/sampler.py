@@ -12,6 +12,7 @@ restart (``reset_done(generator, ended)``).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,8 @@ def choose_actions(act: ActFn | None, env: BatchedEnv, obs: torch.Tensor,
 
 
 @torch.no_grad()
-def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> EpisodeBatch:
+def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator,
+            watch: Callable[[BatchedEnv], None] | None = None) -> EpisodeBatch:
     """Run one episode in every slot of ``env`` until all end or the horizon is reached.
 
     Args:
@@ -90,9 +92,12 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
             rewards and the episode-end flags (termination, or the horizon's last step).
         env: the batched environment (it is reset here).
         generator: source of start states and action noise.
+        watch: called with the env after the reset and after every step (e.g. to render it).
 
     """
     obs = env.reset(generator)
+    if watch is not None:
+        watch(env)
     n, e = env.num_tasks, env.num_envs
     observer = act if isinstance(act, RecurrentActor) else None
     obs_buf, act_buf, rew_buf, mask_buf, next_buf, term_buf, trunc_buf = ([] for _ in range(7))
@@ -103,6 +108,8 @@ def rollout(act: ActFn | None, env: BatchedEnv, generator: torch.Generator) -> E
         act_buf.append(actions)
         mask_buf.append(alive)
         obs, reward, terminated = env.step(actions)
+        if watch is not None:
+            watch(env)
         last = t == env.max_steps - 1
         rew_buf.append(reward.float() * alive)
         next_buf.append(obs.float())

@@ -20,6 +20,7 @@ EPILOG = """examples:
   metarl promote metarl-cartpole-maml 3   roll @champion back to version 3
   metarl adapt models:/metarl-cartpole-maml@champion --task-file tasks.json --out adapted
                                       adapt the champion to a task of yours
+  metarl play --adapted adapted --episodes 3 --video run.gif   watch the adapted policy
   metarl bench sampler                batched sampler vs gymnasium's SyncVectorEnv
   metarl bench maml                   MAML on 2D navigation: s/iteration, returns, score
   metarl bench baselines --cells 10x5 RL²'s bandit/MDP baselines beside the paper's tables
@@ -95,6 +96,26 @@ def _parser() -> argparse.ArgumentParser:
     adapt.add_argument("--out", type=Path, default=None, help="folder to write (replaced)")
     adapt.add_argument("--device", default="cpu", help="torch device (default cpu)")
     project_args(adapt)
+
+    play = sub.add_parser(
+        "play", help="roll a model out on a task of yours, print returns, film it",
+        description="Play MODEL_URI (or, with --adapted DIR, the policy `metarl adapt --out "
+        "DIR` adapted) on a task for N episodes and print each return; --video out.gif|out.mp4 "
+        "renders the first episode (numpy drawings for cartpole, nav2d, pendulum, bandit and "
+        "MDP; MuJoCo's renderer for the MuJoCo families where MUJOCO_GL=egl works).")
+    play.add_argument("model_uri", metavar="MODEL_URI", nargs="?", default=None,
+                      help="as for `metarl adapt` (not needed with --adapted)")
+    play.add_argument("--task", default=None, help="one task (a JSON object); with --adapted: "
+                      "the folder's first task unless given")
+    play.add_argument("--task-file", type=Path, default=None, help="a JSON file of tasks "
+                      "(the first is played)")
+    play.add_argument("--adapted", type=Path, default=None,
+                      help="a folder `metarl adapt --out` wrote: play its adapted policy")
+    play.add_argument("--episodes", type=int, default=5, help="episodes (default 5)")
+    play.add_argument("--seed", type=int, default=0, help="rollout seed (default 0)")
+    play.add_argument("--video", type=Path, default=None, help="write episode 0 as .gif/.mp4")
+    play.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
+    project_args(play)
 
     defaults = sub.add_parser(
         "defaults", help="print the embedded defaults of params.yaml sections as YAML",
@@ -381,6 +402,24 @@ def _bench(args: argparse.Namespace) -> None:
         bench_sampler(args.sizes, args.steps, args.repeats)
 
 
+def _use(args: argparse.Namespace) -> None:
+    """``metarl adapt`` / ``metarl play``, with the project's tracking store for a URI."""
+    from pipelines.adapt import adapt_model, is_registry_uri
+
+    if args.model_uri is not None and is_registry_uri(args.model_uri):
+        from pipelines.runner import use_project_tracking
+
+        use_project_tracking(args.root, args.params)
+    if args.command == "adapt":
+        adapt_model(args.model_uri, args.task, args.task_file, args.steps, args.episodes,
+                    args.seed, args.out, args.device)
+    else:
+        from pipelines.play import play_model
+
+        play_model(args.model_uri, args.task, args.task_file, args.adapted, args.episodes,
+                   args.seed, args.video, args.fps)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -415,14 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.flows import serve
 
             serve(args.root, args.params, cron=args.cron, name=args.name)
-        elif args.command == "adapt":
-            from pipelines.adapt import adapt_model, is_registry_uri
-            from pipelines.runner import use_project_tracking
-
-            if is_registry_uri(args.model_uri):
-                use_project_tracking(args.root, args.params)
-            adapt_model(args.model_uri, args.task, args.task_file, args.steps, args.episodes,
-                        args.seed, args.out, args.device)
+        elif args.command in ("adapt", "play"):
+            _use(args)
         elif args.command == "defaults":
             import yaml
 

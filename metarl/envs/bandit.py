@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from metarl.config import check, check_array, check_fields
+from metarl.envs import render
+from metarl.envs.base import render_view
 
 
 class BatchedBandit:
@@ -72,6 +74,12 @@ class BatchedBandit:
         self.dtype = dtype
         self.t = torch.zeros(self.num_tasks, num_envs, dtype=torch.long, device=self.device)
         self.done = torch.ones(self.num_tasks, num_envs, dtype=torch.bool, device=self.device)
+        self.watched = False
+        """Whether :meth:`render_frame` has been called: the history a frame draws is kept
+        from then on only, so envs nobody watches step at full speed."""
+        self.pulls = torch.zeros(self.num_tasks, num_envs, self.num_actions, dtype=torch.long,
+                                 device=self.device)
+        """``[N, E, k]``: how often each arm has been pulled in each slot's trial so far."""
         self._generator: torch.Generator | None = None
 
     @classmethod
@@ -96,6 +104,7 @@ class BatchedBandit:
     def restart(self) -> torch.Tensor:
         """Start a new trial in every slot (no randomness is involved); return obs."""
         self.t = torch.zeros_like(self.t)
+        self.pulls = torch.zeros_like(self.pulls)
         self.done = torch.zeros_like(self.done)
         return self.observe()
 
@@ -111,6 +120,8 @@ class BatchedBandit:
             self.done = self.done | ended
         self._generator = generator
         self.t = torch.where(self.done, 0, self.t)
+        if self.watched:
+            self.pulls = torch.where(self.done.unsqueeze(-1), 0, self.pulls)
         self.done = torch.zeros_like(self.done)
         return self.observe()
 
@@ -150,9 +161,19 @@ class BatchedBandit:
         live = ~self.done
         reward = ((noise < p) & live).to(self.dtype)
         self.t = self.t + live.long()
+        arms = actions.to(device=self.device, dtype=torch.long).unsqueeze(-1)
+        if self.watched:
+            self.pulls.scatter_add_(2, arms, live.long().unsqueeze(-1))
         terminated = live & (self.t >= self.max_steps)
         self.done = self.done | terminated
         return self.observe(), reward, terminated
+
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """Slot ``(task_index, env_index)``: pulls per arm vs. probabilities (a bar chart)."""
+        render.check_slot(self.num_tasks, self.num_envs, task_index, env_index)
+        self.watched = True  # counted from now on (a frame after the reset shows the trial)
+        return render.bandit_frame(self.pulls[task_index, env_index].tolist(),
+                                   self.probs[task_index].tolist(), self.max_steps)
 
 
 class MetaBanditEnv(gym.Env[np.ndarray, int]):
@@ -163,17 +184,18 @@ class MetaBanditEnv(gym.Env[np.ndarray, int]):
             task from the family (``p_i ~ U[0, 1]``) with ``np_random``, so the registered
             ``metarl/Bandit-v0`` is the task distribution itself.
         num_arms: ``k`` when ``task`` is omitted.
-        num_pulls: ``n``, pulls per trial; the episode terminates after the last one.
-        render_mode: unsupported (None only).
+        num_pulls: ``n``, pulls per trial; the episode terminates after the last one (so
+            ``gym.make("metarl/Bandit-v0")`` needs no ``TimeLimit``: its horizon is ``n``).
+        render_mode: ``"rgb_array"`` (:meth:`render` returns frames) or None.
 
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+    metadata = {"render_modes": list(render.RENDER_MODES),  # noqa: RUF012 (gymnasium's form)
+                "render_fps": 10}
 
     def __init__(self, task: Mapping[str, Any] | None = None, num_arms: int = 5,
                  num_pulls: int = 100, render_mode: str | None = None) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: MetaBandit does not render")
+        self.render_mode = render.check_render_mode(render_mode, "MetaBandit")
         config = BanditFamilyConfig(num_arms=len(task["probs"]) if task else num_arms,
                                     num_pulls=num_pulls)
         self.task = dict(task) if task is not None else None
@@ -207,6 +229,15 @@ class MetaBanditEnv(gym.Env[np.ndarray, int]):
         noise = torch.tensor([[self.np_random.random()]], dtype=torch.float64)
         obs, reward, terminated = self._env.step_with(torch.tensor([[int(action)]]), noise)
         return self._obs(obs), float(reward.item()), bool(terminated.item()), False, {}
+
+    def render(self) -> np.ndarray | None:
+        """The current frame, ``[256, 256, 3]`` uint8 (``render_mode="rgb_array"``)."""
+        return render_view(self.render_mode, self._frame)
+
+    def _frame(self) -> np.ndarray:
+        if self._env is None:
+            raise RuntimeError("MetaBanditEnv.render before reset(): call reset() first")
+        return self._env.render_frame()
 
     @staticmethod
     def _obs(obs: torch.Tensor) -> np.ndarray:

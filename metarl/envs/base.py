@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
 import torch
+from gymnasium import logger
 
 
 class BatchedEnv(Protocol):
@@ -52,6 +55,14 @@ class BatchedEnv(Protocol):
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Advance every slot; return ``(obs, reward, terminated)``."""
+        ...
+
+
+class RendersSlots(Protocol):
+    """A batched env that draws one slot as an ``rgb_array`` frame."""
+
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """``[H, W, 3]`` uint8: slot ``(task_index, env_index)`` as it is now."""
         ...
 
 
@@ -113,3 +124,15 @@ class StateBatch:
         self.done = torch.zeros(self.num_tasks, self.num_envs, dtype=torch.bool,
                                 device=self.device)
         return self.observe()
+
+
+def render_view(render_mode: str | None, draw: Callable[[], np.ndarray]) -> np.ndarray | None:
+    """A gymnasium view's ``render()``: ``draw()`` in ``rgb_array`` mode, else None.
+
+    Without a render mode gymnasium's envs warn and return None; the views do the same.
+    """
+    if render_mode is None:
+        logger.warn("render() without a render_mode: make the env with "
+                    "render_mode='rgb_array' to get frames")
+        return None
+    return draw()

@@ -10,7 +10,7 @@ step for step at its default parameters.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from metarl.config import check, check_fields, check_number, check_range
-from metarl.envs.base import StateBatch
+from metarl.envs import render
+from metarl.envs.base import StateBatch, render_view
 
 TAU = 0.02
 X_THRESHOLD = 2.4
@@ -122,22 +123,36 @@ class BatchedCartPole(StateBatch):
         self.done = self.done | terminated
         return self.state, reward, terminated & live
 
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """Slot ``(task_index, env_index)``: track, cart, pole (:func:`render.cartpole_frame`)."""
+        render.check_slot(self.num_tasks, self.num_envs, task_index, env_index)
+        x, _, theta, _ = self.state[task_index, env_index].tolist()
+        return render.cartpole_frame(x, theta, float(self.length[task_index, 0]),
+                                     float(self.force_mag[task_index, 0]), X_THRESHOLD)
+
 
 class MetaCartPoleEnv(gym.Env[np.ndarray, int]):
     """Gymnasium view of one CartPole task: :class:`BatchedCartPole` with a batch of one.
 
     Args:
-        task: physical parameters; gymnasium's defaults when omitted.
-        max_episode_steps: not enforced here; wrap with ``TimeLimit`` (``gym.make`` does).
-        render_mode: unsupported (None only).
+        task: physical parameters, a :class:`CartPoleTask` or the family's task dict (the five
+            fields); gymnasium's defaults when omitted.
+        render_mode: ``"rgb_array"`` (:meth:`render` returns frames) or None.
+
+    The horizon is not enforced here: ``gym.make("metarl/CartPole-v1")`` wraps it in the
+    family's 200-step ``TimeLimit`` (``metarl/CartPole-v0``: 500 steps, as ``CartPole-v1``).
 
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+    metadata = {"render_modes": list(render.RENDER_MODES),  # noqa: RUF012 (gymnasium's form)
+                "render_fps": round(1 / TAU)}
 
-    def __init__(self, task: CartPoleTask | None = None, render_mode: str | None = None) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: MetaCartPole does not render")
+    def __init__(self, task: CartPoleTask | Mapping[str, float] | None = None,
+                 render_mode: str | None = None) -> None:
+        self.render_mode = render.check_render_mode(render_mode, "MetaCartPole")
+        if isinstance(task, Mapping):
+            CartPoleFamily(CartPoleFamilyConfig()).check_task(dict(task))
+            task = CartPoleTask(**task)
         self.task = task or CartPoleTask()
         self._env = BatchedCartPole([self.task], num_envs=1, dtype=torch.float64)
         high = np.array(
@@ -170,6 +185,10 @@ class MetaCartPoleEnv(gym.Env[np.ndarray, int]):
             return self._obs(), 0.0, True, False, {}  # gymnasium gives 0 past termination
         self._terminated = bool(terminated.item())
         return self._obs(), 1.0, self._terminated, False, {}
+
+    def render(self) -> np.ndarray | None:
+        """The current frame, ``[256, 256, 3]`` uint8 (``render_mode="rgb_array"``)."""
+        return render_view(self.render_mode, self._env.render_frame)
 
     def _obs(self) -> np.ndarray:
         return self._env.state[0, 0].numpy().astype(np.float32)

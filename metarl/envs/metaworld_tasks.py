@@ -49,6 +49,11 @@ returns would need rollouts per task), so :meth:`MetaWorldML1Family.oracle_retur
 Meta-World is an optional dependency (``pip install -e ".[metaworld]"``, which pins
 ``mujoco==3.3.0``): without it, building the family raises a
 :class:`~metarl.config.ConfigError` naming ``task.family``.
+
+Gymnasium: :class:`MetaWorldML1Env` is one goal as a gymnasium env (the batched env with a batch
+of one), registered as ``metarl/MetaWorldML1-v0`` where Meta-World is installed; its frames come
+from MuJoCo (:func:`~metarl.envs.mujoco_tasks.render_mujoco`: ``MUJOCO_GL=egl`` or ``osmesa``
+where there is no display).
 """
 
 from __future__ import annotations
@@ -57,13 +62,18 @@ import functools
 import importlib
 import pickle
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from metarl.config import ConfigError, check, check_array, check_fields, check_int
+from metarl.envs import render
+from metarl.envs.base import render_view
+from metarl.envs.mujoco_tasks import render_mujoco
 
 DEFAULT_MAX_STEPS = 150
 """Pipeline default horizon (Meta-World v1's; the benchmark's own is 500)."""
@@ -160,22 +170,13 @@ class BatchedMetaWorld:
         self.max_steps = max_steps
         self.device = torch.device(device)
         self.envs: list[Any] = []
+        self.env_name, self._env_cls, self._task_kwargs = env_name, cls, kwargs
         pool = _POOL.setdefault((env_name, reward_function_version), [])
         weakref.finalize(self, pool.extend, self.envs)  # give the envs back when collected
-        for vec in vecs:
-            data = {**kwargs, "rand_vec": vec.copy(), "env_cls": cls,
-                    "partially_observable": True}  # ML1: the goal is hidden
-            task = metaworld.Task(env_name=env_name, data=pickle.dumps(data))
-            for _ in range(num_envs):
-                env = (pool.pop() if pool
-                       else cls(reward_function_version=reward_function_version))
-                self.envs.append(env)
-                space = env._random_reset_space
-                if space is not None and space.low.size != vec.size:
-                    raise ValueError(f"rand_vec has {vec.size} values, {env_name} expects "
-                                     f"{space.low.size}: the task set was made for another "
-                                     "env_name; regenerate it with `metarl stage tasks`")
-                env.set_task(task)
+        for _ in range(self.num_tasks * num_envs):
+            self.envs.append(pool.pop() if pool
+                             else cls(reward_function_version=reward_function_version))
+        self.set_goals(vecs)
         space = self.envs[0].action_space
         self.low = np.asarray(space.low, dtype=np.float64)
         self.high = np.asarray(space.high, dtype=np.float64)
@@ -188,6 +189,30 @@ class BatchedMetaWorld:
         self.done = torch.ones(shape, dtype=torch.bool, device=self.device)
         self.success = torch.zeros(shape, dtype=torch.bool, device=self.device)
         """``[N, E]``: the episode reached Meta-World's success at some step since its reset."""
+
+    def set_goals(self, rand_vecs: np.ndarray) -> None:
+        """Give task ``i``'s envs the goal ``rand_vecs[i]`` (``[N, D]``); reset before stepping."""
+        import metaworld
+
+        vecs = np.asarray(rand_vecs, dtype=np.float64)
+        if vecs.ndim != 2 or vecs.shape[0] != self.num_tasks:
+            raise ValueError(f"rand_vecs shape {vecs.shape}: expected [{self.num_tasks}, D]")
+        for i, vec in enumerate(vecs):
+            data = {**self._task_kwargs, "rand_vec": vec.copy(), "env_cls": self._env_cls,
+                    "partially_observable": True}  # ML1: the goal is hidden
+            task = metaworld.Task(env_name=self.env_name, data=pickle.dumps(data))
+            for env in self.envs[i * self.num_envs:(i + 1) * self.num_envs]:
+                space = env._random_reset_space
+                if space is not None and space.low.size != vec.size:
+                    raise ValueError(f"rand_vec has {vec.size} values, {self.env_name} expects "
+                                     f"{space.low.size}: the task set was made for another "
+                                     "env_name; regenerate it with `metarl stage tasks`")
+                env.set_task(task)
+
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """Slot ``(task_index, env_index)`` drawn by MuJoCo (:func:`render_mujoco`)."""
+        slot = render.check_slot(self.num_tasks, self.num_envs, task_index, env_index)
+        return render_mujoco(self.envs[slot])
 
     def _to_torch(self, obs: list[np.ndarray]) -> torch.Tensor:
         return torch.as_tensor(np.asarray(obs, dtype=np.float32)).to(self.device).view(
@@ -327,3 +352,70 @@ class MetaWorldML1Family:
     def oracle_returns(self, tasks: list[Task]) -> np.ndarray:
         """No oracle: NaN per task (see the module docstring)."""
         return np.full(len(tasks), np.nan)
+
+
+class MetaWorldML1Env(gym.Env[np.ndarray, np.ndarray]):
+    """Gymnasium view of one ML1 goal: :class:`BatchedMetaWorld` with a batch of one.
+
+    Args:
+        task: the family's task dict (``test_split``, ``goal_index``, ``benchmark_seed``,
+            ``rand_vec``, as a task set stores it); when omitted, every reset draws one of
+            ML1's *train* goals with ``np_random`` (a meta-env: one goal per episode).
+        env_name: the Meta-World v3 environment (``reach-v3`` by default).
+        config: the family's config (overrides ``env_name``): benchmark seed, reward version.
+        render_mode: ``"rgb_array"`` (:meth:`render` returns MuJoCo's frames) or None.
+
+    Raises:
+        ConfigError: Meta-World is not installed, ``env_name`` is unknown, or ``task`` is not
+            one of the family's.
+
+    ``gym.make("metarl/MetaWorldML1-v0")`` wraps it in the family's 150-step ``TimeLimit``
+    (Meta-World's own limit, 500, is the most it can step). ``info["success"]`` says whether
+    the episode has succeeded at some step so far; ``info["task"]`` holds the goal.
+
+    """
+
+    metadata = {"render_modes": list(render.RENDER_MODES),  # noqa: RUF012 (gymnasium's form)
+                "render_fps": 80}
+
+    def __init__(self, task: Mapping[str, Any] | None = None, env_name: str = "reach-v3",
+                 config: MetaWorldML1FamilyConfig | None = None,
+                 render_mode: str | None = None) -> None:
+        self.render_mode = render.check_render_mode(render_mode, "MetaWorldML1")
+        self.family = MetaWorldML1Family(config or MetaWorldML1FamilyConfig(env_name=env_name))
+        self.task = dict(task) if task is not None else None
+        if self.task is not None:
+            self.family.check_task(self.task)
+        first = self.task or self.family.sample(1, np.random.default_rng(0))[0]
+        self._env = self.family.make_env([first], 1)
+        self.action_space = gym.spaces.Box(self._env.low.astype(np.float32),
+                                           self._env.high.astype(np.float32), dtype=np.float32)
+        bound = np.finfo(np.float32).max
+        self.observation_space = gym.spaces.Box(-bound, bound, shape=(self._env.obs_dim,),
+                                                dtype=np.float32)
+        self._current: Task = first
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode (at a freshly drawn train goal unless the env was given a task)."""
+        super().reset(seed=seed)
+        self._current = self.task or self.family.sample(1, self.np_random)[0]
+        self._env.set_goals(np.array([self._current["rand_vec"]]))
+        obs = self._env.reset(torch.Generator())
+        return obs[0, 0].cpu().numpy(), self._info()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One Meta-World step (the action clipped); never terminates."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (self._env.action_dim,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action={action!r}: expected {self._env.action_dim} finite numbers")
+        obs, reward, _ = self._env.step(torch.from_numpy(a).view(1, 1, -1))
+        return obs[0, 0].cpu().numpy(), float(reward.item()), False, False, self._info()
+
+    def render(self) -> np.ndarray | None:
+        """MuJoCo's frame of the current state (``render_mode="rgb_array"``)."""
+        return render_view(self.render_mode, self._env.render_frame)
+
+    def _info(self) -> dict[str, Any]:
+        return {"success": bool(self._env.success.item()), "task": dict(self._current)}

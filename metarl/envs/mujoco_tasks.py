@@ -37,20 +37,30 @@ evaluate stage reports raw returns with null normalised scores.
 
 MuJoCo is an optional dependency (``pip install -e ".[mujoco]"``): without it, building one of
 these families raises a :class:`~metarl.config.ConfigError` naming ``task.family``.
+
+Gymnasium: :class:`MetaMuJoCoEnv` is one task of a family as a gymnasium env (the batched env
+with a batch of one), registered as ``metarl/CheetahVel-v0``, ``metarl/CheetahDir-v0`` and
+``metarl/AntDir-v0`` where MuJoCo is installed. Frames (:func:`render_mujoco`) come from
+gymnasium's MuJoCo renderer, which needs an OpenGL backend: ``MUJOCO_GL=egl`` (or ``osmesa``)
+where there is no display.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from metarl.config import ConfigError, check, check_fields, check_number, check_range
+from metarl.envs import render
+from metarl.envs.base import render_view
 
 DEFAULT_MAX_STEPS = 200
 """MAML's and PEARL's horizon for these tasks."""
@@ -93,6 +103,36 @@ def ant_direction_reward(info: Info, angle: np.ndarray) -> np.ndarray:
     rest = sum(np.asarray(info[k], dtype=np.float64)
                for k in ("reward_ctrl", "reward_contact", "reward_survive"))
     return np.cos(angle) * vx + np.sin(angle) * vy + rest
+
+
+class MuJoCoRenderError(RuntimeError):
+    """MuJoCo could not draw a frame: no usable OpenGL backend (see :func:`render_mujoco`)."""
+
+
+def render_mujoco(env: Any) -> np.ndarray:
+    """An ``rgb_array`` frame of a gymnasium MuJoCo env (Meta-World's envs are ones too).
+
+    Uses the env's own ``mujoco_renderer`` whatever its ``render_mode``, so batched envs built
+    without one render as well.
+
+    Raises:
+        MuJoCoRenderError: no OpenGL context could be made (``MUJOCO_GL`` unset without a
+            display, or set to a backend whose library is missing); the message says how to fix.
+
+    """
+    renderer = env.unwrapped.mujoco_renderer
+    try:
+        frame = renderer.render("rgb_array")
+    except Exception as err:  # the GL backends raise FatalError, RuntimeError, EGLError...
+        backend = os.environ.get("MUJOCO_GL")
+        raise MuJoCoRenderError(
+            f"MuJoCo could not render a frame with MUJOCO_GL={backend!r} "
+            f"({type(err).__name__}: {err}). MuJoCo draws offscreen through the OpenGL backend "
+            "the MUJOCO_GL environment variable names, set before Python starts: "
+            "MUJOCO_GL=egl (a GPU's EGL driver, or Mesa's libegl1 for software rendering) or "
+            "MUJOCO_GL=osmesa (Mesa's libosmesa6); the default, glfw, needs a display"
+        ) from err
+    return np.ascontiguousarray(frame, dtype=np.uint8)
 
 
 class BatchedGymMuJoCo:
@@ -192,20 +232,54 @@ class BatchedGymMuJoCo:
         """
         a = actions.detach().to("cpu", torch.float64).reshape(-1, self.action_dim).numpy()
         a = np.clip(a, self.low, self.high).astype(np.float32)
-        obs, _, terminated, _, info = self.vec.step(a)
-        reward = self.reward_fn(info, self.slot_values)
         live = ~self.done
+        # The live sub-envs only, one by one (as SyncVectorEnv does): stepping an ended one
+        # would trip the vector env's autoreset assertion, and the gymnasium view may run past
+        # the sub-envs' own TimeLimit.
+        flat_live = live.reshape(-1).cpu().tolist()
+        obs = self.obs.reshape(-1, self.obs_dim).cpu().numpy().copy()
+        reward = np.zeros(len(flat_live))
+        terminated = np.zeros(len(flat_live), dtype=np.bool_)
+        for i, env in enumerate(self.vec.envs):
+            if flat_live[i]:
+                obs[i], _, terminated[i], _, info = env.step(a[i])
+                reward[i] = np.asarray(self.reward_fn(info, self.slot_values[i:i + 1])).item()
         shape = (self.num_tasks, self.num_envs)
-        reward_t = torch.as_tensor(reward, dtype=torch.float32).to(self.device).view(shape)
-        term_t = torch.as_tensor(np.asarray(terminated, dtype=np.bool_)).to(self.device)
-        term_t = term_t.view(shape) & live
-        self.obs = torch.where(live.unsqueeze(-1), self._to_torch(obs), self.obs)
+        self.obs = self._to_torch(obs)
+        term_t = torch.as_tensor(terminated).to(self.device).view(shape)
         self.done = self.done | term_t
-        return self.obs, torch.where(live, reward_t, torch.zeros_like(reward_t)), term_t
+        return self.obs, torch.as_tensor(reward, dtype=torch.float32).to(self.device).view(
+            shape), term_t
+
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """Slot ``(task_index, env_index)`` drawn by MuJoCo (:func:`render_mujoco`)."""
+        slot = render.check_slot(self.num_tasks, self.num_envs, task_index, env_index)
+        return render_mujoco(self.vec.envs[slot])
 
     def close(self) -> None:
-        """Close the sub-envs."""
+        """Close the sub-envs (and their renderers)."""
         self.vec.close()
+
+
+@dataclass(frozen=True)
+class MuJoCoBase:
+    """What a family builds its envs from: the base env, its arguments, the task's reward."""
+
+    env_id: str
+    """Gymnasium id of the base env, e.g. ``HalfCheetah-v5``."""
+    reward_fn: RewardFn
+    """The task's reward from the step's ``info``."""
+    task_key: str
+    """The task dict's one field, the value ``reward_fn`` reads (``velocity``, ...)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``gym.make`` (cost weights and so on)."""
+
+    def make_env(self, tasks: list[dict[str, float]], num_envs: int, max_steps: int,
+                 device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
+        """Base-env copies, each rewarded for its task."""
+        return BatchedGymMuJoCo(self.env_id, self.env_kwargs,
+                                np.array([t[self.task_key] for t in tasks]), self.reward_fn,
+                                num_envs, max_steps, device)
 
 
 def _check_common(max_steps: int, ctrl_cost_weight: float) -> None:
@@ -294,13 +368,15 @@ class CheetahVelFamily:
         check_fields(task, ("velocity",))
         check_number("velocity", task["velocity"], what="the target velocity, m/s")
 
+    def base(self) -> MuJoCoBase:
+        """``HalfCheetah-v5`` rewarded for matching the task's velocity."""
+        return MuJoCoBase("HalfCheetah-v5", velocity_reward, "velocity",
+                          {"ctrl_cost_weight": self.config.ctrl_cost_weight})
+
     def make_env(self, tasks: list[dict[str, float]], num_envs: int,
                  device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
         """``HalfCheetah-v5`` copies rewarded for matching each task's velocity."""
-        return BatchedGymMuJoCo(
-            "HalfCheetah-v5", {"ctrl_cost_weight": self.config.ctrl_cost_weight},
-            np.array([t["velocity"] for t in tasks]), velocity_reward, num_envs,
-            self.max_steps, device)
+        return self.base().make_env(tasks, num_envs, self.max_steps, device)
 
     def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
         """No oracle: NaN per task (see the module docstring)."""
@@ -328,13 +404,15 @@ class CheetahDirFamily:
         check(direction in (-1.0, 1.0), "direction", task["direction"],
               "must be -1 (backward) or 1 (forward)")
 
+    def base(self) -> MuJoCoBase:
+        """``HalfCheetah-v5`` rewarded for velocity along the task's direction."""
+        return MuJoCoBase("HalfCheetah-v5", direction_reward, "direction",
+                          {"ctrl_cost_weight": self.config.ctrl_cost_weight})
+
     def make_env(self, tasks: list[dict[str, float]], num_envs: int,
                  device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
         """``HalfCheetah-v5`` copies rewarded for velocity along each task's direction."""
-        return BatchedGymMuJoCo(
-            "HalfCheetah-v5", {"ctrl_cost_weight": self.config.ctrl_cost_weight},
-            np.array([t["direction"] for t in tasks]), direction_reward, num_envs,
-            self.max_steps, device)
+        return self.base().make_env(tasks, num_envs, self.max_steps, device)
 
     def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
         """No oracle: NaN per task (see the module docstring)."""
@@ -364,16 +442,19 @@ class AntDirFamily:
         check_fields(task, ("angle",))
         check_number("angle", task["angle"], what="the walking direction, radians")
 
-    def make_env(self, tasks: list[dict[str, float]], num_envs: int,
-                 device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
-        """``Ant-v5`` copies rewarded for velocity along each task's direction."""
+    def base(self) -> MuJoCoBase:
+        """``Ant-v5`` rewarded for velocity along the task's direction."""
         c = self.config
         kwargs = {"ctrl_cost_weight": c.ctrl_cost_weight,
                   "contact_cost_weight": c.contact_cost_weight,
                   "healthy_reward": c.healthy_reward,
                   "include_cfrc_ext_in_observation": c.contact_forces_in_obs}
-        return BatchedGymMuJoCo("Ant-v5", kwargs, np.array([t["angle"] for t in tasks]),
-                                ant_direction_reward, num_envs, self.max_steps, device)
+        return MuJoCoBase("Ant-v5", ant_direction_reward, "angle", kwargs)
+
+    def make_env(self, tasks: list[dict[str, float]], num_envs: int,
+                 device: torch.device | str = "cpu") -> BatchedGymMuJoCo:
+        """``Ant-v5`` copies rewarded for velocity along each task's direction."""
+        return self.base().make_env(tasks, num_envs, self.max_steps, device)
 
     def task_features(self, task: dict[str, float]) -> list[float]:
         """``(cos θ, sin θ)``: the direction, continuous across 0 = 2π (for the oracle)."""
@@ -382,3 +463,82 @@ class AntDirFamily:
     def oracle_returns(self, tasks: list[dict[str, float]]) -> np.ndarray:
         """No oracle: NaN per task (see the module docstring)."""
         return _no_oracle(tasks)
+
+
+_FAMILIES: dict[str, tuple[type, type]] = {
+    "cheetah_vel": (CheetahVelFamilyConfig, CheetahVelFamily),
+    "cheetah_dir": (CheetahDirFamilyConfig, CheetahDirFamily),
+    "ant_dir": (AntDirFamilyConfig, AntDirFamily),
+}
+
+
+class MetaMuJoCoEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Gymnasium view of one task of a MuJoCo family: its batched env with a batch of one.
+
+    Args:
+        family: ``cheetah_vel``, ``cheetah_dir`` or ``ant_dir``.
+        task: the family's task dict (``{"velocity": 1.5}``, ``{"direction": -1}``,
+            ``{"angle": 1.57}``); when omitted, every reset draws a task from the family with
+            ``np_random`` (a meta-env: one task per episode). ``info["task"]`` holds it.
+        config: the family's config (its defaults when omitted): costs, horizon, ranges.
+        render_mode: ``"rgb_array"`` (:meth:`render` returns MuJoCo's frames) or None.
+
+    Raises:
+        ConfigError: MuJoCo is not installed, or ``task`` is not one of the family's.
+
+    The horizon is not enforced here: ``gym.make("metarl/CheetahVel-v0")`` (and the others) wrap
+    it in the family's 200-step ``TimeLimit``.
+
+    """
+
+    metadata = {"render_modes": list(render.RENDER_MODES),  # noqa: RUF012 (gymnasium's form)
+                "render_fps": 20}
+
+    def __init__(self, family: str, task: Mapping[str, float] | None = None,
+                 config: Any = None, render_mode: str | None = None) -> None:
+        if family not in _FAMILIES:
+            raise ValueError(f"family={family!r}: expected one of {sorted(_FAMILIES)}")
+        self.render_mode = render.check_render_mode(render_mode, "MetaMuJoCo")
+        config_cls, family_cls = _FAMILIES[family]
+        self.family = family_cls(config if config is not None else config_cls())
+        self.task = dict(task) if task is not None else None
+        if self.task is not None:
+            self.family.check_task(self.task)
+        self._base = self.family.base()
+        # Built once; a reset only sets the slot's task value, which the reward reads.
+        self._env = self._base.make_env([{self._base.task_key: 0.0}], 1, self.family.max_steps)
+        self.action_space = gym.spaces.Box(self._env.low.astype(np.float32),
+                                           self._env.high.astype(np.float32), dtype=np.float32)
+        bound = np.finfo(np.float32).max
+        self.observation_space = gym.spaces.Box(-bound, bound, shape=(self._env.obs_dim,),
+                                                dtype=np.float32)
+        self._current: dict[str, float] = {}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode (of a freshly drawn task unless the env was given one)."""
+        super().reset(seed=seed)
+        self._current = self.task or self.family.sample(1, self.np_random)[0]
+        self._env.slot_values[:] = self._current[self._base.task_key]
+        generator = torch.Generator().manual_seed(int(self.np_random.integers(2**31 - 1)))
+        obs = self._env.reset(generator)
+        return obs[0, 0].cpu().numpy(), {"task": dict(self._current)}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """One step of the batched env (the action clipped, the task's reward)."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (self._env.action_dim,) or not np.all(np.isfinite(a)):
+            raise ValueError(f"action={action!r}: expected {self._env.action_dim} finite numbers")
+        obs, reward, _ = self._env.step(torch.from_numpy(a).view(1, 1, -1))
+        # ``done`` stays set past the end (the step's own flag is only the ending step's).
+        return (obs[0, 0].cpu().numpy(), float(reward.item()), bool(self._env.done.item()),
+                False, {"task": dict(self._current)})
+
+    def render(self) -> np.ndarray | None:
+        """MuJoCo's frame of the current state (``render_mode="rgb_array"``)."""
+        return render_view(self.render_mode, self._env.render_frame)
+
+    def close(self) -> None:
+        """Close the MuJoCo env and its renderer."""
+        self._env.close()

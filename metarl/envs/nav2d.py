@@ -22,7 +22,7 @@ independently under a box constraint), so it maximises the return under either r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from metarl.config import check, check_fields, check_number
-from metarl.envs.base import StateBatch
+from metarl.envs import render
+from metarl.envs.base import StateBatch, render_view
 
 RewardKind = Literal["distance", "squared_distance"]
 
@@ -78,6 +79,9 @@ class BatchedNav2D(StateBatch):
         device: torch device of every tensor.
         dtype: float dtype of the state.
 
+    :attr:`trail` keeps every slot's positions since its episode began, for
+    :meth:`render_frame`.
+
     """
 
     obs_dim = 2
@@ -98,10 +102,53 @@ class BatchedNav2D(StateBatch):
         self.tolerance = config.goal_tolerance
         self.action_low: tuple[float, ...] = (-self.clip, -self.clip)
         self.action_high: tuple[float, ...] = (self.clip, self.clip)
+        self.goal_box = (config.goal_low, config.goal_high)
+        self.watched = False
+        """Whether :meth:`render_frame` has been called: the history a frame draws is kept
+        from then on only, so envs nobody watches step at full speed."""
+        self.trail = torch.zeros(self.num_tasks, num_envs, config.max_steps + 1, 2, dtype=dtype,
+                                 device=self.device)
+        """``[N, E, max_steps + 1, 2]``: positions since each slot's start (later steps past the
+        horizon overwrite the last entry)."""
+        self.trail_length = torch.zeros(self.num_tasks, num_envs, dtype=torch.long,
+                                        device=self.device)
+        """``[N, E]``: how many entries of :attr:`trail` each slot has filled."""
 
     def start_states(self, generator: torch.Generator) -> torch.Tensor:
         """Every slot starts at the origin (``generator`` is not used: the start is fixed)."""
         return torch.zeros_like(self.state)
+
+    def set_state(self, state: torch.Tensor) -> torch.Tensor:
+        """Put every slot in ``state`` (``[N, E, 2]``) and start its trail there."""
+        obs = super().set_state(state)
+        self._restart_trail(torch.ones_like(self.done))
+        return obs
+
+    def reset_done(self, generator: torch.Generator,
+                   ended: torch.Tensor | None = None) -> torch.Tensor:
+        """Restart the ended slots (auto-reset) and their trails; return obs."""
+        restarted = self.done if ended is None else self.done | ended
+        obs = super().reset_done(generator, ended)
+        self._restart_trail(restarted)
+        return obs
+
+    def _restart_trail(self, slots: torch.Tensor) -> None:
+        if not self.watched:
+            return
+        self.trail[:, :, 0] = torch.where(slots.unsqueeze(-1), self.state, self.trail[:, :, 0])
+        self.trail_length = torch.where(slots, 1, self.trail_length)
+
+    def _extend_trail(self, live: torch.Tensor) -> None:
+        if not self.watched:
+            return
+        # Every slot writes its position at its next entry; only live slots count it, so an
+        # ended slot's write lands past its trail (or repeats its last, unchanged, position).
+        last = self.trail.shape[2] - 1
+        self.trail_length = self.trail_length + live.long()
+        index = (self.trail_length - 1).clamp_(0, last)
+        self.trail.scatter_(2, index.view(*index.shape, 1, 1).expand(*index.shape, 1, 2),
+                            self.state.unsqueeze(2))
+        self.trail_length.clamp_(max=last + 1)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Move every live slot by its clipped action.
@@ -123,31 +170,50 @@ class BatchedNav2D(StateBatch):
         else:
             terminated = torch.zeros_like(live)
         self.done = self.done | terminated
+        self._extend_trail(live)
         return self.state, reward, terminated
+
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """Slot ``(task_index, env_index)``: goal, agent, path (:func:`render.nav2d_frame`)."""
+        render.check_slot(self.num_tasks, self.num_envs, task_index, env_index)
+        if not self.watched:  # the path is kept from now on, starting where each slot is
+            self.watched = True
+            self._restart_trail(torch.ones_like(self.done))
+        length = int(self.trail_length[task_index, env_index])
+        trail = self.trail[task_index, env_index, :length].cpu().numpy()
+        return render.nav2d_frame(self.state[task_index, env_index].tolist(),
+                                  self.goals[task_index].tolist(), trail, *self.goal_box)
 
 
 class MetaNav2DEnv(gym.Env[np.ndarray, np.ndarray]):
     """Gymnasium view of 2D navigation: :class:`BatchedNav2D` with a batch of one, float64.
 
     Args:
-        goal: the task's goal ``(x, y)``; when omitted, every reset draws a new goal uniformly
-            in the config's goal box from ``np_random`` (a meta-env: one task per episode).
+        goal: the task's goal ``(x, y)``; when omitted (and ``task`` too), every reset draws a
+            new goal uniformly in the config's goal box from ``np_random`` (a meta-env: one
+            task per episode).
         config: clip, horizon, reward, tolerance (:class:`Nav2DFamilyConfig`).
-        render_mode: unsupported (None only).
+        render_mode: ``"rgb_array"`` (:meth:`render` returns frames) or None.
+        task: the family's task dict, ``{"goal_x": x, "goal_y": y}``: the same as ``goal``.
 
     The horizon is not enforced here: ``gym.make("metarl/Nav2D-v0")`` wraps it in a
     ``TimeLimit`` of 100 steps. ``info["goal"]`` holds the current goal.
 
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+    metadata = {"render_modes": list(render.RENDER_MODES),  # noqa: RUF012 (gymnasium's form)
+                "render_fps": 10}
 
     def __init__(self, goal: Sequence[float] | None = None,
-                 config: Nav2DFamilyConfig | None = None, render_mode: str | None = None
-                 ) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: MetaNav2D does not render")
+                 config: Nav2DFamilyConfig | None = None, render_mode: str | None = None,
+                 task: Mapping[str, float] | None = None) -> None:
+        self.render_mode = render.check_render_mode(render_mode, "MetaNav2D")
         self.config = config or Nav2DFamilyConfig()
+        if task is not None:
+            if goal is not None:
+                raise ValueError(f"goal={goal!r} and task={task!r}: pass one of them")
+            Nav2DFamily(self.config).check_task(dict(task))
+            goal = [task["goal_x"], task["goal_y"]]
         self.fixed_goal = None if goal is None else np.asarray(goal, dtype=np.float64)
         if self.fixed_goal is not None and self.fixed_goal.shape != (2,):
             raise ValueError(f"goal={goal!r}: expected two numbers [x, y]")
@@ -182,6 +248,10 @@ class MetaNav2DEnv(gym.Env[np.ndarray, np.ndarray]):
         _, reward, terminated = self._env.step(torch.from_numpy(a).view(1, 1, 2))
         self._terminated = bool(terminated.item())
         return self._obs(), float(reward.item()), self._terminated, False, self._info()
+
+    def render(self) -> np.ndarray | None:
+        """The current frame, ``[256, 256, 3]`` uint8 (``render_mode="rgb_array"``)."""
+        return render_view(self.render_mode, self._env.render_frame)
 
     def _obs(self) -> np.ndarray:
         return self._env.state[0, 0].numpy().astype(np.float32)

@@ -20,7 +20,7 @@ proven optimum, so normalised scores slightly above 1 are possible.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from metarl.config import check, check_fields, check_number, check_range
-from metarl.envs.base import StateBatch
+from metarl.envs import render
+from metarl.envs.base import StateBatch, render_view
 
 DT = 0.05
 MAX_SPEED = 8.0
@@ -89,6 +90,8 @@ class BatchedPendulum(StateBatch):
             return torch.tensor(values, dtype=torch.float64).unsqueeze(1)
 
         m, length, g = column("mass"), column("length"), column("gravity")
+        self.lengths = length[:, 0].tolist()
+        """Each task's rod length, m (for :meth:`render_frame`)."""
         # Written as gymnasium writes them, in float64, then cast: 3g/(2l) and 3/(m l²).
         self.gravity_coef = (3 * g / (2 * length)).to(device=self.device, dtype=dtype)
         self.torque_coef = (3.0 / (m * length**2)).to(device=self.device, dtype=dtype)
@@ -126,13 +129,20 @@ class BatchedPendulum(StateBatch):
         self.state = torch.stack((new_th, new_thdot), dim=-1)
         return self.observe(), -cost, torch.zeros_like(self.done)
 
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """Slot ``(task_index, env_index)``: the rod at its angle, as long as the task's."""
+        render.check_slot(self.num_tasks, self.num_envs, task_index, env_index)
+        theta = float(self.state[task_index, env_index, 0])
+        return render.pendulum_frame(theta, self.lengths[task_index])
+
 
 class MetaPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
     """Gymnasium view of one pendulum task: :class:`BatchedPendulum` with a batch of one.
 
     Args:
-        task: physical parameters; gymnasium's defaults when omitted.
-        render_mode: unsupported (None only).
+        task: physical parameters, a :class:`PendulumTask` or the family's task dict
+            (``mass``, ``length``, ``gravity``); gymnasium's defaults when omitted.
+        render_mode: ``"rgb_array"`` (:meth:`render` returns frames) or None.
 
     ``gym.make("metarl/Pendulum-v0")`` adds the 200-step ``TimeLimit`` of ``Pendulum-v1``.
     The action space is ``Pendulum-v1``'s ``[-2, 2]`` (not normalised to ``[-1, 1]``, so
@@ -140,11 +150,15 @@ class MetaPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
 
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+    metadata = {"render_modes": list(render.RENDER_MODES),  # noqa: RUF012 (gymnasium's form)
+                "render_fps": round(1 / DT)}
 
-    def __init__(self, task: PendulumTask | None = None, render_mode: str | None = None) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: MetaPendulum does not render")
+    def __init__(self, task: PendulumTask | Mapping[str, float] | None = None,
+                 render_mode: str | None = None) -> None:
+        self.render_mode = render.check_render_mode(render_mode, "MetaPendulum")
+        if isinstance(task, Mapping):
+            PendulumFamily(PendulumFamilyConfig()).check_task(dict(task))
+            task = PendulumTask(**task)
         self.task = task or PendulumTask()
         self._env = BatchedPendulum([self.task], num_envs=1, dtype=torch.float64)
         high = np.array([1.0, 1.0, MAX_SPEED], dtype=np.float32)
@@ -175,6 +189,10 @@ class MetaPendulumEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(f"action={action!r}: expected one finite torque")
         _, reward, _ = self._env.step(torch.from_numpy(a.copy()).view(1, 1, 1))
         return self._obs(), float(reward.item()), False, False, {}
+
+    def render(self) -> np.ndarray | None:
+        """The current frame, ``[256, 256, 3]`` uint8 (``render_mode="rgb_array"``)."""
+        return render_view(self.render_mode, self._env.render_frame)
 
     def _obs(self) -> np.ndarray:
         return self._env.observe()[0, 0].numpy().astype(np.float32)

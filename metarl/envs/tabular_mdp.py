@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from metarl.config import check, check_array, check_fields
+from metarl.envs import render
+from metarl.envs.base import render_view
 
 
 def value_iteration(
@@ -123,6 +125,13 @@ class BatchedTabularMDP:
                                 device=self.device)
         self.t = torch.zeros(n, num_envs, dtype=torch.long, device=self.device)
         self.done = torch.ones(n, num_envs, dtype=torch.bool, device=self.device)
+        self.watched = False
+        """Whether :meth:`render_frame` has been called: the history a frame draws is kept
+        from then on only, so envs nobody watches step at full speed."""
+        self.visits = torch.zeros(n, num_envs, s, dtype=torch.long, device=self.device)
+        """``[N, E, S]``: how often each slot's episode has been in each state (start included)."""
+        self.choices = torch.zeros(n, num_envs, s, a, dtype=torch.long, device=self.device)
+        """``[N, E, S, A]``: how often each slot's episode has taken each action in each state."""
         self._rows = torch.arange(n, device=self.device).unsqueeze(1).expand(n, num_envs)
         self._generator: torch.Generator | None = None
 
@@ -149,7 +158,16 @@ class BatchedTabularMDP:
         self.state = torch.full_like(self.state, self.initial_state)
         self.t = torch.zeros_like(self.t)
         self.done = torch.zeros_like(self.done)
+        self._restart_counts(torch.ones_like(self.done))
         return self.observe()
+
+    def _restart_counts(self, slots: torch.Tensor) -> None:
+        """Zero the visit and choice counts of ``slots`` and count their (start) state."""
+        if not self.watched:
+            return
+        self.visits = torch.where(slots.unsqueeze(-1), 0, self.visits)
+        self.choices = torch.where(slots.view(*slots.shape, 1, 1), 0, self.choices)
+        self.visits.scatter_add_(2, self.state.unsqueeze(-1), slots.long().unsqueeze(-1))
 
     def reset(self, generator: torch.Generator) -> torch.Tensor:
         """Start every slot anew; later steps draw their noise from ``generator``."""
@@ -164,6 +182,7 @@ class BatchedTabularMDP:
         self._generator = generator
         self.state = torch.where(self.done, self.initial_state, self.state)
         self.t = torch.where(self.done, 0, self.t)
+        self._restart_counts(self.done)
         self.done = torch.zeros_like(self.done)
         return self.observe()
 
@@ -211,11 +230,27 @@ class BatchedTabularMDP:
         next_state = (noise[..., 1:2] >= cdf).sum(-1).clamp_(max=self.num_states - 1)
         live = ~self.done
         reward = torch.where(live, mean + self.reward_noise_std * noise[..., 0], 0.0)
+        counted = live.long().unsqueeze(-1)
+        if self.watched:
+            self.choices.view(*live.shape, -1).scatter_add_(
+                2, (self.state * self.num_actions + actions).unsqueeze(-1), counted)
         self.state = torch.where(live, next_state, self.state)
+        if self.watched:
+            self.visits.scatter_add_(2, self.state.unsqueeze(-1), counted)
         self.t = self.t + live.long()
         terminated = live & (self.t >= self.max_steps)
         self.done = self.done | terminated
         return self.observe(), reward, terminated
+
+    def render_frame(self, task_index: int = 0, env_index: int = 0) -> np.ndarray:
+        """Slot ``(task_index, env_index)``: visits and choices this episode, as charts."""
+        render.check_slot(self.num_tasks, self.num_envs, task_index, env_index)
+        if not self.watched:  # counted from now on, this episode's start state included
+            self.watched = True
+            self._restart_counts(torch.ones_like(self.done))
+        return render.tabular_mdp_frame(self.visits[task_index, env_index].tolist(),
+                                        self.choices[task_index, env_index].cpu().numpy(),
+                                        int(self.state[task_index, env_index]))
 
 
 class MetaTabularMDPEnv(gym.Env[np.ndarray, int]):
@@ -226,18 +261,19 @@ class MetaTabularMDPEnv(gym.Env[np.ndarray, int]):
             :meth:`reset` draws a new MDP from the family's prior with ``np_random``, so the
             registered ``metarl/TabularMDP-v0`` is the task distribution itself.
         num_states, num_actions: sizes when ``task`` is omitted.
-        horizon: steps per episode; the episode terminates after the last one.
-        render_mode: unsupported (None only).
+        horizon: steps per episode; the episode terminates after the last one (so
+            ``gym.make("metarl/TabularMDP-v0")`` needs no ``TimeLimit``: its horizon is this).
+        render_mode: ``"rgb_array"`` (:meth:`render` returns frames) or None.
 
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+    metadata = {"render_modes": list(render.RENDER_MODES),  # noqa: RUF012 (gymnasium's form)
+                "render_fps": 4}
 
     def __init__(self, task: Mapping[str, Any] | None = None, num_states: int = 10,
                  num_actions: int = 5, horizon: int = 10,
                  render_mode: str | None = None) -> None:
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: MetaTabularMDP does not render")
+        self.render_mode = render.check_render_mode(render_mode, "MetaTabularMDP")
         if task is not None:
             num_states, num_actions = np.shape(task["reward_means"])
         self.config = TabularMDPFamilyConfig(num_states=num_states, num_actions=num_actions,
@@ -273,6 +309,15 @@ class MetaTabularMDPEnv(gym.Env[np.ndarray, int]):
         obs, reward, terminated = self._env.step_with(torch.tensor([[int(action)]]), noise)
         return (self._obs(obs), float(reward.item()), bool(terminated.item()), False,
                 {"state": int(self._env.state.item())})
+
+    def render(self) -> np.ndarray | None:
+        """The current frame, ``[256, 256, 3]`` uint8 (``render_mode="rgb_array"``)."""
+        return render_view(self.render_mode, self._frame)
+
+    def _frame(self) -> np.ndarray:
+        if self._env is None:
+            raise RuntimeError("MetaTabularMDPEnv.render before reset(): call reset() first")
+        return self._env.render_frame()
 
     @staticmethod
     def _obs(obs: torch.Tensor) -> np.ndarray:

@@ -238,3 +238,29 @@ def test_mlflow_models_serve_answers_a_rest_request_with_context(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_play_films_the_adapted_policy_and_prints_its_returns(
+        models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.play import play_model
+
+    out = tmp_path / "adapted"
+    assert main(["adapt", str(models), "--task", json.dumps(REVERSED), "--steps", "2",
+                 "--episodes", "8", "--seed", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = play_model(str(models), task=json.dumps(REVERSED), episodes=8, seed=5)
+    after = play_model(None, adapted=out, episodes=8, seed=5, video=tmp_path / "run.gif")
+    printed = capsys.readouterr().out
+    assert after["adapted"] and not before["adapted"] and after["task"] == REVERSED
+    assert np.mean(after["returns"]) > np.mean(before["returns"]) + 20, (before, after)
+    assert f"{np.mean(after['returns']):6.1f}" in printed and "video:" in printed
+    # the film: the reset's frame and one per step of episode 0, a GIF that reads back
+    assert after["frames"] == after["lengths"][0] + 1
+    from PIL import Image
+
+    with Image.open(tmp_path / "run.gif") as gif:
+        assert gif.size[0] > 0 and gif.n_frames > 1
+    assert main(["play", "--adapted", str(out), "--video", str(tmp_path / "x.avi")]) == 2
+    assert "must end in .gif or .mp4" in capsys.readouterr().err
+    assert main(["play"]) == 2
+    assert "give MODEL_URI, or --adapted DIR" in capsys.readouterr().err
