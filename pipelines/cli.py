@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from metarl.config import ConfigError
+# Only the standard library at import: `metarl --help` and `--version` stay fast (no torch,
+# no MLflow); each command imports what it needs.
 
 EPILOG = """examples:
   dvc repro                           run the whole pipeline (only what changed)
@@ -28,14 +32,90 @@ EPILOG = """examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    # names only: the bench commands must not need MLflow & co. (GPU machines, minimal installs)
-    from pipelines.settings import STAGE_NAMES as STAGES
+class Parser(argparse.ArgumentParser):
+    """argparse with no abbreviated options and a "did you mean" on a typo.
 
-    parser = argparse.ArgumentParser(
+    Every sub-command's parser is one of these too (argparse makes sub-parsers of the parent's
+    class), so ``--stpes`` is refused everywhere, not read as ``--steps``, and an option that
+    belongs to no command is reported with the usage of the command it was given to.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def options(self) -> list[str]:
+        """Every option string this parser accepts (``--steps``, ``-h``, ...)."""
+        return [s for action in self._actions for s in action.option_strings]
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """Parse; an unknown option is reported by the (sub-)command it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.command_parser(parsed).unrecognized(extras)
+        return parsed
+
+    def command_parser(self, parsed: argparse.Namespace) -> Parser:
+        """The parser of the deepest sub-command ``parsed`` chose (``bench rl2``, say)."""
+        parser: Parser = self
+        for dest in ("command", "bench"):
+            choice = getattr(parsed, dest, None)
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if choice is None or not subs or choice not in subs[0].choices:
+                break
+            parser = subs[0].choices[choice]
+        return parser
+
+    def unrecognized(self, extras: list[str]) -> NoReturn:
+        """Exit 2 naming the unknown arguments, with the closest known option for each."""
+        hints = []
+        for arg in extras:
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, self.options(), n=1, cutoff=0.6) \
+                if flag.startswith("-") else []
+            if close:
+                hints.append(f"{flag}: did you mean {close[0]}?")
+        self.error("unrecognized arguments: " + " ".join(extras)
+                   + ("".join(f"\n  {h}" for h in hints)))
+
+    def error(self, message: str) -> NoReturn:
+        """Exit 2 with the usage and ``message``; an invalid choice gets the closest one."""
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2)) or \
+                [c.strip() for c in found.group(2).split(",")]
+            close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.5)
+            if close:
+                message += f"\n  did you mean {close[0]!r}?"
+        super().error(message)
+
+
+def _version() -> str:
+    """``metarl X.Y.Z`` and the versions of what it runs on (read without importing them)."""
+    import importlib.metadata as md
+    import platform
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "absent"
+
+    deps = " ".join(f"{name} {version(name)}" for name in
+                    ("torch", "gymnasium", "mlflow", "optuna", "prefect", "dvc"))
+    return f"metarl {version('metarl')} (Python {platform.python_version()}; {deps})"
+
+
+def _parser() -> Parser:
+    # names only: the bench commands must not need MLflow & co. (GPU machines, minimal installs)
+    from pipelines.stages import STAGE_NAMES as STAGES
+
+    parser = Parser(
         prog="metarl", description="Meta-RL workbench: task sets, tuning, meta-training, "
         "meta-test evaluation and model registration.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def project_args(p: argparse.ArgumentParser) -> None:
@@ -423,6 +503,8 @@ def _use(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    from metarl.config import ConfigError
+
     errors: tuple[type[Exception], ...] = (ConfigError, ValueError, RuntimeError, OSError)
     if args.command not in ("bench", "defaults"):  # these run without MLflow installed
         from mlflow.exceptions import MlflowException

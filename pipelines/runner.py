@@ -13,8 +13,8 @@ from typing import Any
 
 from pipelines import tracking
 from pipelines.paths import Paths
-from pipelines.settings import STAGE_NAMES, PipelineConfig, load_project_config
-from pipelines.stages import evaluate, register, tasks, train, tune
+from pipelines.settings import PipelineConfig, load_project_config
+from pipelines.stages import STAGE_NAMES, evaluate, register, tasks, train, tune
 
 STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
     "tasks": tasks.run,

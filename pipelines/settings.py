@@ -47,8 +47,6 @@ MAX_BATCH_STEPS = 20_000_000
 CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):"
                          r"(?P<secret>[^/@\s]+)@")
 """``scheme://user:secret@`` in a URI."""
-STAGE_NAMES = ("tasks", "tune", "train", "evaluate", "register")
-"""The pipeline's stages, in order (:mod:`pipelines.runner` maps them to functions)."""
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,62 @@ def test_help_lists_stages(capsys: pytest.CaptureFixture[str]) -> None:
     assert "tasks → tune → train → evaluate → register" in out
 
 
+def test_version_names_metarl_and_its_stack(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"metarl {importlib.metadata.version('metarl')} (Python ")
+    assert f"torch {importlib.metadata.version('torch')}" in out
+
+
+def test_help_and_version_import_no_heavy_package() -> None:
+    # what makes `metarl --help` fast: it imports neither torch nor MLflow & co.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pipelines.cli import main\nfor argv in (['--help'], "
+            "['adapt', '--help'], ['--version']):\n    try:\n        main(argv)\n"
+            "    except SystemExit:\n        pass\n"
+            "print('LOADED', sorted(m for m in ('torch', 'mlflow', 'optuna', 'prefect', 'dvc', "
+            "'gymnasium', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().endswith("LOADED []"), out[-300:]
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["adpt", "x"], "did you mean 'adapt'?"),
+        (["stage", "trian"], "did you mean 'train'?"),
+        (["adapt", "x", "--stpes", "3"], "--stpes: did you mean --steps?"),
+        (["bench", "rl2", "--cell", "10x5"], "--cell: did you mean --cells?"),
+    ],
+)
+def test_typos_exit_2_with_the_closest_name(argv: list[str], said: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err
+    # the usage shown is the command's own, not the top level's
+    assert err.startswith(f"usage: metarl {argv[0]}") or argv[0] == "adpt"
+
+
+@pytest.mark.parametrize("argv", [["adapt", "x", "--step", "3"], ["play", "--epi", "2"],
+                                  ["bench", "maml", "--iter", "3"]])
+def test_abbreviated_options_are_refused(argv: list[str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert f"unrecognized arguments: {argv[-2]}" in capsys.readouterr().err
+
+
 def test_tune_with_zero_trials_still_writes_its_outputs(project: Path) -> None:
     params = tiny_params()
     params["tune"]["n_trials"] = 0
