@@ -26,6 +26,19 @@ for _key, _value in {
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_env_restored() -> Any:
+    """MLflow exports the URI a test hands to ``mlflow.set_tracking_uri`` as
+    ``MLFLOW_TRACKING_URI``, which the stages of later tests would then take for the user's own
+    setting (it overrides ``tracking.uri``): put the variable back as it was after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def tiny_params() -> dict[str, Any]:
     """The repo's params.yaml shrunk to a seconds-long run (same keys), with an empty section
     (its embedded defaults) for each family and algorithm the file leaves out, for tests to
@@ -41,6 +54,8 @@ def tiny_params() -> dict[str, Any]:
     params["task"].update(num_train=6, num_val=3, num_test=3)
     params["task"]["cartpole"]["max_steps"] = 30
     params["algo"]["maml"].update(meta_batch_size=3, episodes_per_task=4, hidden_sizes=[8])
+    params["algo"]["reptile"].update(meta_batch_size=3, episodes_per_task=4, hidden_sizes=[8],
+                                     num_inner_steps=2)
     params["algo"]["rl2"].update(hidden_size=8, meta_batch_size=3, trials_per_task=2,
                                  num_epochs=2, num_minibatches=2, bptt_length=10)
     params["tune"].update(n_trials=2, num_iterations=2, eval_every=1, episodes_per_task=3)

@@ -18,6 +18,7 @@ import torch
 
 from metarl.algos.maml import MAMLConfig, train_maml
 from metarl.algos.pretrain import pretrain_multitask
+from metarl.algos.reptile import ReptileConfig, train_reptile
 from metarl.algos.rl2 import RL2Config, train_rl2
 from metarl.checkpoint import load_params
 from metarl.families import make_family
@@ -42,6 +43,15 @@ def _maml(learn: bool) -> Callable[[Resume, int], dict[str, torch.Tensor]]:
     return run
 
 
+def _reptile(optimizer: str) -> Callable[[Resume, int], dict[str, torch.Tensor]]:
+    cfg = ReptileConfig(**SMALL, num_inner_steps=2, optimizer=optimizer)  # type: ignore[arg-type]
+
+    def run(resume: Resume, n: int) -> dict[str, torch.Tensor]:
+        return dict(train_reptile(FAMILY, TASKS, cfg, n, 0, resume=resume).theta)
+
+    return run
+
+
 def _pretrain(resume: Resume, n: int) -> dict[str, torch.Tensor]:
     return pretrain_multitask(FAMILY, TASKS, MAMLConfig(**SMALL), n, 0,  # type: ignore[arg-type]
                               resume=resume).params
@@ -53,8 +63,10 @@ def _rl2(resume: Resume, n: int) -> dict[str, torch.Tensor]:
     return dict(train_rl2(FAMILY, TASKS, cfg, 2, n, 0, resume=resume).model.state_dict())
 
 
-@pytest.mark.parametrize("train", [_maml(False), _maml(True), _pretrain, _rl2],
-                         ids=["maml", "meta-sgd", "pretrain", "rl2"])
+@pytest.mark.parametrize("train", [_maml(False), _maml(True), _reptile("sgd"),
+                                   _reptile("adam"), _pretrain, _rl2],
+                         ids=["maml", "meta-sgd", "reptile-sgd", "reptile-adam", "pretrain",
+                              "rl2"])
 def test_a_resumed_loop_ends_with_the_uninterrupted_parameters(train: Any) -> None:
     saved: dict[int, bytes] = {}
 
