@@ -158,6 +158,7 @@ def test_only_the_code_a_stage_runs_makes_it_stale(project: Path) -> None:
 @pytest.mark.parametrize(("key", "value", "stale"), [
     ("task.family", "nav2d", MAIN_STAGES),
     ("algo.name", "rl2", {"tune", "train"}),
+    ("algo.name", "reptile", {"tune", "train"}),
 ])
 def test_a_family_or_algorithm_without_its_section_in_params_yaml(
         project: Path, key: str, value: str, stale: set[str]) -> None:
