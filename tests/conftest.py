@@ -56,6 +56,8 @@ def tiny_params() -> dict[str, Any]:
     params["algo"]["maml"].update(meta_batch_size=3, episodes_per_task=4, hidden_sizes=[8])
     params["algo"]["reptile"].update(meta_batch_size=3, episodes_per_task=4, hidden_sizes=[8],
                                      num_inner_steps=2)
+    params["algo"]["es_maml"].update(population_size=2, meta_batch_size=2, episodes_per_task=2,
+                                     hidden_sizes=[8])
     params["algo"]["rl2"].update(hidden_size=8, meta_batch_size=3, trials_per_task=2,
                                  num_epochs=2, num_minibatches=2, bptt_length=10)
     params["tune"].update(n_trials=2, num_iterations=2, eval_every=1, episodes_per_task=3)

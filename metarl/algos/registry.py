@@ -32,7 +32,8 @@ from metarl.logging import MetricLogger
 from metarl.tasks import TaskFamily, TaskSet
 from metarl.training import Resume
 
-BUILTIN = ("metarl.algos.maml", "metarl.algos.reptile", "metarl.algos.rl2")
+BUILTIN = ("metarl.algos.maml", "metarl.algos.reptile", "metarl.algos.rl2",
+           "metarl.algos.es_maml")
 """Modules whose import registers the built-in algorithms."""
 ENTRY_POINTS = "metarl.algorithms"
 """The entry-point group of algorithm plugins (each names a module that calls register)."""
