@@ -110,23 +110,16 @@ def adapt_to_tasks(
     return Adaptation(np.stack(curve), np.stack(success) if success else None, params)
 
 
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, num_resamples: int = 2000,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (1-D)."""
-    idx = rng.integers(0, len(values), size=(num_resamples, len(values)))
-    means = values[idx].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
 @dataclass(frozen=True)
 class CurveSummary:
     """Adaptation curve of one learner over the test tasks.
 
+    Interval estimates are the pipeline's (:mod:`pipelines.stats`, scipy's bootstrap): this
+    package keeps the measurements.
+
     Attributes:
-        per_task: ``[num_seeds, K+1, N]`` raw mean returns.
+        per_task: ``[num_seeds, K+1, N]`` mean episode return per seed, step and task.
         mean: ``[K+1]`` mean over seeds and tasks.
-        ci_low, ci_high: ``[K+1]`` 95% bootstrap interval over tasks (seed-averaged).
         success: ``[K+1]`` mean success rate over seeds, tasks and episodes, for envs that
             report success (Meta-World), else None.
 
@@ -134,8 +127,6 @@ class CurveSummary:
 
     per_task: np.ndarray
     mean: np.ndarray
-    ci_low: np.ndarray
-    ci_high: np.ndarray
     success: np.ndarray | None = None
 
 
@@ -154,12 +145,9 @@ def meta_test(
         runs = [adaptation_curves(learner, family, task_set.tasks, num_adapt_steps,
                                   episodes_per_task, seed, device) for seed in seeds]
         per_task = np.stack([returns for returns, _ in runs])
-        by_task = per_task.mean(0)  # [K+1, N]
-        rng = np.random.default_rng(0)
-        cis = np.array([bootstrap_ci(row, rng) for row in by_task])
         successes = [s for _, s in runs if s is not None]
         success = np.stack(successes).mean(axis=(0, 2)) if successes else None
-        out[name] = CurveSummary(per_task, by_task.mean(1), cis[:, 0], cis[:, 1], success)
+        out[name] = CurveSummary(per_task, per_task.mean(0).mean(1), success)
     return out
 
 
@@ -193,41 +181,6 @@ def comparable_score(value: float, random_value: float, oracle: float) -> float:
     """What two learners are compared by: the normalised score, else the raw return."""
     normed = normalized_score(value, random_value, oracle)
     return float(value) if normed is None else normed
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """A candidate against a reference on the same tasks and seeds.
-
-    Attributes:
-        mean_difference: mean over tasks of ``candidate - reference`` (per-task scores).
-        ci_low, ci_high: percentile bootstrap interval of that mean (tasks resampled).
-        level: the interval's confidence level.
-        num_tasks: how many paired tasks.
-
-    """
-
-    mean_difference: float
-    ci_low: float
-    ci_high: float
-    level: float
-    num_tasks: int
-
-
-def paired_comparison(candidate: np.ndarray, reference: np.ndarray, rng: np.random.Generator,
-                      num_resamples: int = 10_000, level: float = 0.95) -> PairedComparison:
-    """Bootstrap the mean per-task difference ``candidate - reference`` (both ``[N]``).
-
-    The pairs are resampled together (the same task for both), so task-to-task spread, which
-    both share, does not widen the interval.
-    """
-    candidate, reference = np.asarray(candidate, float), np.asarray(reference, float)
-    if candidate.shape != reference.shape or candidate.ndim != 1 or len(candidate) == 0:
-        raise ValueError(f"paired scores must be two equal non-empty 1-D arrays, got shapes "
-                         f"{candidate.shape} and {reference.shape}")
-    diff = candidate - reference
-    lo, hi = bootstrap_ci(diff, rng, num_resamples, level)
-    return PairedComparison(float(diff.mean()), lo, hi, level, len(diff))
 
 
 def post_adapt_per_task(summary: CurveSummary) -> np.ndarray:

@@ -20,6 +20,7 @@ EPILOG = """examples:
   metarl defaults task.nav2d algo.rl2 the defaults of sections params.yaml leaves out
   metarl stage train                  run one stage in this project
   metarl flow                         run all stages as a Prefect flow (no server needed)
+  metarl report                       reports/report.html: curves, IQM, P(improvement), gate
   metarl serve --cron "0 3 * * *"     schedule the flow nightly (needs a Prefect server)
   metarl promote metarl-cartpole-maml 3   roll @champion back to version 3
   metarl adapt models:/metarl-cartpole-maml@champion --task-file tasks.json --out adapted
@@ -128,18 +129,42 @@ def _parser() -> Parser:
     stage.add_argument("name", choices=list(STAGES), help="stage to run")
     project_args(stage)
 
-    flow = sub.add_parser("flow", help="run the whole pipeline as a Prefect flow, locally",
-                          description="Run tasks → tune → train → evaluate → register as a "
-                          "Prefect flow. Without PREFECT_API_URL, Prefect starts a temporary "
-                          "local server for the run.")
+    def override_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--family", default=None, help="task.family for this run (e.g. nav2d)")
+        p.add_argument("--algorithm", default=None, help="algo.name for this run (e.g. rl2)")
+        p.add_argument("--iterations", type=int, default=None, metavar="N",
+                       help="train.num_iterations for this run")
+        p.add_argument("--trials", type=int, default=None, metavar="N",
+                       help="tune.n_trials for this run (0 skips tuning)")
+        p.add_argument("-S", "--set-param", dest="overrides", action="append", default=None,
+                       metavar="KEY=VALUE", help="any params.yaml value, as `dvc exp run -S` "
+                       "takes it (repeatable; +KEY=VALUE adds a key the file leaves out)")
+
+    flow = sub.add_parser(
+        "flow", help="run the whole pipeline as a Prefect flow, locally",
+        description="Run tasks → tune → train → evaluate → register as a Prefect flow. In a "
+        "DVC project each stage runs through `dvc repro --single-item`: up-to-date stages are "
+        "skipped and dvc.lock is updated as `dvc repro` updates it (without dvc.yaml, every "
+        "stage runs in-process). Overrides are checked first, then written into params.yaml "
+        "as `dvc exp run -S` writes them; a bad one changes nothing. Without PREFECT_API_URL, "
+        "Prefect starts a temporary local server for the run.")
+    override_args(flow)
     project_args(flow)
 
-    serve = sub.add_parser("serve", help="schedule the flow on a Prefect server (cron)",
-                           description="Serve the pipeline flow with a cron schedule. Needs a "
-                           "real Prefect server: `prefect server start` (loopback) and "
-                           "PREFECT_API_URL=http://127.0.0.1:4200/api. Runs until interrupted.")
-    serve.add_argument("--cron", default="0 3 * * *", help='cron schedule (default "0 3 * * *")')
+    serve = sub.add_parser(
+        "serve", help="schedule the flow on a Prefect server (cron or interval)",
+        description="Serve the pipeline flow on a schedule: --cron (default \"0 3 * * *\") or "
+        "--interval. Needs a real Prefect server: `prefect server start` (loopback) and "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api. Runs until interrupted. The overrides "
+        "become the deployment's default parameters; a run started from the UI can change "
+        "them.")
+    when = serve.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=None,
+                      help='cron schedule (default "0 3 * * *": 03:00 every day)')
+    when.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                      help="run every SECONDS seconds instead")
     serve.add_argument("--name", default="metarl-nightly", help="deployment name")
+    override_args(serve)
     project_args(serve)
 
     promote = sub.add_parser(
@@ -205,6 +230,17 @@ def _parser() -> Parser:
     defaults.add_argument("sections", nargs="+", metavar="SECTION",
                           help="dotted section or key: task.nav2d, algo.rl2, tune, ...")
 
+    report = sub.add_parser(
+        "report", help="write the comparison report: one offline HTML page and its PNGs",
+        description="Write DIR/report.html (self-contained: no network needed to view it) and "
+        "DIR/figures/*.png from what the stages wrote: adaptation curves with 95% bands, "
+        "normalised scores (mean and IQM with intervals), the probability that the "
+        "meta-learner beats each baseline, the gate's decision, task-set hashes, budgets and "
+        "wall-clock. What the DVC stage `report` runs after register.")
+    report.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="folder to write (default: <root>/reports)")
+    project_args(report)
+
     bench = sub.add_parser("bench", help="benchmarks that print tables")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     sampler = bench_sub.add_parser(
@@ -256,6 +292,32 @@ def _parser() -> Parser:
                            help="evaluation instances per cell (default 1000, as the paper)")
     baselines.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     baselines.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    nav2d = bench_sub.add_parser(
+        "nav2d", help="MAML, Reptile and ES-MAML on 2D navigation, equal env-step budgets",
+        description="Meta-train each gradient meta-learner on MAML's 2D navigation (or "
+        "--protocol es_maml: ES-MAML's) for the same env-step budget per seed and print, per "
+        "algorithm, the env steps and wall-clock used, the return before and after 1..K "
+        "adaptation steps on held-out goals and the normalised score (random 0, "
+        "straight-to-goal oracle 1) at the final checkpoint, with 95%% intervals over goals x "
+        "seeds, and env-steps/s. Choose settings with --split val (validation goals); the "
+        "table's numbers are on the test goals.")
+    nav2d.add_argument("--algorithms", nargs="+", default=None, metavar="NAME",
+                       help="which (default: every registered one of the comparison)")
+    nav2d.add_argument("--protocol", choices=["maml", "es_maml"], default="maml",
+                       help="the navigation setting (default: maml)")
+    nav2d.add_argument("--budget", type=int, default=8_000_000,
+                       help="env steps per algorithm and seed (default 8,000,000: 100 of "
+                       "MAML's meta-iterations)")
+    nav2d.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                       help="training seeds (default: 0 1 2)")
+    nav2d.add_argument("--steps", type=int, default=3, help="adaptation steps K (default 3)")
+    nav2d.add_argument("--split", choices=["val", "test"], default="test",
+                       help="goals to score on: val to choose settings, test for the table")
+    nav2d.add_argument("--set", nargs="+", action="extend", default=None, metavar="ALGO.KEY=V",
+                       dest="overrides", help="change a setting of one algorithm's "
+                       "configuration, e.g. reptile.outer_lr=0.003 (YAML values)")
+    nav2d.add_argument("--out", type=Path, default=None, metavar="FILE",
+                       help="also write the table to FILE (atomically, once complete)")
     rl2 = bench_sub.add_parser(
         "rl2", help="RL² meta-trained on cells of RL²'s Tables 1 and 2, beside baselines",
         description="Meta-train RL² (GRU + PPO) per cell and seed, score it on the test "
@@ -457,6 +519,31 @@ def _bench_rl2(args: argparse.Namespace) -> None:
         _replot_rl2(json_path, args.plot)
 
 
+def _bench_nav2d(args: argparse.Namespace) -> None:
+    """``metarl bench nav2d``: parse ``--set ALGO.KEY=VALUE`` and run."""
+    import yaml
+
+    from pipelines.bench.nav2d import bench_nav2d
+    from pipelines.io import atomic_write_text
+
+    overrides: dict[str, dict[str, object]] = {}
+    for item in args.overrides or []:
+        key, sep, value = item.partition("=")
+        algo, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise ValueError(f"--set {item!r}: expected ALGO.KEY=VALUE, e.g. "
+                             "reptile.outer_lr=0.003")
+        parsed = yaml.safe_load(value)
+        overrides.setdefault(algo, {})[field] = tuple(parsed) if isinstance(parsed, list) \
+            else parsed
+    if args.budget < 1 or args.steps < 1:
+        raise ValueError(f"--budget={args.budget}, --steps={args.steps}: each must be >= 1")
+    result = bench_nav2d(args.algorithms, args.protocol, args.budget, tuple(args.seeds),
+                         args.steps, args.split, overrides)
+    if args.out is not None:
+        atomic_write_text(args.out, result["table"] + "\n")
+
+
 def _bench(args: argparse.Namespace) -> None:
     """``metarl bench <name>``."""
     if args.bench == "baselines":
@@ -465,6 +552,8 @@ def _bench(args: argparse.Namespace) -> None:
         bench_baselines(args.table, args.cells, args.instances, args.seed, args.device)
     elif args.bench == "rl2":
         _bench_rl2(args)
+    elif args.bench == "nav2d":
+        _bench_nav2d(args)
     elif args.bench == "maml":
         from pipelines.bench.maml import bench_maml
 
@@ -524,20 +613,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(json.dumps({"stage": args.name, "result": result}, default=str))
         elif args.command == "flow":
-            from pipelines.flows import run_flow
+            from pipelines.flows import OVERRIDE_NAMES, run_flow
 
-            print(json.dumps(run_flow(args.root, args.params), default=str))
+            print(json.dumps(run_flow(args.root, args.params,
+                                      **{k: getattr(args, k) for k in OVERRIDE_NAMES}),
+                             default=str))
         elif args.command == "promote":
             from pipelines.runner import promote_version
 
             print(json.dumps(promote_version(args.model_name, args.version, args.root,
                                              args.params)))
         elif args.command == "serve":
-            from pipelines.flows import serve
+            from pipelines.flows import DEFAULT_CRON, OVERRIDE_NAMES, serve
 
-            serve(args.root, args.params, cron=args.cron, name=args.name)
+            serve(args.root, args.params, name=args.name, interval=args.interval,
+                  cron=DEFAULT_CRON if args.cron is None and args.interval is None else args.cron,
+                  **{k: getattr(args, k) for k in OVERRIDE_NAMES})
         elif args.command in ("adapt", "play"):
             _use(args)
+        elif args.command == "report":
+            from pipelines.stages.report import write_report
+
+            print(write_report(args.root, args.params, args.out))
         elif args.command == "defaults":
             import yaml
 

@@ -18,12 +18,20 @@ meta-learned initialisation. For a discrete
 family the most likely action, ``[batch]`` int64; for a continuous family the Gaussian's mean,
 ``[batch, action_dim]`` float32 (unclipped: the env clips it). Both are logged: the tensor
 signature with the context as its params schema, and an input example.
+
+The train stage logs the model to its own MLflow run and records it in
+``models/mlflow_model.json`` (:func:`write_logged`); ``register`` registers that logged model
+when ``models/`` still holds exactly those files (:func:`trained_model_uri`), so a version's
+source run is the run that trained it, and logs the model to its own run otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +48,8 @@ WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "config.json"
 DATA_DIR = "data/policy"
 """Where MLflow keeps the ``data_path`` folder (``policy``) inside the model artifact."""
+LOGGED_FILE = "mlflow_model.json"
+"""In ``models/``: the model the train stage logged, its run, and the files it was logged from."""
 
 
 class ArtifactError(ValueError):
@@ -188,3 +198,60 @@ def log_model(weights: Path, config: Path) -> Any:
         return mlflow.pyfunc.log_model(
             name="model", loader_module=__name__, data_path=str(data), signature=sig,
             input_example=input_example(learner), pip_requirements=requirements())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_logged(models_dir: Path, info: Any, weights: Path, config: Path) -> Path:
+    """Record in ``models_dir/mlflow_model.json`` the model ``info`` logged from these files."""
+    from pipelines.io import atomic_write_json
+
+    path = models_dir / LOGGED_FILE
+    atomic_write_json(path, {"model_id": info.model_id, "model_uri": info.model_uri,
+                             "run_id": info.run_id, "weights": weights.name,
+                             "weights_sha256": _sha256(weights), "config": config.name,
+                             "config_sha256": _sha256(config)})
+    return path
+
+
+def trained_model_uri(models_dir: Path, weights: Path, config: Path) -> str | None:
+    """``models:/<model id>`` of the model train logged from exactly ``weights`` and ``config``.
+
+    None, with a line saying why where it helps, when ``models_dir`` records no logged model,
+    the files changed since (a checkpoint put there by hand) or this tracking store does not
+    hold that model (it was logged to another one): the caller then logs the files itself.
+    """
+    from mlflow.exceptions import MlflowException
+
+    path = models_dir / LOGGED_FILE
+    try:
+        record = json.loads(path.read_text())
+        model_id, run_id = str(record["model_id"]), str(record["run_id"])
+        same = (record["weights"] == weights.name and record["config"] == config.name
+                and record["weights_sha256"] == _sha256(weights)
+                and record["config_sha256"] == _sha256(config))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"register: {path} is unreadable ({type(err).__name__}); the model is logged "
+              "to this run", file=sys.stderr)
+        return None
+    if not same:
+        print(f"register: {weights.name} or {config.name} changed since the train run "
+              f"{run_id} logged them; the model is logged to this run", file=sys.stderr)
+        return None
+    try:
+        logged = mlflow.get_logged_model(model_id)
+    except MlflowException:
+        print(f"register: this tracking store has no model {model_id} (train logged it to "
+              "another one); the model is logged to this run", file=sys.stderr)
+        return None
+    return f"models:/{model_id}" if logged.source_run_id == run_id else None
+
+
+def registered_by() -> dict[str, str]:
+    """The version tag naming the run that registers it (its source run is train's)."""
+    run = mlflow.active_run()
+    return {"registered_by_run": run.info.run_id} if run is not None else {}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -12,25 +14,93 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from metarl.evaluation import CurveSummary
+
+class Curve(NamedTuple):
+    """One learner's adaptation curve: the mean return after 0..K steps and its interval."""
+
+    mean: Sequence[float]
+    low: Sequence[float]
+    high: Sequence[float]
 
 
-def plot_adaptation_curves(results: dict[str, CurveSummary], path: Path, title: str,
+class Interval(NamedTuple):
+    """A labelled point estimate with its interval (one row of a forest plot)."""
+
+    label: str
+    value: float
+    low: float
+    high: float
+
+
+def plot_adaptation_curves(curves: Mapping[str, Curve], path: Path, title: str,
                            oracle: float | None = None) -> None:
     """Return vs adaptation step per learner, with 95% bands and the oracle; atomic write."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     if oracle is not None:
         ax.axhline(oracle, color="black", linestyle="--", linewidth=1, label="oracle")
-    for name, s in results.items():
-        steps = range(len(s.mean))
-        ax.plot(steps, s.mean, marker="o", label=name)
-        ax.fill_between(steps, s.ci_low, s.ci_high, alpha=0.2)
+    for name, c in curves.items():
+        steps = range(len(c.mean))
+        ax.plot(steps, c.mean, marker="o", label=name)
+        ax.fill_between(steps, c.low, c.high, alpha=0.2)
     ax.set_xlabel("adaptation steps")
     ax.set_ylabel("mean episode return")
-    ax.set_xticks(list(range(len(next(iter(results.values())).mean))))
+    ax.set_xticks(list(range(len(next(iter(curves.values())).mean))))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_scores(rows: Mapping[str, Sequence[Interval]], points: Mapping[str, Sequence[float]],
+                path: Path, title: str, xlabel: str) -> None:
+    """Scores per learner: each (task, seed) score a tick, ``rows``' estimates with intervals.
+
+    One band per learner: its ``points`` as ticks and each estimate of ``rows[learner]`` (e.g.
+    mean and IQM) as a marker with its interval. Atomic write.
+    """
+    learners = list(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 * len(learners) + 1.4), dpi=120)
+    markers, colors = ("o", "D", "s", "^"), ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    labelled: set[str] = set()
+    for i, name in enumerate(learners):
+        y = len(learners) - 1 - i
+        dots = list(points.get(name, ()))
+        ax.plot(dots, [y + 0.25] * len(dots), "|", color="grey", alpha=0.6, markersize=8,
+                label=None if "scores" in labelled else "a task × seed score")
+        labelled.add("scores")
+        for j, est in enumerate(rows[name]):
+            offset = -0.12 * j
+            label = None if est.label in labelled else f"{est.label} (95% interval)"
+            labelled.add(est.label)
+            ax.errorbar([est.value], [y + offset],
+                        xerr=[[est.value - est.low], [est.high - est.value]],
+                        fmt=markers[j % 4], color=colors[j % 4], capsize=3, label=label)
+    ax.set_yticks(list(range(len(learners)))[::-1], learners, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_forest(rows: Sequence[Interval], path: Path, title: str, xlabel: str,
+                reference: float | None = None,
+                xlim: tuple[float, float] | None = None) -> None:
+    """Forest plot: one row per estimate with its interval, and a reference line; atomic."""
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(rows) + 1.6), dpi=120)
+    for y, est in zip(range(len(rows))[::-1], rows, strict=True):
+        ax.errorbar([est.value], [y], xerr=[[est.value - est.low], [est.high - est.value]],
+                    fmt="o", color="tab:blue", capsize=4)
+    if reference is not None:
+        ax.axvline(reference, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(list(range(len(rows)))[::-1], [r.label for r in rows], fontsize=8)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
 

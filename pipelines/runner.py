@@ -14,7 +14,7 @@ from typing import Any
 from pipelines import tracking
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig, load_project_config
-from pipelines.stages import STAGE_NAMES, evaluate, register, tasks, train, tune
+from pipelines.stages import STAGE_NAMES, evaluate, register, report, tasks, train, tune
 
 STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
     "tasks": tasks.run,
@@ -22,9 +22,14 @@ STAGES: dict[str, Callable[[PipelineConfig, Paths], Any]] = {
     "train": train.run,
     "evaluate": evaluate.run,
     "register": register.run,
+    "report": report.run,
 }
 """Stage name → stage function, in pipeline order."""
 assert tuple(STAGES) == STAGE_NAMES
+SPLITS_READ = {"tune": ("train", "val"), "train": ("train",), "evaluate": ("test",),
+               "register": ("test",), "report": ("train", "val", "test")}
+"""The task sets each stage reads: the MLflow datasets of its run (``tasks`` writes all three,
+and logs them once written)."""
 
 
 def configure_torch() -> None:
@@ -63,5 +68,13 @@ def run_stage(name: str, root: Path | str = ".", params: Path | str | None = Non
     config = load_project_config(params_path, paths.root)
     tracking.setup(config.tracking, paths.root)
     configure_torch()
-    with tracking.stage_run(name, params_path, paths.root):
-        return STAGES[name](config, paths)
+    with tracking.stage_run(name, params_path, paths.root,
+                            tracking.headline_params(config)) as run:
+        tracking.log_task_sets(paths.root, SPLITS_READ.get(name, ()))
+        result = STAGES[name](config, paths)
+        if name == "tasks":
+            tracking.log_task_sets(paths.root, ("train", "val", "test"))
+        if name == "register":  # the headline is complete: put it on the pipeline's run
+            tracking.log_summary(run.data.tags["mlflow.parentRunId"],
+                                 paths.metrics / "summary.json")
+        return result

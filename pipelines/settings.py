@@ -47,6 +47,11 @@ MAX_BATCH_STEPS = 20_000_000
 CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):"
                          r"(?P<secret>[^/@\s]+)@")
 """``scheme://user:secret@`` in a URI."""
+SAMPLERS = ("tpe", "random", "cmaes")
+"""``tune.sampler``: Optuna's TPE, random search, or CMA-ES (needs the ``cmaes`` package and
+at least two searched keys)."""
+PRUNERS = ("median", "successive_halving", "none")
+"""``tune.pruner``: Optuna's median pruner, successive halving, or no pruning."""
 
 
 @dataclass(frozen=True)
@@ -236,10 +241,19 @@ class TuneSection:
     episodes_per_task: int = 10
     """Episodes per validation task when scoring a trial."""
     seed: int = 0
-    """Seed of the TPE sampler and of every trial's training."""
+    """Seed of the sampler (the trial after *k* finished ones: ``seed + k``) and of every
+    trial's training."""
+    sampler: str = "tpe"
+    """How trials are sampled: ``tpe`` (Optuna's TPE), ``random`` or ``cmaes`` (CMA-ES, for
+    two or more searched keys: MAML's inner and outer step sizes)."""
+    pruner: str = "median"
+    """How unpromising trials stop early at the ``eval_every`` reports: ``median`` (below the
+    median of earlier trials at the same step, after 2 trials), ``successive_halving`` or
+    ``none``."""
     storage: str = "tuning/study.journal"
-    """Journal file path (relative to the project, and inside it) or a database URL (e.g.
-    postgresql://...). ``METARL_TUNE_STORAGE``, when set, replaces it: put a database's
+    """Journal file path (relative to the project, and inside it; from a temporary or queued
+    experiment's copy, the project's own journal, as for ``tracking.uri``) or a database URL
+    (e.g. postgresql://...). ``METARL_TUNE_STORAGE``, when set, replaces it: put a database's
     credentials there, never here."""
     inner_lr: tuple[float, float] = (0.1, 1.0)
     """Log-uniform search range of ``algo.maml.inner_lr`` (MAML only)."""
@@ -256,6 +270,10 @@ class TuneSection:
         check_range("inner_lr", self.inner_lr, positive=True)
         check_range("outer_lr", self.outer_lr, positive=True)
         check_no_credentials("storage", self.storage, "METARL_TUNE_STORAGE")
+        check(self.sampler in SAMPLERS, "sampler", self.sampler,
+              f"unknown sampler; choose one of {list(SAMPLERS)}")
+        check(self.pruner in PRUNERS, "pruner", self.pruner,
+              f"unknown pruner; choose one of {list(PRUNERS)}")
 
 
 @dataclass(frozen=True)
@@ -312,13 +330,16 @@ class TrackingSection:
 
     uri: str = "sqlite:///mlflow.db"
     """MLflow tracking URI (relative SQLite paths are relative to the project and must stay
-    inside it). ``MLFLOW_TRACKING_URI``, when set, replaces it: put a server's credentials
-    there, never here (params.yaml values end up in dvc.lock and MLflow)."""
+    inside it; from a ``dvc exp run --temp`` or queued experiment's temporary copy, relative to
+    the project it was started from). ``MLFLOW_TRACKING_URI``, when set, replaces it: put a
+    server's credentials there, never here (params.yaml values end up in dvc.lock and
+    MLflow)."""
     experiment: str = "metarl"
     """Experiment name."""
     artifact_location: str = "mlartifacts"
-    """Artifact root for a new experiment (relative paths are relative to the project and must
-    stay inside it)."""
+    """Artifact root for a new experiment (relative paths are relative to the project, as for
+    ``uri``, and must stay inside it). A copied or moved project's SQLite store is pointed at
+    its own copy of this folder (see :func:`pipelines.tracking.relocate_artifacts`)."""
 
     def __post_init__(self) -> None:
         check_no_credentials("uri", self.uri, "MLFLOW_TRACKING_URI")
@@ -342,6 +363,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_sizes(self)
+        check_sampler(self)
 
     @property
     def model_name(self) -> str:
@@ -522,6 +544,25 @@ def check_sizes(config: PipelineConfig) -> None:
             raise ConfigError(factors[0][0], factors[0][1], f"{names} = {values} = {steps:,} "
                               f"env steps in one rollout batch, more than this machine can "
                               f"hold (at most {MAX_BATCH_STEPS:,}); lower one of them")
+
+
+def check_sampler(config: PipelineConfig) -> None:
+    """Refuse ``tune.sampler: cmaes`` where CMA-ES cannot run, before any work.
+
+    Raises:
+        ConfigError: the ``cmaes`` package is missing, or the chosen algorithm searches fewer
+            than two keys (CMA-ES needs a search space of two dimensions or more).
+
+    """
+    if config.tune.sampler != "cmaes" or config.tune.n_trials == 0:
+        return
+    import importlib.util
+
+    searched = list(config.algo.algorithm.search_space)
+    check(len(searched) >= 2, "tune.sampler", "cmaes", f"CMA-ES needs two or more searched "
+          f"keys; algo.name={config.algo.name!r} searches {searched}: use tpe or random")
+    check(importlib.util.find_spec("cmaes") is not None, "tune.sampler", "cmaes",
+          "Optuna's CMA-ES sampler needs the cmaes package: `pip install cmaes`")
 
 
 def load_project_config(params_path: Path | str, root: Path) -> PipelineConfig:

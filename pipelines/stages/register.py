@@ -60,17 +60,21 @@ from metarl.algos.base import MetaLearner, RandomLearner, Served
 from metarl.baselines.oracles import oracle_returns
 from metarl.evaluation import (
     CurveSummary,
-    PairedComparison,
     comparable_score,
     meta_test,
-    paired_comparison,
     post_adapt_per_task,
     score_scale,
 )
 from metarl.tasks import TaskFamily, TaskSet
-from pipelines import model_card
+from pipelines import model_card, stats
 from pipelines.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from pipelines.model import ArtifactError, load_registered, log_model
+from pipelines.model import (
+    ArtifactError,
+    load_registered,
+    log_model,
+    registered_by,
+    trained_model_uri,
+)
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
 from pipelines.stages.common import (
@@ -243,12 +247,16 @@ class GateScores:
         return comparable_score(float(self.per_task[name].mean()), self.random_return,
                                 self.oracle)
 
-    def compare(self, candidate: str, reference: str, level: float) -> PairedComparison:
-        """Paired bootstrap of ``candidate - reference`` in the gate's units."""
+    def compare(self, candidate: str, reference: str, level: float) -> stats.PairedComparison:
+        """Paired bootstrap of ``candidate - reference`` in the gate's units.
+
+        Tasks are resampled, each with both its scores (:func:`pipelines.stats.
+        paired_comparison`).
+        """
         unit = 1.0 if self.scale is None else self.scale
-        return paired_comparison(self.per_task[candidate] / unit,
-                                 self.per_task[reference] / unit, np.random.default_rng(0),
-                                 level=level)
+        return stats.paired_comparison(self.per_task[candidate] / unit,
+                                       self.per_task[reference] / unit, stats.generator(),
+                                       level=level)
 
 
 def gate_scores(learners_: dict[str, MetaLearner], config: PipelineConfig, fam: TaskFamily,
@@ -348,10 +356,13 @@ def _gate(config: PipelineConfig, paths: Paths, fam: TaskFamily, test: TaskSet, 
     promote = bool(decision["promoted"])
     try:
         if version is None:
-            info = log_model(weights, config_path)
-            version = mlflow.register_model(info.model_uri, name, tags={
+            # the model the train run logged (the version's source run), if models/ is still
+            # what it logged; else logged to this run
+            model_uri = (trained_model_uri(paths.models, weights, config_path)
+                         or log_model(weights, config_path).model_uri)
+            version = mlflow.register_model(model_uri, name, tags={
                 "test_task_hash": test.content_hash, "family": config.task.family,
-                "algo": config.algo.name, "registration_key": key,
+                "algo": config.algo.name, "registration_key": key, **registered_by(),
                 **gate_tags(decision)})
             created = str(version.version)
         if str(version.version) == aliases["champion"]:

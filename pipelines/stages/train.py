@@ -5,7 +5,10 @@ and ``models/<name>.json``; the stage also writes ``models/pretrained.pt`` and
 ``models/config.json`` (the MLP network that the pretrained and from-scratch baselines
 share), the pretrained policy trained on as many episodes as the meta-learner saw.
 ``models/<name>.json`` also records what meta-training used (``train_budget``: iterations,
-episodes, env steps; see :func:`budget`), which the model card reports.
+episodes, env steps; see :func:`budget`), which the model card reports. The meta-learner is
+logged as an MLflow model to the train run (:func:`pipelines.model.log_model`) and recorded in
+``models/mlflow_model.json``, so the version ``register`` makes of it has this run as its
+source.
 
 The stage survives ``kill -9``: every ``train.checkpoint_every`` iterations each training
 (the meta-learner, the pretrained baseline, the task-conditioned oracle) writes its whole state
@@ -36,6 +39,7 @@ from metarl.checkpoint import policy_config, save_params
 from metarl.config import to_dict
 from metarl.training import Resume, StateFn
 from pipelines.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipelines.model import log_model, write_logged
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig
 from pipelines.stages.common import (
@@ -193,6 +197,9 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
                 algo_config=to_dict(cfg), oracle="task-conditioned",
                 feature_mean=conditioned.mean.tolist(), feature_scale=conditioned.scale.tolist(),
                 **common))
+        if mlflow.active_run() is not None:  # this run is the registered version's source
+            weights, model_config = tmp / f"{algo.name}.pt", tmp / f"{algo.name}.json"
+            write_logged(tmp, log_model(weights, model_config), weights, model_config)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history.rows[0]))
     writer.writeheader()

@@ -1,25 +1,32 @@
 """Stage ``tune``: Optuna search over the step sizes, scored on validation tasks only.
 
 Each algorithm's registry entry says which of its keys are searched and in which range
-(``search_space``: a key → ``tune.inner_lr`` or ``tune.outer_lr``, log-uniform). The objective
-trains with the same ``Algorithm.train`` as the train stage and scores with the same
-:func:`metarl.evaluation.adaptation_curve` as evaluate, on the *val* split. Intermediate
-scores go to a median pruner. The study persists (a journal file by default) under a name
-derived from everything that defines it, so a re-run resumes it and runs only the trials
-still missing.
+(``search_space``: a key → ``tune.inner_lr`` or ``tune.outer_lr``, log-uniform). The objective,
+named ``val_return_post_adapt`` in the study, trains with the same ``Algorithm.train`` as the
+train stage and scores with the same :func:`metarl.evaluation.adaptation_curve` as evaluate, on
+the *val* split. ``tune.sampler`` picks TPE, random search or CMA-ES, ``tune.pruner`` the
+median pruner, successive halving or none; intermediate scores go to the pruner. The study
+persists (a journal file by default, which ``optuna-dashboard tuning/study.journal`` opens)
+under a name derived from everything that defines it, so a re-run resumes it and runs only the
+trials still missing. A temporary or queued ``dvc exp run`` tunes in the project's own journal
+(:func:`pipelines.tracking.workspace_root`) and leaves a copy of it as its DVC output.
 
 Resuming is exact: the study ends with ``tune.n_trials`` finished (complete or pruned) trials,
 the same ones, with the same values, whether or not a run was killed on the way.
 
 * Trials run one at a time, and the trial that follows *k* finished ones is sampled by a
-  sampler seeded with ``tune.seed + k``, so it draws from the same seed and the same history
-  (TPE ignores failed trials) however many times the study was interrupted.
+  sampler (each of ``tune.sampler``'s) seeded with ``tune.seed + k``, so it draws from the
+  same seed and the same history (the samplers ignore failed trials; CMA-ES restores its state
+  from the finished trials) however many times the study was interrupted.
+* Each trial's MLflow run id is its user attribute ``mlflow_run_id``; the run's tags name the
+  study and the trial number.
 * Each trial records its worker (user attributes ``worker_host``, ``worker_pid`` and
   ``worker_started``, written with the trial itself). A run first marks FAIL the RUNNING trials
   of workers on this host that are gone (killed); with a database storage, Optuna's heartbeat
   does the same for workers on other hosts. The MLflow run of such a trial is ended as KILLED.
 * A trial failed that way is retried once with its parameters (user attribute ``retry_of``).
-* A trial's MLflow run ends FINISHED, with the tag ``optuna.trial_state`` (COMPLETE, PRUNED).
+* A trial's MLflow run ends FINISHED, with the tag ``optuna.trial_state`` (COMPLETE, PRUNED;
+  a pruned one also ``optuna.pruned_at``, the iteration), so a pruned trial is never FAILED.
 * Writers lock the journal with ``flock`` (:class:`FlockLock`), which a killed worker cannot
   leave behind.
 """
@@ -50,11 +57,11 @@ from metarl.algos.registry import TrainContext
 from metarl.config import to_dict
 from metarl.evaluation import adaptation_curve
 from metarl.tasks import TaskFamily, TaskSet
-from pipelines.io import atomic_write_text
+from pipelines.io import atomic_write_bytes, atomic_write_text
 from pipelines.paths import Paths
-from pipelines.settings import PipelineConfig
+from pipelines.settings import PipelineConfig, TuneSection
 from pipelines.stages.common import check_action_space, device, family, load_task_set
-from pipelines.tracking import MlflowLogger, flatten
+from pipelines.tracking import MlflowLogger, flatten, workspace_root
 from pipelines.workers import Worker
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -67,6 +74,29 @@ GRACE_PERIOD_S = 120
 """... and a trial whose heartbeat is older than this is failed by the next worker."""
 POLL_S = 1.0
 """While the missing trials are running in other live workers: seconds between checks."""
+METRIC_NAME = "val_return_post_adapt"
+"""The study's objective: mean validation return after one adaptation step (maximised)."""
+DEFAULT_SAMPLER, DEFAULT_PRUNER = TuneSection.sampler, TuneSection.pruner
+"""Left out of the study's name when chosen, so a study begun before the keys existed goes on."""
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """``tune.sampler`` seeded with ``seed`` (a fresh one per trial, see the module)."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        # the first trial has no search space yet: drawn at random, no warning about it
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """``tune.pruner``: ``median`` (after 2 trials), ``successive_halving`` or ``none``."""
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
 
 
 def validation_score(learner: MetaLearner, fam: TaskFamily, val: TaskSet,
@@ -122,6 +152,16 @@ def storage_location(config: PipelineConfig) -> str:
     return os.environ.get(STORAGE_ENV) or config.tune.storage
 
 
+def journal_path(config: PipelineConfig, paths: Paths) -> Path:
+    """The journal file: ``tune.storage`` under the project.
+
+    For a temporary or queued experiment's copy, under the project it came from
+    (:func:`pipelines.tracking.workspace_root`).
+    """
+    location = Path(storage_location(config))
+    return location if location.is_absolute() else workspace_root(paths.root) / location
+
+
 def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage:
     """A journal file for a path; for a database URL, its storage with a heartbeat."""
     location = storage_location(config)
@@ -131,7 +171,7 @@ def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage
             return optuna.storages.RDBStorage(location,
                                               heartbeat_interval=HEARTBEAT_INTERVAL_S,
                                               grace_period=GRACE_PERIOD_S)
-    path = paths.resolve(location)
+    path = journal_path(config, paths)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()  # a DVC output even when no trial runs (n_trials: 0)
     from optuna.storages.journal import JournalFileBackend
@@ -140,9 +180,38 @@ def storage(config: PipelineConfig, paths: Paths) -> optuna.storages.BaseStorage
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
+def copy_journal(config: PipelineConfig, paths: Paths) -> Path | None:
+    """In an experiment's temporary copy, copy the project's journal to the copy's output.
+
+    The copy's own ``tune.storage`` is the stage's DVC output: it gets a snapshot of the
+    project's journal, read under the journal's lock. Returns its path, or None where there is
+    nothing to copy (the same file, or a database).
+    """
+    location = storage_location(config)
+    if is_database(location):
+        return None
+    source, target = journal_path(config, paths), paths.resolve(location)
+    if target.resolve() == source.resolve():
+        return None
+    lock = FlockLock(str(source)) if sys.platform != "win32" else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        with source.open("rb") as fh:
+            data = fh.read()
+    finally:
+        if lock is not None:
+            lock.release()
+    atomic_write_bytes(target, data)
+    return target
+
+
 def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
     """Name that changes whenever the search would mean something else."""
     tune = {k: v for k, v in to_dict(config.tune).items() if k not in ("n_trials", "storage")}
+    for key, default in (("sampler", DEFAULT_SAMPLER), ("pruner", DEFAULT_PRUNER)):
+        if tune[key] == default:  # the names of studies begun before these keys existed
+            del tune[key]
     identity = json.dumps({"tune": tune, "algo": config.algo.identity(),
                            # the evaluator's trial (in-context learners train on it)
                            "trial_episodes": config.evaluate.episodes_per_trial,
@@ -245,6 +314,8 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
                     value = objective(trial)
             except optuna.TrialPruned:
                 frozen = study.tell(trial, state=TrialState.PRUNED)
+                if frozen.last_step is not None:
+                    mlflow.set_tag("optuna.pruned_at", str(frozen.last_step))
             except BaseException:
                 mlflow.set_tag(STATE_TAG, TrialState.FAIL.name)
                 raise
@@ -259,10 +330,11 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
 
 def optimize(study: optuna.Study, n_trials: int, seed: int,
              objective: Callable[[optuna.Trial], float], tags: dict[str, str],
-             names: Sequence[str], heartbeat: bool = False) -> None:
+             names: Sequence[str], heartbeat: bool = False, sampler: str = DEFAULT_SAMPLER) -> None:
     """Run trials one at a time until the study holds ``n_trials`` finished ones.
 
-    The trial after *k* finished ones is sampled with ``TPESampler(seed=seed + k)``, or retries
+    The trial after *k* finished ones is sampled with ``sampler`` (:func:`make_sampler`)
+    seeded with ``seed + k``, or retries
     the parameters of a trial whose worker was killed. RUNNING trials of live workers on this
     host (on any host with a ``heartbeat`` storage) count as taken and are waited for; those of
     other hosts in a journal do not, as nothing tells whether they still run.
@@ -293,10 +365,10 @@ def optimize(study: optuna.Study, n_trials: int, seed: int,
             time.sleep(POLL_S)
             continue
         retry = pending_retry(trials, names)
-        sampler = optuna.samplers.TPESampler(seed=seed + finished)
         # a fresh Study per trial: no trial list cached from the previous one
         trial_study = optuna.load_study(study_name=study.study_name, storage=study._storage,
-                                        sampler=sampler, pruner=study.pruner)
+                                        sampler=make_sampler(sampler, seed + finished),
+                                        pruner=study.pruner)
         attrs = worker() if retry is None else {**worker(), "retry_of": retry.number}
         trial = _start_trial(trial_study, attrs, None if retry is None else retry.params)
         frozen = _run_trial(trial_study, trial, objective, tags)
@@ -315,14 +387,19 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     if tune.n_trials == 0:
         if not is_database(storage_location(config)):
             storage(config, paths)  # the journal is a DVC output even when no trial runs
+            copy_journal(config, paths)
         _write_best(paths.best_params, config.algo.name, {}, None)
         return {"n_trials": 0}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(config, train, val)
     study = optuna.create_study(
         study_name=name, storage=storage(config, paths), load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=tune.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+        directions=["maximize"], sampler=make_sampler(tune.sampler, tune.seed),
+        pruner=make_pruner(tune.pruner))
+    if study.metric_names != [METRIC_NAME]:
+        with warnings.catch_warnings():  # "experimental" in some Optuna versions
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
 
     algo = config.algo.algorithm
     check_action_space(algo, fam, config)
@@ -353,9 +430,12 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
             logger.close()
         return float(trial.user_attrs["last_score"])
 
-    optimize(study, tune.n_trials, tune.seed, objective,
-             {"metarl.stage": "tune-trial", "optuna.study": name}, names,
-             heartbeat=is_database(storage_location(config)))
+    try:
+        optimize(study, tune.n_trials, tune.seed, objective,
+                 {"metarl.stage": "tune-trial", "optuna.study": name}, names,
+                 heartbeat=is_database(storage_location(config)), sampler=tune.sampler)
+    finally:  # the DVC output of an experiment's copy, even when a trial failed
+        copy_journal(config, paths)
     used, counts = _finished(study, tune.n_trials)
     scored = [(t.value, t) for t in used if t.state == TrialState.COMPLETE and t.value is not None]
     if not scored:
@@ -371,7 +451,8 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
         mlflow.log_metric("tune/best_val_return_post_adapt", best_value)
         mlflow.log_params({f"tune.best.{k}": v for k, v in best.items()})
         mlflow.set_tags({"task_hash.train": train.content_hash,
-                         "task_hash.val": val.content_hash, "optuna.study": name})
+                         "task_hash.val": val.content_hash, "optuna.study": name,
+                         "optuna.sampler": tune.sampler, "optuna.pruner": tune.pruner})
     return summary
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.stages import STAGE_NAMES
 from tests.conftest import assert_gate_consistent, copy_repo, tiny_params, write_params
 
 
@@ -46,26 +47,27 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
         _run(cmd, root)
 
     first = _run(["dvc", "repro"], root)
-    assert _stages_run(first.stdout) == {"tasks", "tune", "train", "evaluate", "register"}
+    assert _stages_run(first.stdout) == set(STAGE_NAMES)
     for rel in ("data/tasks/train.json", "data/tasks/val.json", "data/tasks/test.json",
                 "tuning/best_params.yaml", "tuning/study.journal", "models/maml.pt",
                 "models/pretrained.pt", "models/config.json", "metrics/meta_test.json",
                 "plots/adaptation_curve.csv", "plots/adaptation_curve.png",
                 "reports/meta_test.md", "metrics/register.json", "metrics/summary.json",
-                "reports/model_card.md"):
+                "reports/model_card.md", "reports/report.html",
+                "reports/figures/adaptation_curve.png", "reports/figures/scores.png",
+                "reports/figures/improvement.png"):
         assert (root / rel).is_file(), rel
     summary = json.loads((root / "metrics" / "meta_test.json").read_text())
     assert set(summary) >= {"maml", "pretrained", "scratch", "random"}
     assert summary["random"]["normalized_pre_adapt"] == pytest.approx(0.0, abs=1e-9)
 
-    # MLflow: one parent run, five nested stage runs, hashes and versions logged.
+    # MLflow: one parent run, a nested run per stage, hashes and versions logged.
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
     runs = client.search_runs([experiment.experiment_id])
     stage_runs = {r.data.tags["metarl.stage"]: r for r in runs
-                  if r.data.tags.get("metarl.stage") in
-                  {"tasks", "tune", "train", "evaluate", "register"}}
-    assert set(stage_runs) == {"tasks", "tune", "train", "evaluate", "register"}
+                  if r.data.tags.get("metarl.stage") in STAGE_NAMES}
+    assert set(stage_runs) == set(STAGE_NAMES)
     parents = {r.data.tags["mlflow.parentRunId"] for r in stage_runs.values()}
     assert len(parents) == 1
     parent = client.get_run(parents.pop())
@@ -73,6 +75,23 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     test_hash = json.loads((root / "data/tasks/test.json").read_text())["content_hash"]
     assert stage_runs["evaluate"].data.tags["task_hash.test"] == test_hash
     assert "meta_test/return_post_adapt_k1" in stage_runs["evaluate"].data.metrics
+    k_max = params["evaluate"]["num_adapt_steps"]
+    curve = client.get_metric_history(stage_runs["evaluate"].info.run_id, "meta_test/maml/return")
+    assert sorted(m.step for m in curve) == list(range(k_max + 1))  # one metric over steps
+    assert {m.step: m.value for m in curve}[k_max] == pytest.approx(
+        summary["maml"][f"return_post_adapt_k{k_max}"])
+
+    # The report: the gate's decision on one offline page; `dvc plots show` draws every plot.
+    page = (root / "reports" / "report.html").read_text()
+    assert "Registry gate" in page and page.count('<img src="data:image/png;base64,') == 3
+    plots = json.loads(_run(["dvc", "plots", "show", "--json"], root).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert set(plots["data"]) == {"plots/adaptation_curve.csv", "plots/train_curve.csv",
+                                  "reports/figures/adaptation_curve.png",
+                                  "reports/figures/scores.png", "reports/figures/improvement.png"}
+    band = plots["data"]["plots/adaptation_curve.csv"][0]["content"]
+    assert {r["learner"] for r in band["data"]["values"]} == {"meta_learner", "pretrained",
+                                                              "scratch", "random"}
     trials = [r for r in runs if r.data.tags.get("metarl.stage") == "tune-trial"]
     assert len(trials) == params["tune"]["n_trials"]
     assert all(r.data.tags["mlflow.parentRunId"] == stage_runs["tune"].info.run_id
@@ -118,7 +137,7 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     params["train"]["num_iterations"] = 3
     write_params(root, params)
     changed = _run(["dvc", "repro"], root)
-    assert _stages_run(changed.stdout) == {"train", "evaluate", "register"}
+    assert _stages_run(changed.stdout) == {"train", "evaluate", "register", "report"}
     versions = client.search_model_versions(f"name='{name}'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
@@ -140,4 +159,4 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     physics = root / "metarl" / "envs" / "cartpole.py"
     physics.write_text(physics.read_text() + "\n# a change to the physics file\n")
     status = json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], root).stdout or "{}")
-    assert {"tasks", "tune", "train", "evaluate", "register"} <= set(status), status
+    assert set(STAGE_NAMES) <= set(status), status

@@ -50,7 +50,8 @@ def test_every_stage_depends_on_all_the_code_it_can_reach() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     code = _stage_code()
     assert Path("pipelines/stages/register.py") in code and Path("metarl/envs/cartpole.py") \
-        in code, "the import walk found the stages and the physics"
+        in code and Path("pipelines/stats.py") in code, \
+        "the import walk found the stages, the report and the physics"
     for name, stage in stages.items():
         deps = [d for d in stage["deps"] if not d.startswith(("data/", "tuning/", "models",
                                                               "metrics/"))]

@@ -126,7 +126,9 @@ def test_every_registered_version_carries_its_card(
     client = _registry(project)
     version = client.get_model_version(NAME, str(record["version"]))
     assert version.description == card
-    assert _artifact(project, version.run_id) == card
+    # the version's source run is the train run; the card is on the run that registered it
+    assert client.get_run(version.run_id).data.tags["metarl.stage"] == "train"
+    assert _artifact(project, version.tags["registered_by_run"]) == card
     assert card.split("\n\n")[1] == f"Registry gate: {record['reason']}."
 
     # What was trained, on what, with which budget.

@@ -188,6 +188,8 @@ def test_pruned_and_failed_trials_in_mlflow(tmp_path: Path,
     assert {n: (r.info.status, r.data.tags["optuna.trial_state"]) for n, r in runs.items()} == {
         0: ("FINISHED", "COMPLETE"), 1: ("FINISHED", "PRUNED"), 2: ("FINISHED", "COMPLETE")}
     assert runs[1].data.metrics["tune/val_return_post_adapt"] == study.trials[1].value
+    assert runs[1].data.tags["optuna.pruned_at"] == "1"  # its first report (eval_every: 1)
+    assert "optuna.pruned_at" not in runs[0].data.tags
 
     # a trial that raises is FAIL (its run FAILED) and stops the stage; a rerun samples the
     # same point for the same slot

@@ -27,7 +27,7 @@ from metarl.sampler import rollout
 torch.set_num_threads(1)
 
 PACKAGE = Path(__file__).resolve().parents[2] / "metarl"
-FORBIDDEN = ("mlflow", "prefect", "dvc", "optuna")
+FORBIDDEN = ("mlflow", "prefect", "dvc", "optuna", "scipy")  # scipy: pipelines.stats only
 IMPORT_RE = re.compile(rf"^\s*(?:import|from)\s+({'|'.join(FORBIDDEN)})\b", re.MULTILINE)
 
 
