@@ -68,12 +68,12 @@ shift || true
 case "$cmd" in
   pipeline)
     setup
-    log "running the pipeline: dvc repro (tasks → tune → train → evaluate → register)"
+    log "running the pipeline: dvc repro (tasks → tune → train → evaluate → register → report)"
     start=$(date +%s)
     dvc repro "$@"
     log "done in $(( $(date +%s) - start )) s. Meta-test on held-out tasks (reports/meta_test.md):"
     cat reports/meta_test.md
-    log "plot: plots/adaptation_curve.png · metrics: dvc metrics show · runs: mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    log "report: reports/report.html (opens offline) · plot: plots/adaptation_curve.png · metrics: dvc metrics show · runs: mlflow ui --backend-store-uri sqlite:///mlflow.db"
     ;;
   test)
     setup
