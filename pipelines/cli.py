@@ -236,7 +236,8 @@ def _parser() -> Parser:
         "DIR/figures/*.png from what the stages wrote: adaptation curves with 95% bands, "
         "normalised scores (mean and IQM with intervals), the probability that the "
         "meta-learner beats each baseline, the gate's decision, task-set hashes, budgets and "
-        "wall-clock. What the DVC stage `report` runs after register.")
+        "wall-clock. The same as the report stage (`metarl stage report`, what `dvc repro` runs "
+        "after register), written anywhere and outside any pipeline run.")
     report.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="folder to write (default: <root>/reports)")
     project_args(report)

@@ -317,7 +317,8 @@ def render(facts: Facts, figures: dict[str, Path], written_at: str) -> str:
         clock.append(("all listed", f"{sum(facts.wall_clock.values()):.1f}"))
     parts = [
         f"<h1>{_e(main)} on {_e(m['family'])}: meta-test comparison</h1>",
-        f'<p class="note">Written {_e(written_at)} by <code>metarl report</code> from '
+        f'<p class="note">Written {_e(written_at)} by the report stage '
+        "(<code>metarl stage report</code>, or <code>metarl report</code>) from "
         "metrics/meta_test.json and metrics/register.json.</p>",
         "<h2>Registry gate</h2>", _gate_html(facts),
         "<h2>Adaptation curves</h2>",
