@@ -66,6 +66,22 @@ class TaskReplayBuffer:
         self.cursor[row] = (self.cursor[row] + count) % self.capacity
         self.size[row] = min(self.capacity, int(self.size[row]) + count)
 
+    def state(self) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """Everything the buffer holds, as tensors (part of a training loop's state)."""
+        return {"data": {k: v.cpu().clone() for k, v in self.data.items()},
+                "size": self.size.clone(), "cursor": self.cursor.clone()}
+
+    def load_state(self, state: dict[str, torch.Tensor | dict[str, torch.Tensor]],
+                   device: torch.device | str = "cpu") -> None:
+        """Continue from :meth:`state` (a buffer of the same tasks and capacity)."""
+        data, size, cursor = state["data"], state["size"], state["cursor"]
+        assert isinstance(data, dict) and isinstance(size, torch.Tensor)
+        assert isinstance(cursor, torch.Tensor)
+        check(tuple(size.shape) == (self.num_tasks,), "buffer state", tuple(size.shape),
+              f"expected {self.num_tasks} tasks")
+        self.data = {k: v.to(device).clone() for k, v in data.items()}
+        self.size, self.cursor = size.clone(), cursor.clone()
+
     def sample(self, batch_size: int, generator: torch.Generator,
                tasks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``batch_size`` transitions of each of ``tasks`` (default: all), uniformly.

@@ -64,3 +64,19 @@ def test_it_holds_the_samplers_transitions() -> None:
     assert out["terminated"].dtype == torch.bool and out["actions"].dtype == torch.long
     assert int(buf.data["truncated"].sum() + buf.data["terminated"].sum()) == int(
         (batch.truncated | batch.terminated).sum())
+
+
+def test_state_round_trip_continues_identically() -> None:
+    buf = TaskReplayBuffer(num_tasks=2, capacity=4)
+    buf.add(_batch(2, 1, 3))
+    copy = TaskReplayBuffer(num_tasks=2, capacity=4)
+    copy.load_state(buf.state())
+    for b in (buf, copy):
+        b.add(_batch(2, 1, 2, start=50.0))
+    assert torch.equal(copy.data["rewards"], buf.data["rewards"])
+    assert copy.size.tolist() == buf.size.tolist() == [4, 4]
+    a = buf.sample(8, torch.Generator().manual_seed(1))
+    b = copy.sample(8, torch.Generator().manual_seed(1))
+    assert torch.equal(a["rewards"], b["rewards"])
+    with pytest.raises(ValueError, match="buffer state"):
+        TaskReplayBuffer(num_tasks=3, capacity=4).load_state(buf.state())
