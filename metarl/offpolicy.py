@@ -49,15 +49,14 @@ class MLP(nn.Module):
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         sizes = [in_dim, *hidden_sizes, out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        linear = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
         if generator is not None:
             with torch.no_grad():
-                for layer in self.layers:
+                for layer in linear:
                     bound = 1.0 / max(layer.in_features, 1) ** 0.5
-                    layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator)
-                                       * 2 * bound - bound)
-                    layer.bias.copy_(torch.rand(layer.bias.shape, generator=generator)
-                                     * 2 * bound - bound)
+                    for p in (layer.weight, layer.bias):
+                        p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)
+        self.layers = nn.ModuleList(linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network on ``x [..., in_dim]`` → ``[..., out_dim]``."""
