@@ -18,6 +18,18 @@ The best policy is known: moving each coordinate towards the goal as fast as the
 ``clip(goal - position)``, minimises the distance at every step at once (the coordinates move
 independently under a box constraint), so it maximises the return under either reward.
 :class:`Nav2DOracle` is that policy; :meth:`Nav2DFamily.oracle_returns` rolls it out.
+
+PEARL's point robots (Rakelly et al. 2019, appendix; oyster's ``point_robot.py``) are options
+of the same family:
+
+* the dense one: goals in ``[-1, 1]^2`` (``goal_low: -1``, ``goal_high: 1``), horizon 20;
+* the sparse one: ``goals: semicircle`` puts the goals on the upper half of a circle of
+  ``circle_radius`` 1 (angle uniform in ``[0, pi]``), and ``reward: sparse`` pays 1 on each
+  step that ends within ``goal_radius`` (0.2) of the goal, else 0 (oyster adds ``1 - distance``
+  inside the radius; the issue's protocol and ours pay a flat 1), horizon 20,
+  ``goal_tolerance: 0``. The reward carries no direction until the goal is found, so a
+  learner must explore over several episodes; :meth:`BatchedNav2D.success_rate` is the share of
+  episodes that reached the goal radius at some step.
 """
 
 from __future__ import annotations
@@ -34,7 +46,8 @@ from metarl.config import check, check_fields, check_number
 from metarl.envs import render
 from metarl.envs.base import StateBatch, render_view
 
-RewardKind = Literal["distance", "squared_distance"]
+RewardKind = Literal["distance", "squared_distance", "sparse"]
+GoalKind = Literal["box", "semicircle"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +66,17 @@ class Nav2DFamilyConfig:
     """``distance`` (pytorch-maml-rl, learn2learn) or ``squared_distance`` (the paper's text)."""
     goal_tolerance: float = 0.01
     """An episode ends when both coordinates are within this of the goal; 0 never ends early."""
+    goals: GoalKind = "box"
+    """``box``: goals uniform in ``[goal_low, goal_high]^2``; ``semicircle``: on the upper half
+    of a circle of ``circle_radius`` around the origin (PEARL's sparse point robot)."""
+    circle_radius: float = 1.0
+    """Radius of the semicircle of goals (``goals: semicircle``)."""
+    goal_radius: float = 0.2
+    """``reward: sparse`` pays 1 on steps that end within this distance of the goal."""
 
     def __post_init__(self) -> None:
-        for name in ("goal_low", "goal_high", "action_clip", "goal_tolerance"):
+        for name in ("goal_low", "goal_high", "action_clip", "goal_tolerance", "circle_radius",
+                     "goal_radius"):
             value = getattr(self, name)
             check(np.isfinite(value), name, value, "must be a finite number")
         check(self.goal_low < self.goal_high, "goal_low", self.goal_low,
@@ -67,6 +88,28 @@ class Nav2DFamilyConfig:
         check(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         check(self.goal_tolerance >= 0, "goal_tolerance", self.goal_tolerance,
               "must be >= 0 (0 disables early termination)")
+        check(self.reward in ("distance", "squared_distance", "sparse"), "reward", self.reward,
+              "choose distance, squared_distance or sparse")
+        check(self.goals in ("box", "semicircle"), "goals", self.goals,
+              "choose box or semicircle")
+        check(self.circle_radius > 0, "circle_radius", self.circle_radius, "must be > 0")
+        check(self.goal_radius > 0, "goal_radius", self.goal_radius, "must be > 0")
+        check(self.reward != "sparse" or self.goal_tolerance == 0, "goal_tolerance",
+              self.goal_tolerance, "must be 0 with reward: sparse (an episode that ended at the "
+              "goal would stop earning its reward); set goal_tolerance: 0")
+
+    def goal_extent(self) -> tuple[float, float]:
+        """The square every goal lies in, ``(low, high)`` per coordinate (for drawing)."""
+        if self.goals == "semicircle":
+            return -self.circle_radius, self.circle_radius
+        return self.goal_low, self.goal_high
+
+    def sample_goals(self, num_goals: int, rng: np.random.Generator) -> np.ndarray:
+        """``[num_goals, 2]`` goals of this distribution (:attr:`goals`)."""
+        if self.goals == "semicircle":
+            angle = rng.uniform(0.0, np.pi, size=num_goals)
+            return self.circle_radius * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+        return rng.uniform(self.goal_low, self.goal_high, size=(num_goals, 2))
 
 
 class BatchedNav2D(StateBatch):
@@ -98,11 +141,18 @@ class BatchedNav2D(StateBatch):
         self._init_batch(self.goals.shape[0], num_envs, 2, config.max_steps, device, dtype,
                          "goals: got none; pass at least one [x, y] goal")
         self.clip = config.action_clip
-        self.squared = config.reward == "squared_distance"
+        self.reward_kind = config.reward
+        self.goal_radius = config.goal_radius
         self.tolerance = config.goal_tolerance
         self.action_low: tuple[float, ...] = (-self.clip, -self.clip)
         self.action_high: tuple[float, ...] = (self.clip, self.clip)
-        self.goal_box = (config.goal_low, config.goal_high)
+        self.goal_box = config.goal_extent()
+        self.success = torch.zeros(self.num_tasks, num_envs, dtype=torch.bool,
+                                   device=self.device)
+        """``[N, E]``: the slot's episode has ended a step within ``goal_radius`` of the goal
+        since it began (every reward kind keeps it; only ``sparse`` reports it)."""
+        if config.reward == "sparse":
+            self.success_rate = self._success_rate
         self.watched = False
         """Whether :meth:`render_frame` has been called: the history a frame draws is kept
         from then on only, so envs nobody watches step at full speed."""
@@ -121,6 +171,7 @@ class BatchedNav2D(StateBatch):
     def set_state(self, state: torch.Tensor) -> torch.Tensor:
         """Put every slot in ``state`` (``[N, E, 2]``) and start its trail there."""
         obs = super().set_state(state)
+        self.success = torch.zeros_like(self.done)
         self._restart_trail(torch.ones_like(self.done))
         return obs
 
@@ -129,8 +180,13 @@ class BatchedNav2D(StateBatch):
         """Restart the ended slots (auto-reset) and their trails; return obs."""
         restarted = self.done if ended is None else self.done | ended
         obs = super().reset_done(generator, ended)
+        self.success = self.success & ~restarted
         self._restart_trail(restarted)
         return obs
+
+    def _success_rate(self) -> torch.Tensor:
+        """Share of each task's slots whose episode reached the goal radius, ``[N]``."""
+        return self.success.float().mean(dim=1)
 
     def _restart_trail(self, slots: torch.Tensor) -> None:
         if not self.watched:
@@ -155,7 +211,8 @@ class BatchedNav2D(StateBatch):
 
         Returns:
             ``(obs [N,E,2], reward [N,E], terminated [N,E])``: the reward is minus the
-            (squared) distance to the goal after the move, 0 for slots already terminated.
+            (squared) distance to the goal after the move (``sparse``: 1 within
+            ``goal_radius``, else 0), 0 for slots already terminated.
 
         """
         live = ~self.done
@@ -163,8 +220,13 @@ class BatchedNav2D(StateBatch):
         self.state = torch.where(live.unsqueeze(-1), self.state + velocity, self.state)
         offset = self.state - self.goals.unsqueeze(1)
         sq = offset.square().sum(-1)
-        cost = sq if self.squared else sq.sqrt()
-        reward = torch.where(live, -cost, torch.zeros_like(cost))
+        inside = live & (sq <= self.goal_radius ** 2)
+        self.success = self.success | inside
+        if self.reward_kind == "sparse":
+            reward = inside.to(self.dtype)
+        else:
+            cost = sq if self.reward_kind == "squared_distance" else sq.sqrt()
+            reward = torch.where(live, -cost, torch.zeros_like(cost))
         if self.tolerance > 0:
             terminated = (offset.abs() < self.tolerance).all(-1) & live
         else:
@@ -190,7 +252,7 @@ class MetaNav2DEnv(gym.Env[np.ndarray, np.ndarray]):
 
     Args:
         goal: the task's goal ``(x, y)``; when omitted (and ``task`` too), every reset draws a
-            new goal uniformly in the config's goal box from ``np_random`` (a meta-env: one
+            new goal of the config's distribution from ``np_random`` (a meta-env: one
             task per episode).
         config: clip, horizon, reward, tolerance (:class:`Nav2DFamilyConfig`).
         render_mode: ``"rgb_array"`` (:meth:`render` returns frames) or None.
@@ -230,7 +292,7 @@ class MetaNav2DEnv(gym.Env[np.ndarray, np.ndarray]):
         """Start at the origin; draw the goal from ``np_random`` unless it is fixed."""
         super().reset(seed=seed)
         if self.fixed_goal is None:
-            goal = self.np_random.uniform(self.config.goal_low, self.config.goal_high, size=2)
+            goal = self.config.sample_goals(1, self.np_random)[0]
         else:
             goal = self.fixed_goal
         self._env.goals = torch.as_tensor(goal, dtype=torch.float64).view(1, 2)
@@ -261,7 +323,7 @@ class MetaNav2DEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 class Nav2DFamily:
-    """2D navigation with goals uniform in a box (task dict: ``goal_x``, ``goal_y``)."""
+    """2D navigation to a hidden goal (task dict: ``goal_x``, ``goal_y``)."""
 
     name: ClassVar[str] = "nav2d"
 
@@ -270,8 +332,8 @@ class Nav2DFamily:
         self.max_steps = config.max_steps
 
     def sample(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, float]]:
-        """Goals uniform in ``[goal_low, goal_high]^2``."""
-        goals = rng.uniform(self.config.goal_low, self.config.goal_high, size=(num_tasks, 2))
+        """Goals of the config's distribution (:meth:`Nav2DFamilyConfig.sample_goals`)."""
+        goals = self.config.sample_goals(num_tasks, rng)
         return [{"goal_x": float(x), "goal_y": float(y)} for x, y in goals]
 
     def check_task(self, task: dict[str, Any]) -> None:
