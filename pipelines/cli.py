@@ -299,7 +299,7 @@ def _parser() -> Parser:
         "--protocol es_maml: ES-MAML's) for the same env-step budget per seed and print, per "
         "algorithm, the env steps and wall-clock used, the return before and after 1..K "
         "adaptation steps on held-out goals and the normalised score (random 0, "
-        "straight-to-goal oracle 1) at the final checkpoint, with 95%% intervals over goals x "
+        "straight-to-goal oracle 1) at the final checkpoint, with 95% intervals over goals x "
         "seeds, and env-steps/s. Choose settings with --split val (validation goals); the "
         "table's numbers are on the test goals.")
     nav2d.add_argument("--algorithms", nargs="+", default=None, metavar="NAME",
@@ -319,6 +319,37 @@ def _parser() -> Parser:
                        "configuration, e.g. reptile.outer_lr=0.003 (YAML values)")
     nav2d.add_argument("--out", type=Path, default=None, metavar="FILE",
                        help="also write the table to FILE (atomically, once complete)")
+    offpolicy = bench_sub.add_parser(
+        "offpolicy", help="PEARL and MQL against RL² and MAML: meta-test return against "
+        "meta-training env steps",
+        description="Meta-train each algorithm (default: PEARL, MQL, RL², MAML, whichever are "
+        "registered) on one of PEARL's protocols for the same env-step budget per seed; score "
+        "it on held-out tasks during training (a learning curve against env steps) and at the "
+        "final checkpoint: the return (and, on the sparse point robot, the success rate) after "
+        "0..N rounds of context, 95% intervals over tasks x seeds, the env steps and "
+        "wall-clock used, and the env steps each needed to match the best on-policy "
+        "algorithm's final return. Choose settings with --split val.")
+    offpolicy.add_argument("--protocol", choices=["point_sparse", "point_dense", "cheetah_vel"],
+                           default="point_sparse", help="the task (default: point_sparse)")
+    offpolicy.add_argument("--algorithms", nargs="+", default=None, metavar="NAME",
+                           help="which (default: pearl mql rl2 maml)")
+    offpolicy.add_argument("--budget", type=int, default=None,
+                           help="env steps per algorithm and seed (default: the protocol's)")
+    offpolicy.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                           help="training seeds (default: 0 1 2)")
+    offpolicy.add_argument("--episodes", type=int, default=3, dest="rounds",
+                           help="rounds of context N at meta-test (default 3)")
+    offpolicy.add_argument("--points", type=int, default=6,
+                           help="evaluations along the learning curve (default 6)")
+    offpolicy.add_argument("--split", choices=["val", "test"], default="test",
+                           help="tasks to score on: val to choose settings, test for the table")
+    offpolicy.add_argument("--set", nargs="+", action="extend", default=None,
+                           metavar="ALGO.KEY=V", dest="overrides", help="change a setting of "
+                           "one algorithm's configuration, e.g. pearl.kl_weight=1.0")
+    offpolicy.add_argument("--out", type=Path, default=None, metavar="FILE",
+                           help="also write the table to FILE (atomically, once complete)")
+    offpolicy.add_argument("--curves", type=Path, default=None, metavar="FILE",
+                           help="also write every evaluation point to FILE (CSV)")
     rl2 = bench_sub.add_parser(
         "rl2", help="RL² meta-trained on cells of RL²'s Tables 1 and 2, beside baselines",
         description="Meta-train RL² (GRU + PPO) per cell and seed, score it on the test "
@@ -520,15 +551,12 @@ def _bench_rl2(args: argparse.Namespace) -> None:
         _replot_rl2(json_path, args.plot)
 
 
-def _bench_nav2d(args: argparse.Namespace) -> None:
-    """``metarl bench nav2d``: parse ``--set ALGO.KEY=VALUE`` and run."""
+def _algo_overrides(items: list[str] | None) -> dict[str, dict[str, object]]:
+    """``--set ALGO.KEY=VALUE ...`` as ``{algo: {key: value}}`` (YAML values, lists as tuples)."""
     import yaml
 
-    from pipelines.bench.nav2d import bench_nav2d
-    from pipelines.io import atomic_write_text
-
     overrides: dict[str, dict[str, object]] = {}
-    for item in args.overrides or []:
+    for item in items or []:
         key, sep, value = item.partition("=")
         algo, dot, field = key.partition(".")
         if not sep or not dot or not field:
@@ -537,12 +565,34 @@ def _bench_nav2d(args: argparse.Namespace) -> None:
         parsed = yaml.safe_load(value)
         overrides.setdefault(algo, {})[field] = tuple(parsed) if isinstance(parsed, list) \
             else parsed
+    return overrides
+
+
+def _bench_nav2d(args: argparse.Namespace) -> None:
+    """``metarl bench nav2d``: parse ``--set ALGO.KEY=VALUE`` and run."""
+    from pipelines.bench.nav2d import bench_nav2d
+    from pipelines.io import atomic_write_text
+
     if args.budget < 1 or args.steps < 1:
         raise ValueError(f"--budget={args.budget}, --steps={args.steps}: each must be >= 1")
     result = bench_nav2d(args.algorithms, args.protocol, args.budget, tuple(args.seeds),
-                         args.steps, args.split, overrides)
+                         args.steps, args.split, _algo_overrides(args.overrides))
     if args.out is not None:
         atomic_write_text(args.out, result["table"] + "\n")
+
+
+def _bench_offpolicy(args: argparse.Namespace) -> None:
+    """``metarl bench offpolicy``."""
+    from pipelines.bench.offpolicy import bench_offpolicy
+    from pipelines.io import atomic_write_text
+
+    result = bench_offpolicy(args.algorithms, args.protocol, args.budget, tuple(args.seeds),
+                             args.rounds, args.split, points=args.points,
+                             overrides=_algo_overrides(args.overrides))
+    if args.out is not None:
+        atomic_write_text(args.out, result["table"] + "\n")
+    if args.curves is not None:
+        atomic_write_text(args.curves, result["curves"])
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -555,6 +605,8 @@ def _bench(args: argparse.Namespace) -> None:
         _bench_rl2(args)
     elif args.bench == "nav2d":
         _bench_nav2d(args)
+    elif args.bench == "offpolicy":
+        _bench_offpolicy(args)
     elif args.bench == "maml":
         from pipelines.bench.maml import bench_maml
 

@@ -403,7 +403,7 @@ class RL2:
 
         Returns PPO's loss parts, ``trial_return`` (mean total reward of a trial),
         ``first_episode_return`` / ``last_episode_return`` (a trial's first and last episode:
-        the in-context adaptation) and the ``lr`` used.
+        the in-context adaptation), the ``lr`` used and the ``env_steps`` taken.
         """
         c = self.config
         lr = c.lr_drop_to if 0 < c.lr_drop_at <= self.iteration else c.lr
@@ -432,6 +432,7 @@ class RL2:
         stats["first_episode_return"] = float(per_episode[0])
         stats["last_episode_return"] = float(per_episode[-1])
         stats["lr"] = lr
+        stats["env_steps"] = float(batch.mask.sum())
         self.iteration += 1
         return stats
 
@@ -534,7 +535,8 @@ def train_rl2(family: TaskFamily, train_set: TaskSet, config: RL2Config,
                             "train/return_post_adapt": stats["last_episode_return"],
                             "train/trial_return": stats["trial_return"],
                             **{f"train/{k}": stats[k]
-                               for k in ("policy_loss", "value_loss", "entropy")}}, step=it)
+                               for k in ("policy_loss", "value_loss", "entropy", "env_steps")}},
+                           step=it)
         if hook is not None:
             hook(it, algo.learner())
 

@@ -47,6 +47,7 @@ from metarl.envs.nav2d import Nav2DFamily, Nav2DFamilyConfig
 from metarl.evaluation import adaptation_curve, normalized
 from metarl.tasks import TaskSet, sample_task_sets
 from pipelines import stats
+from pipelines.bench.budget import StepCounter, iterations_within
 from pipelines.bench.maml import BENCH_CONFIG as MAML_CONFIG
 
 EVAL_EPISODES = 20
@@ -126,28 +127,16 @@ class Row:
         return self.seconds / (self.iterations * self.returns.shape[0])
 
 
-class _StepCounter:
-    """A :class:`~metarl.logging.MetricLogger` adding up ``train/env_steps``."""
-
-    def __init__(self) -> None:
-        self.env_steps = 0.0
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Count this iteration's env steps."""
-        self.env_steps += metrics.get("train/env_steps", 0.0)
-
-
 def run_algorithm(name: str, config: Any, family: Nav2DFamily, train: TaskSet,
                   goals: list[dict[str, float]], budget: int, seeds: list[int],
                   num_adapt_steps: int, yardsticks: tuple[float, float],
                   progress: Callable[[str], None] = print) -> Row:
     """Train ``name`` on ``budget`` env steps per seed, score its final checkpoint on ``goals``."""
     algo = registry.get(name)
-    per_iteration = env_steps_per_iteration(name, config, family.max_steps, num_adapt_steps + 1)
-    iterations = max(1, budget // per_iteration)
+    iterations = iterations_within(algo, config, budget, family.max_steps, num_adapt_steps + 1)
     returns, steps, seconds = [], 0.0, 0.0
     for seed in seeds:
-        counter = _StepCounter()
+        counter = StepCounter()
         context = TrainContext(family=family, train_set=train, num_iterations=iterations,
                                seed=seed, device="cpu", episodes_per_trial=num_adapt_steps + 1,
                                logger=counter)

@@ -1,0 +1,84 @@
+"""``metarl bench offpolicy``: equal budgets, a learning curve against env steps, a table."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metarl.algos import registry
+from pipelines import stats
+from pipelines.bench.budget import iterations_within
+from pipelines.bench.offpolicy import Curve, Row, bench_offpolicy, steps_to_reach
+from pipelines.cli import main
+
+TINY = {"maml": {"meta_batch_size": 4, "episodes_per_task": 4, "hidden_sizes": (8,)},
+        "rl2": {"meta_batch_size": 4, "hidden_size": 8, "num_epochs": 1}}
+
+
+def test_budgets_curves_and_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    budget = 8_000
+    result = bench_offpolicy(["maml", "rl2"], "point_sparse", budget, seeds=(0, 1), rounds=2,
+                             split="val", eval_seeds=(0,), points=3, overrides=TINY)
+    out = capsys.readouterr().out
+    for row in result["rows"]:
+        algo = registry.get(row.name)
+        config = algo.config_cls(**TINY[row.name])
+        # as many iterations as fit, and no more: the env steps used stay within the budget
+        assert row.iterations == iterations_within(algo, config, budget, 20, 3)
+        assert 0 < row.env_steps <= budget
+        assert row.returns.shape == (2, 3, 20)  # seeds x rounds 0..2 x the 20 val goals
+        assert row.success is not None and ((0 <= row.success) & (row.success <= 1)).all()
+        for curve in row.curves:  # evaluations along training, the final one last
+            steps = [p[0] for p in curve.points]
+            assert steps == sorted(steps) and len(steps) >= 2 and steps[-1] == row.env_steps
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"{row.name} "))
+        est = stats.mean_interval(row.returns[:, 2], stats.generator())
+        assert f"{est.value:.2f} [{est.ci_low:.2f}, {est.ci_high:.2f}]" in line
+    csv = result["curves"].splitlines()
+    assert csv[0].startswith("algorithm,seed,env_steps,return_r0")
+    assert len(csv) == 1 + sum(len(c.points) for r in result["rows"] for c in r.curves)
+    assert "val tasks (20)" in out and "budget 8,000 env steps per seed" in out
+
+
+def _row(name: str, points: list[tuple[float, float]], budget: float) -> Row:
+    curve = Curve([(s, np.full((2, 4), v), None) for s, v in points])
+    final = np.full((1, 2, 4), points[-1][1])
+    return Row(name, 1, budget, 1.0, final, None, [curve])
+
+
+def test_steps_to_reach_reads_the_mean_curve() -> None:
+    row = _row("pearl", [(100, 0.1), (1_000, 0.5), (10_000, 0.9)], 10_000)
+    assert steps_to_reach(row, 0.5) == 1_000
+    assert steps_to_reach(row, 0.95) is None
+    two = replace(row, curves=[row.curves[0], Curve([(200, np.zeros((2, 4)), None),
+                                                     (2_000, np.ones((2, 4)), None),
+                                                     (20_000, np.ones((2, 4)), None)])])
+    assert steps_to_reach(two, 0.75) == 1_500  # the seeds' means: 0.05 at 150, 0.75 at 1,500
+
+
+def test_iterations_within_counts_an_initial_collection() -> None:
+    class Fake:
+        @staticmethod
+        def episodes(config: object, n: int, trial: int) -> int:
+            return 50 + 10 * n  # 50 episodes before the first iteration
+
+    assert iterations_within(Fake, None, (50 + 10 * 7) * 20, 20, 1) == 7  # type: ignore[arg-type]
+    assert iterations_within(Fake, None, 10, 20, 1) == 1  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--set", "maml.foo=1"], "--set maml.foo=1: unknown key"),
+    (["--algorithms", "nope"], "--algorithms='nope': unknown algorithm"),
+    (["--budget", "0"], "--budget=0"),
+])
+def test_bad_input_is_named(argv: list[str], said: str, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "table.txt"
+    assert main(["bench", "offpolicy", "--algorithms", "maml", *argv, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert said in captured.err
+    assert "seed 0:" not in captured.out  # refused before anything trained
+    assert not out.exists()
