@@ -33,7 +33,8 @@ from metarl.tasks import TaskFamily, TaskSet
 from metarl.training import Resume
 
 BUILTIN = ("metarl.algos.maml", "metarl.algos.reptile", "metarl.algos.rl2",
-           "metarl.algos.es_maml")
+           "metarl.algos.es_maml", "metarl.algos.maml_q", "metarl.algos.pearl",
+           "metarl.algos.mql")
 """Modules whose import registers the built-in algorithms."""
 ENTRY_POINTS = "metarl.algorithms"
 """The entry-point group of algorithm plugins (each names a module that calls register)."""

@@ -17,7 +17,8 @@ itself adapted from the paper's ``point_env_randgoal.py``; learn2learn's is the 
 The best policy is known: moving each coordinate towards the goal as fast as the clip allows,
 ``clip(goal - position)``, minimises the distance at every step at once (the coordinates move
 independently under a box constraint), so it maximises the return under either reward.
-:class:`Nav2DOracle` is that policy; :meth:`Nav2DFamily.oracle_returns` rolls it out.
+:class:`metarl.baselines.oracles.Nav2DOracle` is that policy;
+:func:`metarl.baselines.oracles.oracle_returns` rolls it out.
 
 PEARL's point robots (Rakelly et al. 2019, appendix; oyster's ``point_robot.py``) are options
 of the same family:
