@@ -60,6 +60,17 @@ def tiny_params() -> dict[str, Any]:
                                      hidden_sizes=[8])
     params["algo"]["rl2"].update(hidden_size=8, meta_batch_size=3, trials_per_task=2,
                                  num_epochs=2, num_minibatches=2, bptt_length=10)
+    params["algo"]["maml_q"].update(meta_batch_size=3, episodes_per_task=3, hidden_sizes=[8],
+                                    num_outer_steps=2)
+    params["algo"]["pearl"].update(hidden_sizes=[16], encoder_hidden=[16], meta_batch_size=3,
+                                   batch_size=16, context_batch=8, num_initial_episodes=2,
+                                   num_tasks_sample=2, num_episodes_prior=1,
+                                   num_extra_rl_episodes_posterior=1, num_train_steps_per_itr=3,
+                                   replay_capacity=200)
+    params["algo"]["mql"].update(hidden_sizes=[16], context_hidden=8, history_length=4,
+                                 batch_size=24, meta_batch_size=3, updates_per_iteration=3,
+                                 random_iterations=1, buffer_size=200, adapt_buffer_size=100,
+                                 adapt_steps=3, adapt_batch_size=8, propensity_steps=3)
     params["tune"].update(n_trials=2, num_iterations=2, eval_every=1, episodes_per_task=3)
     params["train"]["num_iterations"] = 2
     params["evaluate"].update(seeds=[0, 1], num_adapt_steps=2, episodes_per_task=3)
@@ -134,3 +145,28 @@ def copy_repo(dest: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
     return dest
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A throwaway PostgreSQL server on loopback for the session (:mod:`pipelines.pgcluster`).
+
+    Skips where PostgreSQL is not installed, except in CI (``CI=true``), where .ci/run installs
+    it and a missing server is a failure.
+    """
+    from pipelines.pgcluster import ClusterError, bindir, throwaway_cluster
+
+    try:
+        bindir()
+    except ClusterError as err:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(err))
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+def fresh_database(cluster: Any, prefix: str) -> str:
+    """A new database of ``cluster`` named ``<prefix>_<n>``; its URL."""
+    fresh_database.count = getattr(fresh_database, "count", 0) + 1  # type: ignore[attr-defined]
+    return str(cluster.create_database(f"{prefix}_{fresh_database.count}"))  # type: ignore[attr-defined]
