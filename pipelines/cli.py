@@ -129,6 +129,19 @@ def _parser() -> Parser:
     stage.add_argument("name", choices=list(STAGES), help="stage to run")
     project_args(stage)
 
+    worker = sub.add_parser(
+        "tune-worker", help="join the project's tuning study and run trials until it is complete",
+        description="Run trials of the study that `metarl stage tune` would run (the same "
+        "params, task sets and storage) until it holds tune.n_trials finished trials, then "
+        "exit; write nothing else. Start any number, on any machine with a checkout of the "
+        "project (its data/tasks pulled) and a database storage every machine reaches: "
+        "METARL_TUNE_STORAGE=postgresql://user:password@host/db (and MLFLOW_TRACKING_URI for "
+        "the trials' runs). Workers take turns creating trials under a PostgreSQL advisory "
+        "lock, so no trial is lost or run twice; a killed worker's trial is failed by the "
+        "others (heartbeat: after 120 s on another machine, at once on this one) and retried. "
+        "The tune stage then writes the best parameters (README, \"Run it on a cluster\").")
+    project_args(worker)
+
     def override_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--family", default=None, help="task.family for this run (e.g. nav2d)")
         p.add_argument("--algorithm", default=None, help="algo.name for this run (e.g. rl2)")
@@ -642,6 +655,16 @@ def _use(args: argparse.Namespace) -> None:
                    args.seed, args.video, args.fps)
 
 
+def _project_command(args: argparse.Namespace) -> None:
+    """``metarl promote`` and ``metarl tune-worker``: one call on the project, JSON out."""
+    from pipelines.runner import promote_version, tune_worker
+
+    if args.command == "promote":
+        print(json.dumps(promote_version(args.model_name, args.version, args.root, args.params)))
+    else:
+        print(json.dumps({"tune-worker": tune_worker(args.root, args.params)}, default=str))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -671,11 +694,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(run_flow(args.root, args.params,
                                       **{k: getattr(args, k) for k in OVERRIDE_NAMES}),
                              default=str))
-        elif args.command == "promote":
-            from pipelines.runner import promote_version
-
-            print(json.dumps(promote_version(args.model_name, args.version, args.root,
-                                             args.params)))
+        elif args.command in ("promote", "tune-worker"):
+            _project_command(args)
         elif args.command == "serve":
             from pipelines.flows import DEFAULT_CRON, OVERRIDE_NAMES, serve
 

@@ -11,11 +11,13 @@ class Paths:
     """Every artifact path of one project checkout."""
 
     root: Path
+    params_file: Path | None = None
+    """The params file the stage was started with, when not ``<root>/params.yaml``."""
 
     @property
     def params(self) -> Path:
-        """params.yaml."""
-        return self.root / "params.yaml"
+        """params.yaml (or the file the stage was started with)."""
+        return self.params_file or self.root / "params.yaml"
 
     def task_set(self, split: str) -> Path:
         """``data/tasks/<split>.json``."""

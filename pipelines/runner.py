@@ -59,12 +59,21 @@ def use_project_tracking(root: Path | str = ".", params: Path | str | None = Non
     return tracking.setup(config.tracking, paths.root)
 
 
+def tune_worker(root: Path | str = ".", params: Path | str | None = None) -> dict[str, Any]:
+    """``metarl tune-worker``: join the project's study and run trials until it is complete."""
+    paths = Paths(Path(root).resolve(), Path(params).resolve() if params else None)
+    config = load_project_config(paths.params, paths.root)
+    tracking.setup(config.tracking, paths.root)
+    configure_torch()
+    return tune.work(config, paths)
+
+
 def run_stage(name: str, root: Path | str = ".", params: Path | str | None = None) -> Any:
     """Run stage ``name`` of the project at ``root`` inside its nested MLflow run."""
     if name not in STAGES:
         raise ValueError(f"stage={name!r}: unknown; choose one of {list(STAGES)}")
-    paths = Paths(Path(root).resolve())
-    params_path = Path(params) if params else paths.params
+    paths = Paths(Path(root).resolve(), Path(params).resolve() if params else None)
+    params_path = paths.params
     config = load_project_config(params_path, paths.root)
     tracking.setup(config.tracking, paths.root)
     configure_torch()

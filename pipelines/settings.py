@@ -255,6 +255,12 @@ class TuneSection:
     experiment's copy, the project's own journal, as for ``tracking.uri``) or a database URL
     (e.g. postgresql://...). ``METARL_TUNE_STORAGE``, when set, replaces it: put a database's
     credentials there, never here."""
+    n_workers: int = 1
+    """Worker processes the stage runs on this machine, each with one torch thread, sharing
+    the study (more join from any machine with ``metarl tune-worker``). The trial after *k*
+    created ones is sampled with ``seed + k`` whatever the worker, so a random search gives the
+    same trials with any number of workers; TPE and CMA-ES after their random start see the
+    trials finished so far, which then depends on timing."""
     inner_lr: tuple[float, float] = (0.1, 1.0)
     """Log-uniform search range of ``algo.maml.inner_lr`` (MAML only)."""
     outer_lr: tuple[float, float] = (1e-3, 1e-2)
@@ -263,6 +269,8 @@ class TuneSection:
 
     def __post_init__(self) -> None:
         check(self.n_trials >= 0, "n_trials", self.n_trials, "must be >= 0")
+        check(isinstance(self.n_workers, int) and self.n_workers >= 1, "n_workers",
+              self.n_workers, "must be an integer >= 1")
         check(self.num_iterations >= 1, "num_iterations", self.num_iterations, "must be >= 1")
         check(self.eval_every >= 1, "eval_every", self.eval_every, "must be >= 1")
         check(self.episodes_per_task >= 2, "episodes_per_task", self.episodes_per_task,

@@ -151,11 +151,15 @@ def setup(tracking: TrackingSection, root: Path) -> str:
     if user_value is None:
         os.environ.pop(URI_ENV, None)
     location = artifact_root(tracking, root)
+    server = uri.startswith(("http://", "https://"))
     with store_lock(uri):  # two queued experiments may meet a store that does not exist yet
         experiment = mlflow.get_experiment_by_name(tracking.experiment)
         if experiment is None:
-            mlflow.create_experiment(tracking.experiment, artifact_location=location.as_uri())
-        elif not Path(tracking.artifact_location).is_absolute():
+            # a tracking server keeps the artifacts where it is told (--artifacts-destination,
+            # proxied to every machine); a local store, under the project
+            mlflow.create_experiment(tracking.experiment,
+                                     artifact_location=None if server else location.as_uri())
+        elif not server and not Path(tracking.artifact_location).is_absolute():
             relocate_artifacts(uri, experiment.artifact_location, location,
                                workspace_root(root))
     mlflow.set_experiment(tracking.experiment)

@@ -29,12 +29,16 @@ registration is also idempotent: a version carries a ``registration_key`` tag (a
 checkpoint, the test set and the protocol), and registering the same key again — a Prefect
 retry after a crash, a forced ``dvc repro`` — reuses that version instead of adding one.
 
-Two registrations into one local (SQLite) registry at once — queued ``dvc exp run`` jobs,
-parallel Prefect runs — take turns: the gate, from reading ``@champion`` to moving it, runs
-under an exclusive lock on ``<database>.register.lock``, so the champion is always the better
-of the two, never the last writer. MLflow's registry has no compare-and-set, so against a
-tracking *server* this lock cannot be taken and concurrent registrations are the user's to
-serialise. :func:`promote` moves ``@champion`` by hand (``metarl promote NAME VERSION``), to
+Two registrations into one registry at once — queued ``dvc exp run`` jobs, parallel Prefect
+runs, pipelines on several machines — take turns: the gate, from reading ``@champion`` to
+moving it, runs under one exclusive lock (:func:`registry_lock`), so the champion is always
+the better of the two, never the last writer. MLflow's registry has no compare-and-set, so the
+lock lives beside it: an ``flock`` on ``<database>.register.lock`` for a local SQLite
+registry, and a PostgreSQL advisory lock for a shared one — the tracking store's own server
+when ``tracking.uri`` is ``postgresql://``, or, behind an MLflow tracking server, the server
+that ``METARL_REGISTRY_LOCK=postgresql://...`` names (every registering machine sets it; the
+Optuna or MLflow database's server does). A tracking server without it is not locked.
+:func:`promote` moves ``@champion`` by hand (``metarl promote NAME VERSION``), to
 roll back.
 """
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +73,7 @@ from metarl.evaluation import (
 from metarl.tasks import TaskFamily, TaskSet
 from pipelines import model_card, stats
 from pipelines.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipelines.locks import LockTimeout, exclusive, is_postgresql
 from pipelines.model import (
     ArtifactError,
     load_registered,
@@ -76,7 +82,7 @@ from pipelines.model import (
     trained_model_uri,
 )
 from pipelines.paths import Paths
-from pipelines.settings import PipelineConfig
+from pipelines.settings import PipelineConfig, redact
 from pipelines.stages.common import (
     StageError,
     checkpoint_files,
@@ -93,43 +99,49 @@ LOCK_TIMEOUT = 900.0
 """Seconds a registration waits for another one on the same registry before giving up."""
 
 
-@contextmanager
-def registry_lock(uri: str, timeout: float | None = None) -> Iterator[Path | None]:
-    """Hold the exclusive registration lock of a ``sqlite:///`` registry (yields its path).
+REGISTRY_LOCK_ENV = "METARL_REGISTRY_LOCK"
+"""A PostgreSQL URL whose server holds the registration lock (an advisory lock): set it where
+the registry is an MLflow tracking *server*, on every machine that registers."""
+REGISTRY_LOCK_NAME = "metarl-registry"
+"""The advisory lock's name (one per PostgreSQL server: every model's registrations)."""
 
-    Any other URI yields None without locking (see the module docstring). The lock is an
-    ``flock`` on ``<database>.register.lock``: the OS drops it when its holder exits, however it
-    exits, so a crashed registration never blocks the next one.
+
+@contextmanager
+def registry_lock(uri: str, timeout: float | None = None) -> Iterator[Path | str | None]:
+    """Hold the exclusive registration lock of the registry at ``uri``; yield what was locked.
+
+    * ``METARL_REGISTRY_LOCK`` set, or ``uri`` a ``postgresql://`` store: PostgreSQL's advisory
+      lock :data:`REGISTRY_LOCK_NAME` on that server (yields the name); every machine whose
+      registrations go to the one registry takes turns, and a holder that dies (its
+      connection closes) releases it.
+    * a ``sqlite:///`` store: an ``flock`` on ``<database>.register.lock`` (yields its path);
+      the OS drops it when its holder exits, however it exits.
+    * anything else (a tracking server with no lock URL): no lock (yields None); see the module
+      docstring.
 
     Raises:
         StageError: another registration held the lock for ``timeout`` seconds.
 
     """
+    wait = LOCK_TIMEOUT if timeout is None else timeout
+    server = os.environ.get(REGISTRY_LOCK_ENV) or (uri if is_postgresql(uri) else None)
+    if server is not None and not is_postgresql(server):
+        raise StageError(f"{REGISTRY_LOCK_ENV}={redact(server)!r}: the registration lock is a "
+                         "PostgreSQL advisory lock; give a postgresql://user:password@host/db "
+                         "URL that every registering machine reaches")
     prefix = "sqlite:///"
-    if not uri.startswith(prefix):
+    if server is None and not uri.startswith(prefix):
         yield None
         return
-    import fcntl  # POSIX; the SQLite store is local by definition
-
-    wait = LOCK_TIMEOUT if timeout is None else timeout
-    path = Path(uri[len(prefix):] + ".register.lock")
-    with path.open("a") as handle:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StageError(
-                        f"tracking.uri={uri!r}: another registration has held {path} for "
-                        f"{wait:.0f} s; wait for it to finish (a lock whose process has exited "
-                        f"is released by the OS) and re-run `metarl stage register`") from None
-                time.sleep(0.2)
-        try:
-            yield path
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    where = server or uri[len(prefix):] + ".register.lock"
+    try:
+        with exclusive(where, REGISTRY_LOCK_NAME, wait) as held:
+            yield Path(held) if server is None else held
+    except LockTimeout:
+        raise StageError(
+            f"tracking.uri={redact(uri)!r}: another registration has held {redact(where)} for "
+            f"{wait:.0f} s; wait for it to finish (a lock whose holder has exited is released) "
+            "and re-run `metarl stage register`") from None
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> Any | None:

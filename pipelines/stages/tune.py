@@ -14,10 +14,17 @@ trials still missing. A temporary or queued ``dvc exp run`` tunes in the project
 Resuming is exact: the study ends with ``tune.n_trials`` finished (complete or pruned) trials,
 the same ones, with the same values, whether or not a run was killed on the way.
 
-* Trials run one at a time, and the trial that follows *k* finished ones is sampled by a
-  sampler (each of ``tune.sampler``'s) seeded with ``tune.seed + k``, so it draws from the
-  same seed and the same history (the samplers ignore failed trials; CMA-ES restores its state
-  from the finished trials) however many times the study was interrupted.
+* A worker runs trials one at a time, and the trial created after *k* others that did not
+  fail (finished or running) is sampled by a sampler (each of ``tune.sampler``'s) seeded with
+  ``tune.seed + k``; with one worker that is the trial after *k* finished ones, so it draws
+  from the same seed and the same history (the samplers ignore failed trials; CMA-ES restores
+  its state from the finished trials) however many times the study was interrupted.
+* Many workers share a study: ``tune.n_workers`` processes of the stage on this machine (one
+  torch thread each), and ``metarl tune-worker`` from any machine. Counting the trials and
+  creating the next one happen under one lock (:func:`creation_lock`: a PostgreSQL advisory
+  lock for a ``postgresql://`` storage, an ``flock`` on the journal's or SQLite file's
+  directory otherwise), so the study ends with exactly ``tune.n_trials`` finished trials, none
+  lost and none twice, and no two workers draw from the same seed.
 * Each trial's MLflow run id is its user attribute ``mlflow_run_id``; the run's tags name the
   study and the trial number.
 * Each trial records its worker (user attributes ``worker_host``, ``worker_pid`` and
@@ -38,10 +45,12 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +67,7 @@ from metarl.config import to_dict
 from metarl.evaluation import adaptation_curve
 from metarl.tasks import TaskFamily, TaskSet
 from pipelines.io import atomic_write_bytes, atomic_write_text
+from pipelines.locks import advisory_lock, file_lock, is_postgresql
 from pipelines.paths import Paths
 from pipelines.settings import PipelineConfig, TuneSection
 from pipelines.stages.common import check_action_space, device, family, load_task_set
@@ -143,6 +153,9 @@ class FlockLock(BaseJournalFileLock):
             os.close(fd)
 
 
+PARENT_RUN_ENV = "METARL_TUNE_PARENT_RUN"
+"""A worker process's trials are MLflow child runs of this run (the tune stage's, when it
+started the worker)."""
 STORAGE_ENV = "METARL_TUNE_STORAGE"
 """When set, replaces ``tune.storage`` (a database URL with its password belongs here)."""
 
@@ -206,9 +219,27 @@ def copy_journal(config: PipelineConfig, paths: Paths) -> Path | None:
     return target
 
 
+def creation_lock(location: str, journal: Path | None, name: str
+                  ) -> contextlib.AbstractContextManager[object]:
+    """The lock under which a worker counts the trials of study ``name`` and creates one.
+
+    PostgreSQL: an advisory lock on the server (every machine's workers). A journal or a
+    SQLite file: an ``flock`` on its directory (this machine's; the journal's own lock is taken
+    inside, so it cannot be the file itself). Another database: none (one worker per study).
+    """
+    if is_postgresql(location):
+        return advisory_lock(location, f"metarl-tune:{name}")
+    if journal is not None:
+        return file_lock(journal.parent)
+    if location.startswith("sqlite:///"):
+        return file_lock(Path(location[len("sqlite:///"):]).resolve().parent)
+    return contextlib.nullcontext()
+
+
 def study_name(config: PipelineConfig, train: TaskSet, val: TaskSet) -> str:
     """Name that changes whenever the search would mean something else."""
-    tune = {k: v for k, v in to_dict(config.tune).items() if k not in ("n_trials", "storage")}
+    tune = {k: v for k, v in to_dict(config.tune).items()
+            if k not in ("n_trials", "storage", "n_workers")}
     for key, default in (("sampler", DEFAULT_SAMPLER), ("pruner", DEFAULT_PRUNER)):
         if tune[key] == default:  # the names of studies begun before these keys existed
             del tune[key]
@@ -307,7 +338,9 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
     """
     tags = {**tags, "optuna.trial_number": str(trial.number)}
     try:
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags=tags) as run:
+        parent = None if mlflow.active_run() else os.environ.get(PARENT_RUN_ENV) or None
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags=tags,
+                              parent_run_id=parent) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 with get_heartbeat_thread(trial._trial_id, study._storage):
@@ -330,68 +363,94 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[op
 
 def optimize(study: optuna.Study, n_trials: int, seed: int,
              objective: Callable[[optuna.Trial], float], tags: dict[str, str],
-             names: Sequence[str], heartbeat: bool = False, sampler: str = DEFAULT_SAMPLER) -> None:
+             names: Sequence[str], heartbeat: bool = False, sampler: str = DEFAULT_SAMPLER,
+             lock: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+             ) -> int:
     """Run trials one at a time until the study holds ``n_trials`` finished ones.
 
-    The trial after *k* finished ones is sampled with ``sampler`` (:func:`make_sampler`)
-    seeded with ``seed + k``, or retries
-    the parameters of a trial whose worker was killed. RUNNING trials of live workers on this
-    host (on any host with a ``heartbeat`` storage) count as taken and are waited for; those of
-    other hosts in a journal do not, as nothing tells whether they still run.
+    Under ``lock()`` (:func:`creation_lock`) the trials are counted and the next one created:
+    sampled with ``sampler`` (:func:`make_sampler`) seeded with ``seed + k`` after *k* trials
+    that did not fail, or retrying the parameters of a trial whose worker was killed. RUNNING
+    trials of live workers on this host (on any host with a ``heartbeat`` storage) count as
+    taken and are waited for; those of other hosts in a journal do not, as nothing tells
+    whether they still run. Returns the trials this call ran.
 
     Raises:
         RuntimeError: a trial ended FAIL without an exception (a score that is not finite); the
             next trial would sample the same point again.
 
     """
-    host, waited = socket.gethostname(), False
+    host, waited, ran = socket.gethostname(), False, 0
     while True:
-        for lost in fail_stale_trials(study):
-            recorded = lost.user_attrs
-            owner = (f"{recorded.get('worker_host')}:{recorded['worker_pid']}"
-                     if "worker_pid" in recorded else "none recorded")
-            print(f"tune: trial {lost.number} lost its worker ({owner}); marked FAIL",
-                  file=sys.stderr)
-        trials = study.get_trials(deepcopy=False)
-        finished = sum(t.state in DONE for t in trials)
-        if finished >= n_trials:
-            return
-        busy = [t.number for t in trials if t.state == TrialState.RUNNING
-                and (heartbeat or t.user_attrs.get("worker_host") == host)]
-        if finished + len(busy) >= n_trials:
+        with lock():
+            for lost in fail_stale_trials(study):
+                recorded = lost.user_attrs
+                owner = (f"{recorded.get('worker_host')}:{recorded['worker_pid']}"
+                         if "worker_pid" in recorded else "none recorded")
+                print(f"tune: trial {lost.number} lost its worker ({owner}); marked FAIL",
+                      file=sys.stderr)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in DONE for t in trials)
+            if finished >= n_trials:
+                return ran
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            busy = [t.number for t in running
+                    if heartbeat or t.user_attrs.get("worker_host") == host]
+            trial = None
+            if finished + len(busy) < n_trials:
+                retry = pending_retry(trials, names)
+                # a fresh Study per trial: no trial list cached from the previous one
+                trial_study = optuna.load_study(
+                    study_name=study.study_name, storage=study._storage,
+                    sampler=make_sampler(sampler, seed + finished + len(running)),
+                    pruner=study.pruner)
+                attrs = worker() if retry is None else {**worker(), "retry_of": retry.number}
+                trial = _start_trial(trial_study, attrs, None if retry is None else retry.params)
+        if trial is None:
             if not waited:
                 print(f"tune: waiting for trials {busy}, run by other workers", file=sys.stderr)
             waited = True
             time.sleep(POLL_S)
             continue
-        retry = pending_retry(trials, names)
-        # a fresh Study per trial: no trial list cached from the previous one
-        trial_study = optuna.load_study(study_name=study.study_name, storage=study._storage,
-                                        sampler=make_sampler(sampler, seed + finished),
-                                        pruner=study.pruner)
-        attrs = worker() if retry is None else {**worker(), "retry_of": retry.number}
-        trial = _start_trial(trial_study, attrs, None if retry is None else retry.params)
         frozen = _run_trial(trial_study, trial, objective, tags)
+        ran += 1
         if frozen.state == TrialState.FAIL:
             raise RuntimeError(f"tune: trial {frozen.number} of {study.study_name} failed: its "
                                f"validation score is not finite "
                                f"({frozen.user_attrs.get('last_score')})")
 
 
-def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
-    """Run the missing trials and write ``tuning/best_params.yaml``; return the summary."""
+@dataclass
+class Search:
+    """A study and everything a worker needs to run its trials."""
+
+    study: optuna.Study
+    objective: Callable[[optuna.Trial], float]
+    names: tuple[str, ...]
+    lock: Callable[[], contextlib.AbstractContextManager[object]]
+    heartbeat: bool
+    train: TaskSet
+    val: TaskSet
+
+    def optimize(self, tune: TuneSection) -> int:
+        """Run trials until the study is complete (:func:`optimize`); the number run here."""
+        return optimize(self.study, tune.n_trials, tune.seed, self.objective,
+                        {"metarl.stage": "tune-trial", "optuna.study": self.study.study_name},
+                        self.names, heartbeat=self.heartbeat, sampler=tune.sampler,
+                        lock=self.lock)
+
+
+def search(config: PipelineConfig, paths: Paths) -> Search:
+    """Create (or load) the study of ``config`` and its objective."""
     fam, dev = family(config), device(config)
     train = load_task_set(paths, "train", config, fam)
     val = load_task_set(paths, "val", config, fam)
     tune = config.tune
-    if tune.n_trials == 0:
-        if not is_database(storage_location(config)):
-            storage(config, paths)  # the journal is a DVC output even when no trial runs
-            copy_journal(config, paths)
-        _write_best(paths.best_params, config.algo.name, {}, None)
-        return {"n_trials": 0}
+    algo = config.algo.algorithm
+    check_action_space(algo, fam, config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(config, train, val)
+    location = storage_location(config)
     study = optuna.create_study(
         study_name=name, storage=storage(config, paths), load_if_exists=True,
         directions=["maximize"], sampler=make_sampler(tune.sampler, tune.seed),
@@ -400,10 +459,6 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
         with warnings.catch_warnings():  # "experimental" in some Optuna versions
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC_NAME])
-
-    algo = config.algo.algorithm
-    check_action_space(algo, fam, config)
-    names = tuple(algo.search_space)
 
     def objective(trial: optuna.Trial) -> float:
         overrides = {key: trial.suggest_float(key, *getattr(tune, space), log=True)
@@ -430,10 +485,81 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
             logger.close()
         return float(trial.user_attrs["last_score"])
 
+    journal = None if is_database(location) else journal_path(config, paths)
+    return Search(study, objective, tuple(algo.search_space),
+                  lambda: creation_lock(location, journal, name), is_database(location),
+                  train, val)
+
+
+def work(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
+    """``metarl tune-worker``: run trials of the project's study until it is complete.
+
+    Writes nothing but the study (and the trials' MLflow runs); the tune stage, run anywhere
+    after, writes the best parameters.
+    """
+    if config.tune.n_trials == 0:
+        return {"n_trials": 0, "ran": 0}
+    found = search(config, paths)
+    ran = found.optimize(config.tune)
+    return {"study": found.study.study_name, "n_trials": config.tune.n_trials, "ran": ran}
+
+
+WORKER_WAIT_S = 60.0
+"""After the study is complete: seconds to wait for the stage's worker processes to exit."""
+
+
+@contextlib.contextmanager
+def local_workers(n: int, paths: Paths) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start ``n`` ``metarl tune-worker`` processes of this project (one torch thread each).
+
+    Their trials are child runs of the active MLflow run. When the block ends they are waited
+    for (they exit once the study is complete), or, when it raised, terminated.
+    """
+    env = {**os.environ, "METARL_NUM_THREADS": "1", "METARL_NO_PROGRESS": "1",
+           "OMP_NUM_THREADS": "1"}
+    active = mlflow.active_run()
+    if active is not None:
+        env[PARENT_RUN_ENV] = active.info.run_id
+    command = [sys.executable, "-m", "pipelines.cli", "tune-worker", "--root", str(paths.root),
+               "--params", str(paths.params)]
+    if n == 0:
+        yield []
+        return
+    procs = [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(n)]
     try:
-        optimize(study, tune.n_trials, tune.seed, objective,
-                 {"metarl.stage": "tune-trial", "optuna.study": name}, names,
-                 heartbeat=is_database(storage_location(config)), sampler=tune.sampler)
+        yield procs
+    except BaseException:
+        for proc in procs:
+            proc.terminate()
+        raise
+    finally:
+        deadline = time.monotonic() + WORKER_WAIT_S
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for proc in procs:
+        if proc.returncode:
+            print(f"tune: worker process {proc.pid} exited with status {proc.returncode}; "
+                  "the study was completed without it", file=sys.stderr)
+
+
+def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
+    """Run the missing trials and write ``tuning/best_params.yaml``; return the summary."""
+    tune = config.tune
+    if tune.n_trials == 0:
+        if not is_database(storage_location(config)):
+            storage(config, paths)  # the journal is a DVC output even when no trial runs
+            copy_journal(config, paths)
+        _write_best(paths.best_params, config.algo.name, {}, None)
+        return {"n_trials": 0}
+    found = search(config, paths)
+    study, name = found.study, found.study.study_name
+    try:
+        with local_workers(tune.n_workers - 1, paths):
+            found.optimize(tune)
     finally:  # the DVC output of an experiment's copy, even when a trial failed
         copy_journal(config, paths)
     used, counts = _finished(study, tune.n_trials)
@@ -450,8 +576,8 @@ def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
         mlflow.log_params(flatten("tune", to_dict(tune)))
         mlflow.log_metric("tune/best_val_return_post_adapt", best_value)
         mlflow.log_params({f"tune.best.{k}": v for k, v in best.items()})
-        mlflow.set_tags({"task_hash.train": train.content_hash,
-                         "task_hash.val": val.content_hash, "optuna.study": name,
+        mlflow.set_tags({"task_hash.train": found.train.content_hash,
+                         "task_hash.val": found.val.content_hash, "optuna.study": name,
                          "optuna.sampler": tune.sampler, "optuna.pruner": tune.pruner})
     return summary
 
@@ -488,4 +614,5 @@ def read_best(path: Path, algo: str) -> dict[str, float]:
     return {str(k): v for k, v in section.items()}
 
 
-__all__ = ["fail_stale_trials", "read_best", "run", "storage", "validation_score"]
+__all__ = ["fail_stale_trials", "read_best", "run", "search", "storage", "validation_score",
+           "work"]

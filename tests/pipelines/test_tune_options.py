@@ -85,13 +85,15 @@ def test_the_study_name_changes_only_with_a_sampler_or_pruner_that_is_not_the_de
     # the name a study begun before tune.sampler / tune.pruner existed has (the same formula,
     # without those keys): it still resumes
     before = {k: v for k, v in to_dict(config.tune).items()
-              if k not in ("n_trials", "storage", "sampler", "pruner")}
+              if k not in ("n_trials", "storage", "sampler", "pruner", "n_workers")}
     identity = json.dumps({"tune": before, "algo": config.algo.identity(),
                            "trial_episodes": config.evaluate.episodes_per_trial,
                            "train": config.train.seed,
                            "tasks": [train.content_hash, val.content_hash]}, sort_keys=True)
     old_name = "maml-cartpole-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
     assert tune.study_name(config, train, val) == old_name
+    more = dataclasses.replace(config, tune=dataclasses.replace(config.tune, n_workers=4))
+    assert tune.study_name(more, train, val) == old_name  # how many run it is not what it is
     names = {old_name}
     for change in ({"sampler": "random"}, {"sampler": "cmaes"}, {"pruner": "none"},
                    {"pruner": "successive_halving"}):
