@@ -58,7 +58,7 @@ setup() {
     if pip show -q mujoco-core 2>/dev/null; then
       pip uninstall -q -y mujoco mujoco-core mujoco-studio
     fi
-    pip install -q -e ".[dev,mujoco,metaworld]"
+    pip install -q -e ".[dev,mujoco,metaworld,cluster]"
     echo "$want" > "$stamp"
   fi
 }

@@ -332,6 +332,26 @@ def _parser() -> Parser:
                        "configuration, e.g. reptile.outer_lr=0.003 (YAML values)")
     nav2d.add_argument("--out", type=Path, default=None, metavar="FILE",
                        help="also write the table to FILE (atomically, once complete)")
+    tune = bench_sub.add_parser(
+        "tune", help="tuning trials/hour against PostgreSQL with 1, 2, ... workers",
+        description="Run the tune stage's study on a fresh PostgreSQL database (a throwaway "
+        "server on loopback from Debian's postgresql package, or --storage's server) once per "
+        "worker count, with tune.n_workers processes of one torch thread each and a random "
+        "search, and print the wall-clock, trials/hour, its ratio to one worker, the mean "
+        "trial, the workers' utilisation and the count-and-create latency under the study's "
+        "lock (README, \"Run it on a cluster\").")
+    tune.add_argument("--workers", type=int, nargs="+", default=[1, 2], metavar="N",
+                      help="worker counts (default: 1 2)")
+    tune.add_argument("--trials", type=int, default=8, help="trials per study (default 8)")
+    tune.add_argument("--iterations", type=int, default=6,
+                      help="meta-iterations per trial (default 6)")
+    tune.add_argument("--family", default="cartpole", help="task.family (default cartpole)")
+    tune.add_argument("--algorithm", default="maml", help="algo.name (default maml)")
+    tune.add_argument("--storage", default=None, metavar="URL",
+                      help="a PostgreSQL server to create the databases on, e.g. "
+                      "postgresql://user:password@host/postgres (default: a throwaway one)")
+    tune.add_argument("--out", type=Path, default=None, metavar="FILE",
+                      help="also write the table to FILE (atomically, once complete)")
     offpolicy = bench_sub.add_parser(
         "offpolicy", help="PEARL and MQL against RL² and MAML: meta-test return against "
         "meta-training env steps",
@@ -618,6 +638,14 @@ def _bench(args: argparse.Namespace) -> None:
         _bench_rl2(args)
     elif args.bench == "nav2d":
         _bench_nav2d(args)
+    elif args.bench == "tune":
+        from pipelines.bench.tune import bench_tune
+        from pipelines.io import atomic_write_text
+
+        result = bench_tune(args.workers, args.trials, args.iterations, args.family,
+                            args.algorithm, args.storage)
+        if args.out is not None:
+            atomic_write_text(args.out, result["table"] + "\n")
     elif args.bench == "offpolicy":
         _bench_offpolicy(args)
     elif args.bench == "maml":

@@ -525,7 +525,9 @@ def local_workers(n: int, paths: Paths) -> Iterator[list[subprocess.Popen[bytes]
     if n == 0:
         yield []
         return
-    procs = [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL) for _ in range(n)]
+    procs = [subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL)  # its summary; errors go to stderr
+             for _ in range(n)]
     try:
         yield procs
     except BaseException:
