@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -93,3 +93,44 @@ def run_loop(step: Callable[[int], None], num_iterations: int, get_state: StateF
 
 def _snapshot(iteration: int, get_state: StateFn) -> State:
     return {"iteration": iteration, "loop": get_state()}
+
+
+class MetaBatchTrainer(Protocol):
+    """A learner trained one meta-batch of tasks per iteration (MAML, Reptile, ES-MAML, ...)."""
+
+    def meta_train_step(self, family: Any, tasks: list[dict[str, Any]]) -> dict[str, float]:
+        """One meta-iteration on ``tasks``; its metrics."""
+        ...
+
+    def learner(self) -> Any:
+        """The current learner (what the hook gets)."""
+        ...
+
+    def training_state(self) -> State:
+        """Its whole state."""
+        ...
+
+    def load_training_state(self, state: State) -> None:
+        """Continue from :meth:`training_state`."""
+        ...
+
+
+def run_meta_batches(name: str, trainer: MetaBatchTrainer, family: Any, draw: TaskBatches,
+                     num_iterations: int, logger: Any, hook: Callable[[int, Any], None] | None,
+                     resume: Resume | None) -> None:
+    """:func:`run_loop` over meta-batches from ``draw``: log each step's metrics, call ``hook``.
+
+    The state is ``{name: trainer.training_state(), "tasks": draw.state()}``.
+    """
+
+    def step(it: int) -> None:
+        logger.log_metrics(trainer.meta_train_step(family, draw()), step=it)
+        if hook is not None:
+            hook(it, trainer.learner())
+
+    def set_state(state: State) -> None:
+        trainer.load_training_state(state[name])
+        draw.load_state(state["tasks"])
+
+    run_loop(step, num_iterations, lambda: {name: trainer.training_state(),
+                                            "tasks": draw.state()}, set_state, resume)

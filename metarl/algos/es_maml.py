@@ -69,7 +69,7 @@ from metarl.policies import MLPPolicy, Params, act_fn
 from metarl.returns import advantages
 from metarl.sampler import rollout
 from metarl.tasks import TaskFamily, TaskSet
-from metarl.training import Resume, State, run_loop
+from metarl.training import Resume, State, run_meta_batches
 
 ADAPTATIONS = ("pg", "hill_climb")
 OPTIMIZERS = ("adam", "sgd")
@@ -386,17 +386,7 @@ def train_es_maml(
     es = ESMAML(make_policy(family, config.hidden_sizes, config.init_std), config, seed, device)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
 
-    def step(it: int) -> None:
-        logger.log_metrics(es.meta_train_step(family, draw()), step=it)
-        if hook is not None:
-            hook(it, es.learner())
-
-    def set_state(state: State) -> None:
-        es.load_training_state(state["es_maml"])
-        draw.load_state(state["tasks"])
-
-    run_loop(step, num_iterations, lambda: {"es_maml": es.training_state(),
-                                            "tasks": draw.state()}, set_state, resume)
+    run_meta_batches("es_maml", es, family, draw, num_iterations, logger, hook, resume)
     return es
 
 

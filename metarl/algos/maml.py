@@ -51,7 +51,7 @@ from metarl.policies import MLPPolicy, Params, act_fn, expand_params, make_polic
 from metarl.returns import advantages
 from metarl.sampler import EpisodeBatch, rollout
 from metarl.tasks import TaskFamily, TaskSet
-from metarl.training import Resume, State, TaskBatches, run_loop
+from metarl.training import Resume, State, TaskBatches, run_meta_batches
 
 
 @dataclass(frozen=True)
@@ -290,17 +290,7 @@ def train_maml(
     maml = MAML(make_policy(family, config.hidden_sizes, config.init_std), config, seed, device)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
 
-    def step(it: int) -> None:
-        logger.log_metrics(maml.meta_train_step(family, draw()), step=it)
-        if hook is not None:
-            hook(it, maml.learner())
-
-    def set_state(state: State) -> None:
-        maml.load_training_state(state["maml"])
-        draw.load_state(state["tasks"])
-
-    run_loop(step, num_iterations, lambda: {"maml": maml.training_state(),
-                                            "tasks": draw.state()}, set_state, resume)
+    run_meta_batches("maml", maml, family, draw, num_iterations, logger, hook, resume)
     return maml
 
 

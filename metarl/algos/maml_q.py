@@ -54,7 +54,7 @@ from metarl.offpolicy import td_target
 from metarl.policies import ActFn, CategoricalMLPPolicy, Params, expand_params
 from metarl.sampler import EpisodeBatch, rollout
 from metarl.tasks import TaskFamily, TaskSet
-from metarl.training import Resume, State, TaskBatches, run_loop
+from metarl.training import Resume, State, TaskBatches, run_meta_batches
 
 LOSSES = ("mse", "huber")
 
@@ -340,17 +340,7 @@ def train_maml_q(
     algo = MAMLQ(make_qnet(family, config.hidden_sizes), config, seed, device)
     draw = TaskBatches(train_set, config.meta_batch_size, np.random.default_rng(seed))
 
-    def step(it: int) -> None:
-        logger.log_metrics(algo.meta_train_step(family, draw()), step=it)
-        if hook is not None:
-            hook(it, algo.learner())
-
-    def set_state(state: State) -> None:
-        algo.load_training_state(state["maml_q"])
-        draw.load_state(state["tasks"])
-
-    run_loop(step, num_iterations, lambda: {"maml_q": algo.training_state(),
-                                            "tasks": draw.state()}, set_state, resume)
+    run_meta_batches("maml_q", algo, family, draw, num_iterations, logger, hook, resume)
     return algo
 
 

@@ -49,7 +49,7 @@ from metarl.policies import MLPPolicy, Params, act_fn, expand_params
 from metarl.returns import advantages
 from metarl.sampler import rollout
 from metarl.tasks import TaskFamily, TaskSet
-from metarl.training import Resume, State, run_loop
+from metarl.training import Resume, State, run_meta_batches
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -207,17 +207,7 @@ def train_reptile(
                       device)
     draw = task_batches(train_set, config.meta_batch_size, np.random.default_rng(seed))
 
-    def step(it: int) -> None:
-        logger.log_metrics(reptile.meta_train_step(family, draw()), step=it)
-        if hook is not None:
-            hook(it, reptile.learner())
-
-    def set_state(state: State) -> None:
-        reptile.load_training_state(state["reptile"])
-        draw.load_state(state["tasks"])
-
-    run_loop(step, num_iterations, lambda: {"reptile": reptile.training_state(),
-                                            "tasks": draw.state()}, set_state, resume)
+    run_meta_batches("reptile", reptile, family, draw, num_iterations, logger, hook, resume)
     return reptile
 
 
