@@ -29,6 +29,11 @@ class Paths:
         return self.root / "tuning"
 
     @property
+    def study_journal(self) -> Path:
+        """The tune stage's default study journal (a persisted DVC output; empty for a database)."""
+        return self.tuning / "study.journal"
+
+    @property
     def best_params(self) -> Path:
         """Best hyperparameters found by the tune stage (read by train)."""
         return self.tuning / "best_params.yaml"

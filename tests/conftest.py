@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +177,41 @@ def fresh_database(cluster: Any, prefix: str) -> str:
     """A new database of ``cluster`` named ``<prefix>_<n>``; its URL."""
     fresh_database.count = getattr(fresh_database, "count", 0) + 1  # type: ignore[attr-defined]
     return str(cluster.create_database(f"{prefix}_{fresh_database.count}"))  # type: ignore[attr-defined]
+
+
+MLFLOW_SERVER_TIMEOUT_S = 120.0
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, artifacts: Path, log: Path) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port; its URL once /health answers."""
+    from pipelines.pgcluster import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+               "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + MLFLOW_SERVER_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, f"mlflow server exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no /health:\n{log.read_text()[-3000:]}"
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

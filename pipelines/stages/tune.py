@@ -551,6 +551,11 @@ def local_workers(n: int, paths: Paths) -> Iterator[list[subprocess.Popen[bytes]
 def run(config: PipelineConfig, paths: Paths) -> dict[str, Any]:
     """Run the missing trials and write ``tuning/best_params.yaml``; return the summary."""
     tune = config.tune
+    if is_database(storage_location(config)) and not paths.study_journal.exists():
+        # the study lives in the database; DVC's output is there all the same (an empty
+        # journal: a valid, empty study if tune.storage goes back to the file)
+        paths.study_journal.parent.mkdir(parents=True, exist_ok=True)
+        paths.study_journal.touch()
     if tune.n_trials == 0:
         if not is_database(storage_location(config)):
             storage(config, paths)  # the journal is a DVC output even when no trial runs

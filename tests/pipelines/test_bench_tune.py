@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pipelines.cli import main
+
+pytestmark = pytest.mark.slow  # real servers: tens of seconds
 
 
 def test_bench_tune_prints_one_row_per_worker_count(postgres: Any, tmp_path: Any,

@@ -4,7 +4,6 @@ registrations at once that take turns, so ``@champion`` ends where a serial orde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -12,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +20,15 @@ import pytest
 from mlflow import MlflowClient
 
 from metarl.checkpoint import load_learner
-from pipelines.pgcluster import free_port
 from pipelines.runner import run_stage
 from pipelines.stages import register
 from pipelines.stages.common import StageError
-from tests.conftest import REPO, fresh_database, tiny_params, write_params
+from tests.conftest import REPO, fresh_database, mlflow_server, tiny_params, write_params
+
+pytestmark = pytest.mark.slow  # real servers: tens of seconds
 
 TIMEOUT_S = 120.0
 NAME = "metarl-cartpole-maml"
-
-
-@contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path, log: Path) -> Iterator[str]:
-    """``mlflow server`` on a free loopback port; its URL once /health answers."""
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-               "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            assert proc.poll() is None, f"mlflow server exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no /health:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            time.sleep(0.3)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _register_in_process(root: Path, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -22,6 +22,8 @@ from pipelines.runner import run_stage
 from pipelines.stages import tune
 from tests.conftest import REPO, fresh_database, tiny_params, write_params
 
+pytestmark = pytest.mark.slow  # real servers: tens of seconds
+
 N_TRIALS = 4
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TIMEOUT_S = 180.0
