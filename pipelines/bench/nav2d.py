@@ -136,12 +136,15 @@ def run_algorithm(name: str, config: Any, family: Nav2DFamily, train: TaskSet,
     iterations = iterations_within(algo, config, budget, family.max_steps, num_adapt_steps + 1)
     returns, steps, seconds = [], 0.0, 0.0
     for seed in seeds:
-        counter = StepCounter()
+        counter = StepCounter(budget, f"{name} seed {seed}")
         context = TrainContext(family=family, train_set=train, num_iterations=iterations,
                                seed=seed, device="cpu", episodes_per_trial=num_adapt_steps + 1,
                                logger=counter)
         start = time.perf_counter()
-        learner = algo.train(config, context).learner()
+        try:
+            learner = algo.train(config, context).learner()
+        finally:
+            counter.close()
         seconds += time.perf_counter() - start
         steps += counter.env_steps
         returns.append(adaptation_curve(learner, family, goals, num_adapt_steps, EVAL_EPISODES,

@@ -177,7 +177,7 @@ def run_algorithm(name: str, config: Any, family: TaskFamily, train: TaskSet,
     returns, successes, curves = [], [], []
     steps_used, seconds = 0.0, 0.0
     for seed in seeds:
-        counter, curve = StepCounter(), Curve()
+        counter, curve = StepCounter(budget, f"{name} seed {seed}"), Curve()
         paused = [0.0]
 
         def hook(it: int, learner: Any, counter: StepCounter = counter, curve: Curve = curve,
@@ -192,7 +192,10 @@ def run_algorithm(name: str, config: Any, family: TaskFamily, train: TaskSet,
                                seed=seed, device="cpu", episodes_per_trial=trial,
                                logger=counter, hook=hook)
         start = time.perf_counter()
-        learner = algo.train(config, context).learner()
+        try:
+            learner = algo.train(config, context).learner()
+        finally:
+            counter.close()
         seconds += time.perf_counter() - start - paused[0]
         steps_used += counter.env_steps
         runs = [adapt_to_tasks(learner, family, tasks, rounds, episodes, s) for s in eval_seeds]

@@ -82,3 +82,19 @@ def test_bad_input_is_named(argv: list[str], said: str, tmp_path: Path,
     assert said in captured.err
     assert "seed 0:" not in captured.out  # refused before anything trained
     assert not out.exists()
+
+
+def test_step_counter_counts_and_shows_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.bench.budget import StepCounter
+
+    monkeypatch.delenv("METARL_NO_PROGRESS", raising=False)
+    counter = StepCounter(100, "pearl seed 0")
+    counter.log_metrics({"train/env_steps": 40.0}, 0)
+    counter.log_metrics({"train/loss": 1.0}, 1)
+    assert counter.env_steps == 40.0 and counter.bar.n == 40 and counter.bar.total == 100
+    counter.close()
+    assert counter.bar is None
+    monkeypatch.setenv("METARL_NO_PROGRESS", "1")
+    quiet = StepCounter(100, "x")
+    quiet.log_metrics({"train/env_steps": 5.0}, 0)
+    assert quiet.bar is None and quiet.env_steps == 5.0
