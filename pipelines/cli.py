@@ -368,6 +368,11 @@ def _parser() -> Parser:
                            help="which (default: pearl mql rl2 maml)")
     offpolicy.add_argument("--budget", type=int, default=None,
                            help="env steps per algorithm and seed (default: the protocol's)")
+    offpolicy.add_argument("--budget-of", nargs="+", action="extend", default=None,
+                           metavar="NAME=STEPS", dest="budgets",
+                           help="a budget of its own for an algorithm, e.g. pearl=200000 mql="
+                           "200000 (a tenth of the on-policy ones: does it match them with "
+                           "that much less data?)")
     offpolicy.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                            help="training seeds (default: 0 1 2)")
     offpolicy.add_argument("--episodes", type=int, default=3, dest="rounds",
@@ -619,9 +624,15 @@ def _bench_offpolicy(args: argparse.Namespace) -> None:
     from pipelines.bench.offpolicy import bench_offpolicy
     from pipelines.io import atomic_write_text
 
+    budgets = {}
+    for item in args.budgets or []:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"--budget-of {item!r}: give NAME=STEPS, e.g. pearl=200000")
+        budgets[name.strip()] = int(value)
     result = bench_offpolicy(args.algorithms, args.protocol, args.budget, tuple(args.seeds),
                              args.rounds, args.split, points=args.points,
-                             overrides=_algo_overrides(args.overrides))
+                             overrides=_algo_overrides(args.overrides), budgets=budgets)
     if args.out is not None:
         atomic_write_text(args.out, result["table"] + "\n")
     if args.curves is not None:

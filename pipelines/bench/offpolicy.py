@@ -219,8 +219,8 @@ def _cell(values: np.ndarray, digits: int = 2) -> str:
     return f"{est.value:.{digits}f} [{est.ci_low:.{digits}f}, {est.ci_high:.{digits}f}]"
 
 
-def table(rows: list[Row], protocol: Protocol, split: str, budget: int, seeds: list[int]
-          ) -> str:
+def table(rows: list[Row], protocol: Protocol, split: str, budget: int, seeds: list[int],
+          budgets: Mapping[str, int] | None = None) -> str:
     """The comparison as a fixed-width table (what the command prints and DVC keeps)."""
     rounds = rows[0].returns.shape[1] - 1
     on_policy = [r for r in rows if r.name in ON_POLICY]
@@ -229,8 +229,10 @@ def table(rows: list[Row], protocol: Protocol, split: str, budget: int, seeds: l
     head = (f"{'algorithm':<9} | {'ep/round':>8} | {'iters':>5} | {'env steps':>11} | "
             f"{'train s':>8} | " + " | ".join(f"{f'return r={k}':>21}" for k in (0, rounds))
             + f" | {f'success r={rounds}':>21} | {'steps to match':>14} | {'ratio':>6}")
+    own = "".join(f", {n}: {b:,}" for n, b in (budgets or {}).items())
     lines = [f"{protocol.description}; {split} tasks ({rows[0].returns.shape[2]}); budget "
-             f"{budget:,} env steps per seed; seeds {seeds}; return after r rounds of context "
+             f"{budget:,} env steps per seed{own}; seeds {seeds}; return after r rounds of "
+             "context "
              "(r x ep/round episodes); mean [95% bootstrap interval over tasks x seeds]",
              head, "-" * len(head)]
     for row in rows:
@@ -287,9 +289,12 @@ def configs_for(protocol: Protocol, names: list[str],
 def bench_offpolicy(algorithms: list[str] | None = None, protocol: str = "point_sparse",
                     budget: int | None = None, seeds: tuple[int, ...] = (0, 1, 2),
                     rounds: int = 3, split: str = "test", eval_seeds: tuple[int, ...] = (0, 1, 2),
-                    points: int = 6, overrides: Mapping[str, Mapping[str, Any]] | None = None
-                    ) -> dict[str, Any]:
+                    points: int = 6, overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                    budgets: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Run the comparison; print and return the table, the curves and the rows.
+
+    ``budgets`` gives some algorithms a budget of their own (e.g. the off-policy ones a tenth
+    of the on-policy budget, to see whether they match it with that much less data).
 
     Raises:
         ValueError: an unknown protocol, split or algorithm (naming the value).
@@ -311,6 +316,11 @@ def bench_offpolicy(algorithms: list[str] | None = None, protocol: str = "point_
     if budget < 1 or rounds < 1 or points < 1:
         raise ValueError(f"--budget={budget}, --episodes={rounds}, --points={points}: each "
                          "must be >= 1")
+    budgets = dict(budgets or {})
+    bad = [f"{n}={b}" for n, b in budgets.items() if n not in names or b < 1]
+    if bad:
+        raise ValueError(f"--budget-of {bad[0]}: give NAME=STEPS with NAME one of {names} and "
+                         "STEPS >= 1")
     torch.set_num_threads(1)
     family = proto.family()
     sets = sample_task_sets(family, {"train": proto.num_train, "val": proto.num_val,
@@ -318,9 +328,10 @@ def bench_offpolicy(algorithms: list[str] | None = None, protocol: str = "point_
     tasks = list(sets[split].tasks)
     print(f"{proto.description}: {', '.join(names)}, {budget:,} env steps each per seed, "
           f"seeds {list(seeds)}, scored on the {split} tasks", flush=True)
-    rows = [run_algorithm(name, configs[name], family, sets["train"], tasks, budget,
-                          list(seeds), rounds, list(eval_seeds), points) for name in names]
-    text = table(rows, proto, split, budget, list(seeds))
+    rows = [run_algorithm(name, configs[name], family, sets["train"], tasks,
+                          budgets.get(name, budget), list(seeds), rounds, list(eval_seeds),
+                          points) for name in names]
+    text = table(rows, proto, split, budget, list(seeds), budgets)
     print(text)
     return {"table": text, "curves": curves_csv(rows), "rows": rows}
 

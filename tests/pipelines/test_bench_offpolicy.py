@@ -19,13 +19,15 @@ TINY = {"maml": {"meta_batch_size": 4, "episodes_per_task": 4, "hidden_sizes": (
 
 
 def test_budgets_curves_and_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    budget = 8_000
+    budget, own = 8_000, {"rl2": 4_000}
     result = bench_offpolicy(["maml", "rl2"], "point_sparse", budget, seeds=(0, 1), rounds=2,
-                             split="val", eval_seeds=(0,), points=3, overrides=TINY)
+                             split="val", eval_seeds=(0,), points=3, overrides=TINY,
+                             budgets=own)
     out = capsys.readouterr().out
     for row in result["rows"]:
         algo = registry.get(row.name)
         config = algo.config_cls(**TINY[row.name])
+        budget = own.get(row.name, 8_000)
         # as many iterations as fit, and no more: the env steps used stay within the budget
         assert row.iterations == iterations_within(algo, config, budget, 20, 3)
         assert 0 < row.env_steps <= budget
@@ -40,7 +42,7 @@ def test_budgets_curves_and_the_table(capsys: pytest.CaptureFixture[str]) -> Non
     csv = result["curves"].splitlines()
     assert csv[0].startswith("algorithm,seed,env_steps,return_r0")
     assert len(csv) == 1 + sum(len(c.points) for r in result["rows"] for c in r.curves)
-    assert "val tasks (20)" in out and "budget 8,000 env steps per seed" in out
+    assert "val tasks (20)" in out and "budget 8,000 env steps per seed, rl2: 4,000" in out
 
 
 def _row(name: str, points: list[tuple[float, float]], budget: float) -> Row:
@@ -73,6 +75,8 @@ def test_iterations_within_counts_an_initial_collection() -> None:
     (["--set", "maml.foo=1"], "--set maml.foo=1: unknown key"),
     (["--algorithms", "nope"], "--algorithms='nope': unknown algorithm"),
     (["--budget", "0"], "--budget=0"),
+    (["--budget-of", "maml"], "--budget-of 'maml': give NAME=STEPS"),
+    (["--budget-of", "pearl=100"], "--budget-of pearl=100: give NAME=STEPS with NAME one of"),
 ])
 def test_bad_input_is_named(argv: list[str], said: str, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
