@@ -373,6 +373,12 @@ def _parser() -> Parser:
                            help="a budget of its own for an algorithm, e.g. pearl=200000 mql="
                            "200000 (a tenth of the on-policy ones: does it match them with "
                            "that much less data?)")
+    offpolicy.add_argument("--json", type=Path, default=None, metavar="FILE",
+                           help="also write the rows (final returns, curves) to FILE as JSON, "
+                           "what --combine reads")
+    offpolicy.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                           help="train nothing: one table (and --out, --curves, --json) from "
+                           "runs made apart, e.g. one algorithm per job, each a --json file")
     offpolicy.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                            help="training seeds (default: 0 1 2)")
     offpolicy.add_argument("--episodes", type=int, default=3, dest="rounds",
@@ -621,8 +627,32 @@ def _bench_nav2d(args: argparse.Namespace) -> None:
 
 def _bench_offpolicy(args: argparse.Namespace) -> None:
     """``metarl bench offpolicy``."""
-    from pipelines.bench.offpolicy import bench_offpolicy
     from pipelines.io import atomic_write_text
+
+    if args.combine is not None:
+        from pipelines.bench.offpolicy import combine
+
+        docs = []
+        for path in args.combine:
+            try:
+                docs.append(json.loads(Path(path).read_text()))
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"--combine {path}: not a `bench offpolicy --json` file "
+                                 f"({err})") from None
+        result = combine(docs)
+    else:
+        result = _run_offpolicy(args)
+    if args.out is not None:
+        atomic_write_text(args.out, result["table"] + "\n")
+    if args.curves is not None:
+        atomic_write_text(args.curves, result["curves"])
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(result["json"]) + "\n")
+
+
+def _run_offpolicy(args: argparse.Namespace) -> dict[str, object]:
+    """``metarl bench offpolicy`` without --combine: train and score."""
+    from pipelines.bench.offpolicy import bench_offpolicy
 
     budgets = {}
     for item in args.budgets or []:
@@ -630,13 +660,9 @@ def _bench_offpolicy(args: argparse.Namespace) -> None:
         if not sep or not value.strip().isdigit():
             raise ValueError(f"--budget-of {item!r}: give NAME=STEPS, e.g. pearl=200000")
         budgets[name.strip()] = int(value)
-    result = bench_offpolicy(args.algorithms, args.protocol, args.budget, tuple(args.seeds),
-                             args.rounds, args.split, points=args.points,
-                             overrides=_algo_overrides(args.overrides), budgets=budgets)
-    if args.out is not None:
-        atomic_write_text(args.out, result["table"] + "\n")
-    if args.curves is not None:
-        atomic_write_text(args.curves, result["curves"])
+    return bench_offpolicy(args.algorithms, args.protocol, args.budget, tuple(args.seeds),
+                           args.rounds, args.split, points=args.points,
+                           overrides=_algo_overrides(args.overrides), budgets=budgets)
 
 
 def _bench(args: argparse.Namespace) -> None:

@@ -286,6 +286,58 @@ def configs_for(protocol: Protocol, names: list[str],
     return out
 
 
+def rows_json(rows: list[Row], protocol: str, split: str, budget: int, seeds: list[int],
+              budgets: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The rows and how they were run, as JSON (what :func:`combine` reads back)."""
+    def arr(a: np.ndarray | None) -> Any:
+        return None if a is None else a.tolist()
+
+    return {"protocol": protocol, "split": split, "budget": budget, "seeds": seeds,
+            "budgets": dict(budgets or {}),
+            "rows": [{"name": r.name, "iterations": r.iterations, "env_steps": r.env_steps,
+                      "seconds": r.seconds, "returns": arr(r.returns), "success": arr(r.success),
+                      "curves": [[[p[0], arr(p[1]), arr(p[2])] for p in c.points]
+                                 for c in r.curves]} for r in rows]}
+
+
+def _rows_from_json(doc: dict[str, Any]) -> list[Row]:
+    def arr(a: Any) -> np.ndarray | None:
+        return None if a is None else np.asarray(a, dtype=float)
+
+    return [Row(r["name"], int(r["iterations"]), float(r["env_steps"]), float(r["seconds"]),
+                np.asarray(r["returns"], dtype=float), arr(r["success"]),
+                [Curve([(float(p[0]), np.asarray(p[1], dtype=float), arr(p[2])) for p in c])
+                 for c in r["curves"]]) for r in doc["rows"]]
+
+
+def combine(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table from runs made apart (each a :func:`rows_json`), e.g. one algorithm per job.
+
+    Raises:
+        ValueError: the runs differ in protocol, split or seeds.
+
+    """
+    if not documents:
+        raise ValueError("--combine: give at least one JSON file of `bench offpolicy --json`")
+    first = documents[0]
+    for doc in documents[1:]:
+        for key in ("protocol", "split", "seeds"):
+            if doc[key] != first[key]:
+                raise ValueError(f"--combine: the runs differ in {key} ({first[key]!r} vs "
+                                 f"{doc[key]!r}); combine runs of one protocol, split and seeds")
+    rows = [row for doc in documents for row in _rows_from_json(doc)]
+    budget = max(int(doc["budget"]) for doc in documents)
+    budgets = {r.name: int(doc.get("budgets", {}).get(r.name, doc["budget"]))
+               for doc in documents for r in _rows_from_json(doc)}
+    own = {name: b for name, b in budgets.items() if b != budget}
+    text = table(rows, PROTOCOLS[first["protocol"]], first["split"], budget, first["seeds"],
+                 own)
+    print(text)
+    return {"table": text, "curves": curves_csv(rows), "rows": rows,
+            "json": rows_json(rows, first["protocol"], first["split"], budget, first["seeds"],
+                              own)}
+
+
 def bench_offpolicy(algorithms: list[str] | None = None, protocol: str = "point_sparse",
                     budget: int | None = None, seeds: tuple[int, ...] = (0, 1, 2),
                     rounds: int = 3, split: str = "test", eval_seeds: tuple[int, ...] = (0, 1, 2),
@@ -333,5 +385,6 @@ def bench_offpolicy(algorithms: list[str] | None = None, protocol: str = "point_
                           points) for name in names]
     text = table(rows, proto, split, budget, list(seeds), budgets)
     print(text)
-    return {"table": text, "curves": curves_csv(rows), "rows": rows}
+    return {"table": text, "curves": curves_csv(rows), "rows": rows,
+            "json": rows_json(rows, protocol, split, budget, list(seeds), budgets)}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,3 +103,34 @@ def test_step_counter_counts_and_shows_progress(monkeypatch: pytest.MonkeyPatch)
     quiet = StepCounter(100, "x")
     quiet.log_metrics({"train/env_steps": 5.0}, 0)
     assert quiet.bar is None and quiet.env_steps == 5.0
+
+
+def test_runs_made_apart_combine_into_the_one_table(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["bench", "offpolicy", "--protocol", "point_dense", "--seeds", "0", "--points",
+              "2", "--episodes", "1", "--split", "val"]
+    sets = {"maml": ["maml.meta_batch_size=4", "maml.episodes_per_task=4",
+                     "maml.hidden_sizes=[8]"],
+            "rl2": ["rl2.meta_batch_size=4", "rl2.hidden_size=8", "rl2.num_epochs=1"]}
+    files = {}
+    for name, budget in (("maml", "4000"), ("rl2", "2000")):
+        files[name] = tmp_path / f"{name}.json"
+        assert main([*common, "--algorithms", name, "--budget", budget, "--set", *sets[name],
+                     "--json", str(files[name])]) == 0
+    together = tmp_path / "table.txt"
+    capsys.readouterr()
+    assert main(["bench", "offpolicy", "--combine", str(files["maml"]), str(files["rl2"]),
+                 "--out", str(together), "--curves", str(tmp_path / "c.csv")]) == 0
+    text = together.read_text()
+    assert "budget 4,000 env steps per seed, rl2: 2,000" in text
+    for name in ("maml", "rl2"):  # each row as its own run printed it
+        doc = json.loads(files[name].read_text())
+        (row,) = doc["rows"]
+        mean = np.mean(np.asarray(row["returns"])[:, -1])
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{name} "))
+        assert f"{mean:.2f} [" in line.split("|")[6]
+    assert (tmp_path / "c.csv").read_text().count("\n") == 1 + 2 * 2  # 2 points per run
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert main(["bench", "offpolicy", "--combine", str(bad)]) == 2
+    assert "--combine" in capsys.readouterr().err
