@@ -90,3 +90,23 @@ def test_an_unsupported_action_space_is_refused_naming_the_key(
     with pytest.raises(StageError, match=r"algo\.name.*actions"):
         run_stage("train", tmp_path)
     assert not (tmp_path / f"models/{algo}.pt").exists()
+
+
+@pytest.mark.parametrize("algo", ["pearl", "mql"])
+def test_trains_evaluates_and_registers_on_a_mujoco_family(tmp_path: Path, algo: str) -> None:
+    pytest.importorskip("mujoco")
+    pytest.importorskip("gymnasium.envs.mujoco")
+    params = _params(algo, "cheetah_vel", 20)
+    params["tune"]["n_trials"] = 1
+    params["task"].update(num_train=3, num_val=2, num_test=2)
+    write_params(tmp_path, params)
+    for stage in ("tasks", "tune", "train", "evaluate", "register"):
+        run_stage(stage, tmp_path)
+    summary = json.loads((tmp_path / "metrics/meta_test.json").read_text())
+    k = params["evaluate"]["num_adapt_steps"]
+    assert summary["learner"] == algo and np.isfinite(summary[algo][f"return_post_adapt_k{k}"])
+    ckpt = json.loads((tmp_path / f"models/{algo}.json").read_text())
+    assert ckpt["obs_dim"] == 17 and ckpt["action_dim"] == 6  # HalfCheetah's
+    register = json.loads((tmp_path / "metrics/register.json").read_text())
+    assert register["model_name"] == f"metarl-cheetah_vel-{algo}"
+    assert_gate_consistent(register)
