@@ -12,7 +12,7 @@ LAYERS = [
     ("config", "logging"),
     ("envs",),
     ("tasks", "families"),
-    ("policies", "history", "sampler", "returns", "training", "buffers"),
+    ("policies", "history", "sampler", "returns", "training", "buffers", "offpolicy"),
     ("algos.base", "recurrent", "baselines", "evaluation"),
     ("algos", "checkpoint", "api"),
 ]
