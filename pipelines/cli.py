@@ -376,6 +376,9 @@ def _parser() -> Parser:
     offpolicy.add_argument("--json", type=Path, default=None, metavar="FILE",
                            help="also write the rows (final returns, curves) to FILE as JSON, "
                            "what --combine reads")
+    offpolicy.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                           help="also draw the learning curves (mean return after the last "
+                           "round of context against meta-training env steps) as a PNG")
     offpolicy.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
                            help="train nothing: one table (and --out, --curves, --json) from "
                            "runs made apart, e.g. one algorithm per job, each a --json file")
@@ -648,6 +651,10 @@ def _bench_offpolicy(args: argparse.Namespace) -> None:
         atomic_write_text(args.curves, result["curves"])
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(result["json"]) + "\n")
+    if args.plot is not None:
+        from pipelines.bench.offpolicy import plot_curves
+
+        plot_curves(result["rows"], result["json"], args.plot)
 
 
 def _run_offpolicy(args: argparse.Namespace) -> dict[str, object]:

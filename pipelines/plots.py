@@ -52,6 +52,22 @@ def plot_adaptation_curves(curves: Mapping[str, Curve], path: Path, title: str,
     _save(fig, path)
 
 
+def plot_learning_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path,
+                         title: str, ylabel: str) -> None:
+    """Meta-test return vs meta-training env steps (log axis) per algorithm; atomic write."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("meta-training env steps per seed")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8, framealpha=0.8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_scores(rows: Mapping[str, Sequence[Interval]], points: Mapping[str, Sequence[float]],
                 path: Path, title: str, xlabel: str) -> None:
     """Scores per learner: each (task, seed) score a tick, ``rows``' estimates with intervals.

@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -284,6 +285,17 @@ def configs_for(protocol: Protocol, names: list[str],
                   **(overrides or {}).get(name, {})}
         out[name] = from_mapping(algo.config_cls, values, f"--set {name}")
     return out
+
+
+def plot_curves(rows: list[Row], doc: Mapping[str, Any], path: Path) -> None:
+    """Each row's mean curve (:meth:`Row.curve_mean`) as a PNG at ``path``."""
+    from pipelines.plots import plot_learning_curves
+
+    proto = PROTOCOLS[str(doc["protocol"])]
+    rounds = rows[0].returns.shape[1] - 1
+    plot_learning_curves({r.name: r.curve_mean() for r in rows}, path,
+                         f"{proto.description}; {doc['split']} tasks, seeds {doc['seeds']}",
+                         f"return after {rounds} rounds of context")
 
 
 def rows_json(rows: list[Row], protocol: str, split: str, budget: int, seeds: list[int],

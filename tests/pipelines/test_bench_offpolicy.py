@@ -120,7 +120,9 @@ def test_runs_made_apart_combine_into_the_one_table(tmp_path: Path,
     together = tmp_path / "table.txt"
     capsys.readouterr()
     assert main(["bench", "offpolicy", "--combine", str(files["maml"]), str(files["rl2"]),
-                 "--out", str(together), "--curves", str(tmp_path / "c.csv")]) == 0
+                 "--out", str(together), "--curves", str(tmp_path / "c.csv"),
+                 "--plot", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = together.read_text()
     assert "budget 4,000 env steps per seed, rl2: 2,000" in text
     for name in ("maml", "rl2"):  # each row as its own run printed it
