@@ -414,13 +414,24 @@ def _lock_outs(root: Path) -> dict[str, str]:
             for out in stage.get("outs", []) if "md5" in out}
 
 
-def _flow_run_logs(flow_run_id: uuid.UUID) -> list[str]:
+def _flow_run_logs(flow_run_id: uuid.UUID, last: str | None = None,
+                   timeout: float = 30.0) -> list[str]:
+    """The run's log messages; with ``last``, waiting (up to ``timeout`` s) until one starts
+    with it — Prefect ships logs in the background, so the last lines may arrive after the run
+    ended on a loaded machine."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return [log.message for log in logs]
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+                any_=[flow_run_id])))
+        messages = [log.message for log in logs]
+        if (last is None or any(m.startswith(last) for m in messages)
+                or time.monotonic() > deadline):
+            return messages
+        time.sleep(0.5)
 
 
 def prefect_task_runs(flow_run_id: uuid.UUID) -> list[Any]:
@@ -501,7 +512,7 @@ def test_flow_runs_the_stages_through_dvc(dvc_flow_run: tuple[Path, dict[str, An
     assert {t.name for t in prefect_task_runs(flow_run_id)} == set(STAGE_NAMES)
 
     # Progress in the flow run's logs: each stage, DVC's own lines, the headline, the gate.
-    logs = _flow_run_logs(flow_run_id)
+    logs = _flow_run_logs(flow_run_id, last="gate: ")
     for name in STAGE_NAMES:
         assert f"{name}: started" in logs
         assert any(line.startswith(f"{name}: ran (") for line in logs), name
