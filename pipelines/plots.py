@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -61,7 +62,7 @@ def plot_learning_curves(curves: Mapping[str, Sequence[tuple[float, float]]], pa
     ax.set_xscale("log")
     ax.set_xlabel("meta-training env steps per seed")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8, framealpha=0.8)
     fig.tight_layout()
