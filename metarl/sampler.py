@@ -55,6 +55,12 @@ class EpisodeBatch:
         """Environment steps actually taken (sum of the mask)."""
         return int(self.mask.sum().item())
 
+    def transitions(self) -> TransitionBatch:
+        """The valid steps as a :class:`TransitionBatch` (what a replay buffer stores)."""
+        return TransitionBatch(obs=self.obs, actions=self.actions, rewards=self.rewards,
+                               next_obs=self.next_obs, terminated=self.terminated,
+                               truncated=self.truncated, mask=self.mask)
+
 
 def random_actions(env: BatchedEnv, generator: torch.Generator, device: torch.device
                    ) -> torch.Tensor:

@@ -81,7 +81,7 @@ from metarl.config import check, from_mapping, to_dict
 from metarl.logging import MetricLogger, NullLogger
 from metarl.offpolicy import soft_update, td_target
 from metarl.policies import Params
-from metarl.sampler import EpisodeBatch, TransitionBatch, rollout
+from metarl.sampler import EpisodeBatch, rollout
 from metarl.tasks import TaskFamily, TaskSet
 from metarl.training import Resume, State, run_loop
 
@@ -924,10 +924,7 @@ class MQL:
             params = {**broadcast(self.nets.weights(), len(rows)), **self._history_now(rows)}
             act = MQLAct(params, self.spec, cfg.explore_noise)
         batch = rollout(act, env, self.generator)
-        self.buffer.add(TransitionBatch(obs=batch.obs, actions=batch.actions.float(),
-                                        rewards=batch.rewards, next_obs=batch.next_obs,
-                                        terminated=batch.terminated, truncated=batch.truncated,
-                                        mask=batch.mask), tasks=rows)
+        self.buffer.add(batch.transitions(), tasks=rows)  # continuous: float actions
         self.env_steps += batch.num_steps
         c_losses, a_losses = [], []
         filled = (self.buffer.size > 0).nonzero().flatten()

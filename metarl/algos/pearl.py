@@ -74,7 +74,7 @@ from metarl.config import check, to_dict
 from metarl.logging import MetricLogger, NullLogger
 from metarl.offpolicy import MLP, parameters_of, soft_update, td_target
 from metarl.policies import ActFn, Params
-from metarl.sampler import EpisodeBatch, TransitionBatch, rollout
+from metarl.sampler import EpisodeBatch, rollout
 from metarl.tasks import TaskFamily, TaskSet
 from metarl.training import Resume, State, run_loop
 
@@ -391,12 +391,6 @@ class PEARLLearner:
 # -- training -----------------------------------------------------------------------------
 
 
-def _transitions(batch: EpisodeBatch) -> TransitionBatch:
-    return TransitionBatch(obs=batch.obs, actions=batch.actions, rewards=batch.rewards,
-                           next_obs=batch.next_obs, terminated=batch.terminated,
-                           truncated=batch.truncated, mask=batch.mask)
-
-
 class PEARL:
     """Meta-trains PEARL (see the module docstring) on ``num_tasks`` training tasks.
 
@@ -482,7 +476,7 @@ class PEARL:
             return self.scale.to_env(self.policy.sample(obs, z, generator)[0])
 
         batch = rollout(act, env, self.generator)
-        steps = _transitions(batch)
+        steps = batch.transitions()
         self.replay.add(steps, rows)
         if to_context:
             self.context.add(steps, rows)
